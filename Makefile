@@ -1,0 +1,27 @@
+# The README's quick start: `make run` (the whole job on CPU) and `make test` (the test suite).
+PYTHON ?= python3
+BOOKS ?= ../shared/corpus/books
+OUT ?= artifacts/cpu-small
+SKY_VENV ?= .venv-sky
+TEST_ARGS ?=
+
+.PHONY: install install-sky run test bench
+
+install:
+	# torch first and pinned: an unpinned torch pulls several GB of CUDA wheels on a CPU machine.
+	$(PYTHON) -m pip install --quiet "torch==2.13.0"
+	$(PYTHON) -m pip install --quiet -e ".[dev]"
+
+# SkyPilot pins click<8.2, so it gets an environment of its own (used only by the YAML tests).
+install-sky:
+	test -x $(SKY_VENV)/bin/python || $(PYTHON) -m venv $(SKY_VENV)
+	$(SKY_VENV)/bin/python -m pip install --quiet "skypilot==0.14.1"
+
+run: install
+	HF_HUB_OFFLINE=1 bookmatch pipeline --preset cpu-small --books $(BOOKS) --out $(OUT)
+
+test: install install-sky
+	HF_HUB_OFFLINE=1 BOOKMATCH_SKY_PYTHON=$(SKY_VENV)/bin/python $(PYTHON) -m pytest -m "not slow and not gpu" $(TEST_ARGS)
+
+bench: install
+	$(PYTHON) scripts/bench_prepare.py --books $(BOOKS)

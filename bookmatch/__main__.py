@@ -1,0 +1,3 @@
+from bookmatch.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""Models: offline backbone resolution, the bi-encoder and the cross-encoder."""

