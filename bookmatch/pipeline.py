@@ -1,0 +1,160 @@
+"""The whole job in one call: prepare -> teacher -> contrastive (distilled) -> calibrate -> evaluate.
+
+A stage is skipped when its own completion marker says it finished (the prepare manifest, a training run's
+train_summary.json, calibration.json, metrics.json), and a training stage that was cut resumes from its latest
+checkpoint. Stage settings come from a preset (`bookmatch/configs/presets/<name>.yaml`), then an optional YAML
+file of the same shape, then `--set stage.option=value` overrides.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bookmatch.config import ConfigError, build_config, save_config
+from bookmatch.errors import InputError
+from bookmatch.storage import atomic_write_json, read_json
+
+log = logging.getLogger(__name__)
+
+PRESET_DIR = Path(__file__).parent / "configs" / "presets"
+STAGES = ("prepare", "cross", "contrastive", "calibrate", "evaluate")
+
+
+@dataclass
+class PipelineConfig:
+    books: str = "../shared/corpus/books"
+    out: str = "artifacts/cpu-small"
+    preset: str = "cpu-small"
+    # Extra labelled pairs (JSON lines) evaluated after the test split, e.g. the corpus validation file.
+    eval_pairs: str | None = None
+    # Per-stage option overrides: {"prepare": {...}, "cross": {...}, ...}.
+    stages: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def available_presets() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def load_stage_options(preset: str, file: str | None = None, sets: list[str] | None = None) -> dict[str, dict[str, Any]]:
+    """Merge preset, YAML file and `stage.option=value` overrides into {stage: {option: value}}."""
+    path = PRESET_DIR / f"{preset}.yaml"
+    if not path.exists():
+        raise InputError(f"unknown preset {preset!r}; choose one of: {', '.join(available_presets())}")
+    merged: dict[str, dict[str, Any]] = {stage: {} for stage in STAGES}
+
+    def merge(source: dict, where: str) -> None:
+        for stage, options in (source or {}).items():
+            if stage not in merged or not isinstance(options, dict):
+                raise ConfigError(f"{where}: top-level keys must be stages ({', '.join(STAGES)}) mapping to options")
+            merged[stage].update(options)
+
+    merge(yaml.safe_load(path.read_text(encoding="utf-8")), str(path))
+    if file:
+        merge(yaml.safe_load(Path(file).read_text(encoding="utf-8")), file)
+    for item in sets or []:
+        key, sep, raw = item.partition("=")
+        stage, dot, option = key.partition(".")
+        if not sep or not dot or stage not in merged:
+            raise ConfigError(f"--set {item!r}: expected stage.option=value with stage one of {', '.join(STAGES)}")
+        merged[stage][option] = yaml.safe_load(raw)
+    return merged
+
+
+def _training_complete(run_dir: Path) -> bool:
+    summary = run_dir / "train_summary.json"
+    return summary.exists() and bool(read_json(summary).get("complete")) and (run_dir / "final").is_dir()
+
+
+def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
+    """Run every unfinished stage; return the test metrics (and eval-pairs metrics when asked)."""
+    from bookmatch.calibration import CalibrateConfig, calibrate
+    from bookmatch.evaluation.evaluate import EvaluateConfig, evaluate
+    from bookmatch.prepare import run_prepare
+    from bookmatch.prepare.config import PrepareConfig
+    from bookmatch.training.config import ContrastiveTrainConfig, CrossTrainConfig
+    from bookmatch.training.trainer import train_contrastive, train_cross
+
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(config, out / "pipeline_config.yaml")
+    options = config.stages
+    data_dir = out / "data" / "processed"
+    teacher_dir = out / "models" / "book_matcher"
+    student_dir = out / "models" / "book_matcher_contrastive"
+    reports = out / "reports"
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+
+    def stage(name: str, done: bool, action) -> None:
+        if done:
+            log.info("pipeline: %s already complete, skipped", name)
+            return
+        log.info("pipeline: %s ...", name)
+        t0 = time.perf_counter()
+        action()
+        timings[name] = round(time.perf_counter() - t0, 1)
+        log.info("pipeline: %s done in %.1f s", name, timings[name])
+
+    manifest = data_dir / "manifest.json"
+    stage(
+        "prepare",
+        manifest.exists() and bool(read_json(manifest).get("complete")),
+        lambda: run_prepare(build_config(PrepareConfig, overrides={**options.get("prepare", {}), "books": config.books, "out": str(data_dir)})),
+    )
+    use_teacher = options.get("contrastive", {}).get("teacher", "auto") not in ("", None, False)
+    if use_teacher:
+        cross = {**options.get("cross", {}), "data": str(data_dir), "out": str(teacher_dir), "resume": True}
+        stage("teacher", _training_complete(teacher_dir), lambda: train_cross(build_config(CrossTrainConfig, overrides=cross)))
+    contrastive = {**options.get("contrastive", {}), "data": str(data_dir), "out": str(student_dir), "resume": True}
+    contrastive["teacher"] = str(teacher_dir / "final") if use_teacher else ""
+    stage(
+        "contrastive",
+        _training_complete(student_dir),
+        lambda: train_contrastive(build_config(ContrastiveTrainConfig, overrides=contrastive)),
+    )
+    calib = options.get("calibrate", {})
+    calibrated = [student_dir] + ([teacher_dir] if use_teacher else [])
+    stage(
+        "calibrate",
+        all((run / "calibration.json").exists() for run in calibrated),
+        lambda: [calibrate(build_config(CalibrateConfig, overrides={**calib, "model_dir": str(run / "final"), "data_dir": str(data_dir)})) for run in calibrated],
+    )
+    evaluations = {"test": {"data_dir": str(data_dir), "split": "test"}}
+    if config.eval_pairs:
+        if not Path(config.eval_pairs).exists():
+            raise InputError(f"--eval-pairs {config.eval_pairs} does not exist")
+        evaluations["eval_pairs"] = {"pairs_file": config.eval_pairs}
+    results: dict[str, Any] = {}
+    for name, source in evaluations.items():
+        report_dir = reports / name
+        metrics_file = report_dir / "metrics.json"
+        evaluation = {**options.get("evaluate", {}), **source, "model_dir": str(student_dir / "final"), "report_dir": str(report_dir)}
+        stage(f"evaluate:{name}", metrics_file.exists(), lambda evaluation=evaluation: evaluate(build_config(EvaluateConfig, overrides=evaluation)))
+        results[name] = read_json(metrics_file)
+    atomic_write_json(out / "pipeline_summary.json", {"timings": timings, "total_seconds": round(time.perf_counter() - started, 1), "complete": True})
+    return results
+
+
+def metrics_table(results: dict[str, Any]) -> str:
+    """A plain-text table of the headline metrics per evaluation (calibrated where available)."""
+    keys = ("auc", "accuracy", "f1", "average_precision", "brier", "ece", "c_at_1", "f05u")
+    lines = [f"{'evaluation':<22}" + "".join(f"{k:>10}" for k in keys)]
+    for name, metrics in results.items():
+        for variant in ("uncalibrated", "calibrated"):
+            figures = metrics.get(variant)
+            if isinstance(figures, dict):
+                lines.append(f"{name + ' ' + variant[:5]:<22}" + "".join(f"{figures.get(k, float('nan')):>10.3f}" for k in keys))
+        by_kind = (metrics.get("by_kind") or {}).get("calibrated") or (metrics.get("by_kind") or {}).get("uncalibrated") or {}
+        for kind, figures in by_kind.items():
+            lines.append(f"{'  ' + str(kind):<22}" + "".join(f"{_num(figures.get(k)):>10.3f}" for k in keys))
+    return "\n".join(lines)
+
+
+def _num(value: Any) -> float:
+    return float("nan") if value is None else float(value)

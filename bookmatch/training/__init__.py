@@ -1,0 +1,1 @@
+"""Training: losses (`losses`), cross-process gathering (`distributed`), GradCache (`gradcache`), the trainer."""

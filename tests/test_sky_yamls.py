@@ -1,0 +1,599 @@
+"""The SkyPilot task YAMLs (sky/) and managed-job pipelines (jobs/): loaded by SkyPilot's own loader, checked
+for what SkyPilot only finds out on a cloud (accelerator names, bucket names, recovery strategy, image ids),
+and every `run:`/`setup:` command executed locally on CPU against temp folders standing in for the buckets.
+
+SkyPilot pins click<8.2, so it lives in its own virtual environment: `make install-sky` creates .venv-sky, or
+point BOOKMATCH_SKY_PYTHON at any interpreter with skypilot installed. The loader runs there as a subprocess.
+"""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+YAML_FILES = sorted((REPO / "sky").rglob("*.yaml")) + sorted((REPO / "jobs").rglob("*.yaml"))
+YAML_IDS = [str(p.relative_to(REPO)) for p in YAML_FILES]
+LAUNCHER = REPO / "scripts" / "launch_accelerate.sh"
+
+# Runs inside the SkyPilot environment: loads each YAML with SkyPilot's loader (env overrides given as
+# KEY=VALUE after a `--env` marker) and prints what the checks below need, plus SkyPilot's own name rules.
+_LOADER = textwrap.dedent(
+    r"""
+    import json, sys
+    from sky.utils import dag_utils, gpu_names, registry
+    from sky import catalog
+    from sky.data import storage as storage_lib
+    import sky.jobs.recovery_strategy  # registers the recovery strategies
+
+    args = sys.argv[1:]
+    overrides = []
+    if "--env" in args:
+        cut = args.index("--env")
+        overrides = [tuple(a.split("=", 1)) for a in args[cut + 1:]]
+        args = args[:cut]
+
+    def bucket_problem(name):
+        try:
+            storage_lib.S3Store.validate_name(name)
+            return None
+        except Exception as err:
+            return str(err).strip().splitlines()[-1]
+
+    out = {
+        "gpu_names": sorted(set(gpu_names.CANONICAL_GPU_NAMES) | set(catalog.get_common_gpus())),
+        "strategies": sorted(registry.JOBS_RECOVERY_STRATEGY_REGISTRY.keys()),
+        "files": {},
+    }
+    for path in args:
+        try:
+            dag = dag_utils.load_chain_dag_from_yaml(path, env_overrides=overrides or None)
+        except BaseException as err:
+            out["files"][path] = {"error": f"{type(err).__name__}: {err}"}
+            continue
+        tasks = []
+        for task in dag.tasks:
+            resources = []
+            for res in task.resources:
+                image = res.image_id
+                resources.append({
+                    "accelerators": res.accelerators,
+                    "use_spot": res.use_spot,
+                    "image_id": sorted(set(image.values())) if image else [],
+                    "job_recovery": res.job_recovery,
+                })
+            mounts = {}
+            for mount_path, st in (task.storage_mounts or {}).items():
+                source = st.source if isinstance(st.source, str) else None
+                bucket = source.split("://", 1)[1].split("/", 1)[0] if source and "://" in source else None
+                mounts[mount_path] = {
+                    "name": st.name,
+                    "source": source,
+                    "bucket": st.name or bucket,
+                    "bucket_problem": bucket_problem(st.name or bucket),
+                    "mode": st.mode.value,
+                    "stores": sorted(s.value for s in st.stores),
+                    "read_only": bool(st.mount_config and st.mount_config.read_only),
+                    "type": st.file_mount_type.value if st.file_mount_type else None,
+                }
+            tasks.append({
+                "name": task.name, "num_nodes": task.num_nodes, "envs": dict(task.envs),
+                "run": task.run, "setup": task.setup, "resources": resources, "mounts": mounts,
+            })
+        out["files"][path] = {"name": dag.name, "tasks": tasks}
+    print("@@JSON@@" + json.dumps(out))
+    """
+)
+
+
+def _sky_python() -> str | None:
+    configured = os.environ.get("BOOKMATCH_SKY_PYTHON")
+    if configured:
+        return configured
+    default = REPO / ".venv-sky" / "bin" / "python"
+    return str(default) if default.exists() else None
+
+
+def load_with_skypilot(paths: list[Path], env_overrides: dict[str, str] | None = None) -> dict:
+    python = _sky_python()
+    if python is None:
+        pytest.skip("SkyPilot is not installed: run `make install-sky` (creates .venv-sky) or set BOOKMATCH_SKY_PYTHON")
+    args = [python, "-c", _LOADER, *map(str, paths)]
+    if env_overrides:
+        args += ["--env", *(f"{k}={v}" for k, v in env_overrides.items())]
+    env = dict(os.environ, SKYPILOT_DISABLE_USAGE_COLLECTION="1", PYTHONWARNINGS="ignore")
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=180, env=env, cwd=REPO)
+    marker = [line for line in proc.stdout.splitlines() if line.startswith("@@JSON@@")]
+    assert proc.returncode == 0 and marker, f"SkyPilot loader failed ({python}):\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+    return json.loads(marker[-1][len("@@JSON@@"):])
+
+
+@pytest.fixture(scope="module")
+def loaded() -> dict:
+    return load_with_skypilot(YAML_FILES)
+
+
+# --- checks SkyPilot skips when nothing is launched -------------------------------------------------------
+
+IMAGE_RE = re.compile(r"^docker:(?P<repo>[a-z0-9]+(?:[._-][a-z0-9]+)*(?::\d+)?(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)+):(?P<tag>[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})$")
+ALLOWED_VARS = {"SKYPILOT_NODE_RANK", "SKYPILOT_NUM_NODES", "SKYPILOT_NODE_IPS", "SKYPILOT_NUM_GPUS_PER_NODE", "BOOKMATCH_HOME"}
+
+
+def task_problems(task: dict, gpu_names: list[str], strategies: list[str]) -> list[str]:
+    """Everything wrong with one loaded task that SkyPilot itself only reports on a cloud."""
+    problems = []
+    has_gpu = False
+    for res in task["resources"]:
+        for name, count in (res["accelerators"] or {}).items():
+            has_gpu = True
+            if name not in gpu_names:
+                problems.append(f"accelerator {name!r} is not a canonical SkyPilot GPU name")
+            if count not in (1, 2, 4, 8):
+                problems.append(f"accelerator count {count} for {name} is not 1, 2, 4 or 8")
+        images = res["image_id"]
+        if not images:
+            problems.append("resources.image_id is not set")
+        for image in images:
+            match = IMAGE_RE.match(image)
+            if not match:
+                problems.append(f"image_id {image!r} is not docker:<registry>/<repo>:<tag>")
+            elif match["tag"] == "latest":
+                problems.append(f"image_id {image!r} is not pinned (tag 'latest')")
+            elif not match["tag"].endswith("-cuda" if res["accelerators"] else "-cpu"):
+                problems.append(f"image_id {image!r}: GPU stages use the -cuda image, CPU stages the -cpu image")
+        recovery = res["job_recovery"]
+        if res["use_spot"] and not recovery:
+            problems.append("use_spot without job_recovery")
+        if recovery:
+            strategy = recovery.get("strategy") if isinstance(recovery, dict) else recovery
+            # SkyPilot's registry keys are lower case and its lookup ignores case.
+            if not isinstance(strategy, str) or strategy.lower() not in strategies:
+                problems.append(f"job_recovery strategy {strategy!r} is not one of {strategies}")
+            restarts = recovery.get("max_restarts_on_errors", 0) if isinstance(recovery, dict) else 0
+            if not isinstance(restarts, int) or restarts < 0:
+                problems.append(f"max_restarts_on_errors {restarts!r} is not a whole number")
+    for mount_path, mount in task["mounts"].items():
+        if mount["bucket_problem"]:
+            problems.append(f"{mount_path}: {mount['bucket_problem']}")
+        if mount["source"] and not mount["source"].startswith("s3://"):
+            problems.append(f"{mount_path}: source {mount['source']!r} is not an s3:// bucket")
+    if "/vol" in task["mounts"] and task["mounts"]["/vol"]["mode"] != "MOUNT_CACHED":
+        problems.append("/vol (checkpoints, datasets) must be MOUNT_CACHED: plain MOUNT cannot rename or rewrite files")
+    if "/input" in task["mounts"] and "/vol" in task["mounts"]:
+        if task["mounts"]["/input"]["mode"] != "MOUNT" or not task["mounts"]["/input"]["read_only"]:
+            problems.append("/input must be a read-only MOUNT in every stage that writes to /vol")
+    commands = (task["run"] or "") + "\n" + (task["setup"] or "")
+    for var in sorted(set(re.findall(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)", commands))):
+        if var not in task["envs"] and var not in ALLOWED_VARS:
+            problems.append(f"${var} is used in run/setup but not declared in envs")
+    if "bookmatch" not in commands:
+        problems.append("the task runs no bookmatch command")
+    if "train " in commands and "--resume" not in commands:
+        problems.append("a training stage must pass --resume (spot preemptions restart it)")
+    if "train " in commands and not has_gpu:
+        problems.append("a training stage without GPUs")
+    return problems
+
+
+# The YAMLs whose commands a test below runs: a new YAML must get a run test too.
+RUN_TESTED = {
+    "sky/ingest.yaml", "sky/prepare.yaml", "sky/prepare_sharded.yaml", "sky/train_cross.yaml", "sky/train_contrastive.yaml",
+    "sky/calibrate.yaml", "sky/evaluate.yaml", "sky/infer.yaml", "jobs/pipeline_contrastive.yaml",
+}
+
+
+def test_every_stage_has_a_yaml_and_every_yaml_a_run_test() -> None:
+    assert set(YAML_IDS) == RUN_TESTED
+
+
+@pytest.mark.parametrize("path", YAML_FILES, ids=YAML_IDS)
+def test_yaml_loads_and_passes_offline_checks(loaded: dict, path: Path) -> None:
+    entry = loaded["files"][str(path)]
+    assert "error" not in entry, entry.get("error")
+    assert entry["tasks"], "no task in the file"
+    for task in entry["tasks"]:
+        assert task_problems(task, loaded["gpu_names"], loaded["strategies"]) == [], task["name"]
+        assert task["mounts"], "no bucket mounted"
+        assert all("s3" == m["stores"][0].lower() for m in task["mounts"].values() if m["stores"])
+
+
+@pytest.mark.parametrize("path", YAML_FILES, ids=YAML_IDS)
+def test_yaml_opens_with_its_launch_command(path: Path) -> None:
+    lines = path.read_text(encoding="utf-8").splitlines()
+    header = []
+    for line in lines:
+        if not line.startswith("#"):
+            break
+        header.append(line)
+    assert len(header) >= 3, "the file must open with a comment: what it does and how to launch it"
+    text = "\n".join(header)
+    rel = str(path.relative_to(REPO))
+    assert re.search(rf"sky (jobs )?launch .*{re.escape(rel)}", text), f"no `sky launch ... {rel}` line in the opening comment"
+
+
+def test_checks_catch_bad_values(loaded: dict, tmp_path: Path) -> None:
+    """The offline checks fail on what a cloud launch would reject (so passing them means something)."""
+    source = (REPO / "sky" / "train_cross.yaml").read_text(encoding="utf-8")
+    bad = (
+        source.replace("H100: 8", "H1000: 8")
+        .replace("strategy: EAGER_NEXT_REGION", "strategy: EAGER_NEXT_PLANET")
+        .replace("bookmatch:0.1.0-cuda", "bookmatch:latest")
+        .replace("--resume ", "")
+    )
+    bad_file = tmp_path / "bad.yaml"
+    bad_file.write_text(bad, encoding="utf-8")
+    result = load_with_skypilot([bad_file], env_overrides={"ARTIFACTS_BUCKET": "Not_A_Bucket"})
+    entry = result["files"][str(bad_file)]
+    assert "error" not in entry, entry.get("error")
+    problems = "\n".join(task_problems(entry["tasks"][0], result["gpu_names"], result["strategies"]))
+    for expected in ("H1000", "EAGER_NEXT_PLANET", "latest", "Not_A_Bucket", "--resume"):
+        assert expected in problems, f"{expected} not reported in:\n{problems}"
+
+
+def test_env_override_reaches_bucket_names(tmp_path: Path) -> None:
+    result = load_with_skypilot([REPO / "sky" / "train_contrastive.yaml"],
+                                env_overrides={"ARTIFACTS_BUCKET": "team-a-artifacts", "INPUT_BUCKET": "team-a-books"})
+    task = result["files"][str(REPO / "sky" / "train_contrastive.yaml")]["tasks"][0]
+    assert task["mounts"]["/vol"]["bucket"] == "team-a-artifacts"
+    assert task["mounts"]["/input"]["source"] == "s3://team-a-books"
+    assert task["num_nodes"] == 2
+
+
+def test_pipeline_runs_the_stages_in_order(loaded: dict) -> None:
+    entry = loaded["files"][str(REPO / "jobs" / "pipeline_contrastive.yaml")]
+    assert entry["name"]
+    runs = [t["run"] for t in entry["tasks"]]
+    order = ["bookmatch prepare", "train cross", "train contrastive", "bookmatch calibrate", "bookmatch evaluate"]
+    assert len(runs) == len(order)
+    for run, expected in zip(runs, order):
+        assert expected in run
+    for task in entry["tasks"]:
+        if "train " in task["run"]:
+            assert all(r["use_spot"] and r["job_recovery"]["strategy"] == "EAGER_NEXT_REGION" for r in task["resources"])
+            assert "--resume" in task["run"]
+
+
+# --- the multi-node launch line ---------------------------------------------------------------------------
+
+
+def render_launch(env: dict[str, str], *args: str) -> list[str]:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("SKYPILOT_")}
+    full_env.update(env)
+    proc = subprocess.run(["bash", str(LAUNCHER), "--dry-run", *args], capture_output=True, text=True, env=full_env, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.splitlines()
+
+
+def option(argv: list[str], name: str) -> str:
+    return argv[argv.index(name) + 1]
+
+
+def test_launch_line_for_two_nodes_of_eight_gpus() -> None:
+    env = {"SKYPILOT_NUM_NODES": "2", "SKYPILOT_NODE_RANK": "1", "SKYPILOT_NODE_IPS": "10.0.0.1\n10.0.0.2",
+           "SKYPILOT_NUM_GPUS_PER_NODE": "8", "BOOKMATCH_HOME": str(REPO)}
+    argv = render_launch(env, "--deepspeed", "--", "train", "contrastive", "--data", "/vol/d")
+    assert argv[:2] == ["accelerate", "launch"]
+    assert option(argv, "--num_processes") == "16"
+    assert option(argv, "--num_machines") == "2"
+    assert option(argv, "--machine_rank") == "1"
+    assert option(argv, "--main_process_ip") == "10.0.0.1"
+    assert option(argv, "--main_process_port") == "29500"
+    assert option(argv, "--config_file") == str(REPO / "configs" / "accelerate" / "deepspeed_zero2.yaml")
+    assert option(argv, "--deepspeed_multinode_launcher") == "standard"
+    # the bookmatch command follows, untouched
+    assert argv[argv.index("-m"):] == ["-m", "bookmatch", "train", "contrastive", "--data", "/vol/d"]
+    assert option(argv, "--deepspeed_config_file") == str(REPO / "configs" / "deepspeed" / "zero2.json")
+    # accelerate reads the line the same way once its config file is merged in: the command-line values win
+    args = accelerate_view(argv)
+    assert (args.num_processes, args.num_machines, args.machine_rank) == (16, 2, 1)
+    assert args.main_process_ip == "10.0.0.1" and args.main_process_port == 29500
+    assert args.use_deepspeed and args.deepspeed_config_file == str(REPO / "configs" / "deepspeed" / "zero2.json")
+    assert args.module and args.training_script == "bookmatch"
+    assert args.training_script_args == ["train", "contrastive", "--data", "/vol/d"]
+
+
+def accelerate_view(argv: list[str]):
+    """The launch arguments as `accelerate launch` resolves them (parser + its config-file merge), no launch."""
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+
+    assert argv[:2] == ["accelerate", "launch"]
+    args = launch_command_parser().parse_args(argv[2:])
+    _validate_launch_command(args)
+    return args
+
+
+def test_accelerate_configs_the_launcher_uses() -> None:
+    import yaml
+
+    multi_gpu = yaml.safe_load((REPO / "configs" / "accelerate" / "multi_gpu.yaml").read_text(encoding="utf-8"))
+    zero2 = yaml.safe_load((REPO / "configs" / "accelerate" / "deepspeed_zero2.yaml").read_text(encoding="utf-8"))
+    assert multi_gpu["distributed_type"] == "MULTI_GPU"
+    assert zero2["distributed_type"] == "DEEPSPEED"
+    assert (REPO / "configs" / "deepspeed" / "zero2.json").exists()
+
+
+def test_launch_line_for_one_node_ddp_and_for_cpu() -> None:
+    env = {"SKYPILOT_NUM_NODES": "1", "SKYPILOT_NODE_RANK": "0", "SKYPILOT_NODE_IPS": "192.168.1.7",
+           "SKYPILOT_NUM_GPUS_PER_NODE": "4", "BOOKMATCH_HOME": "/opt/bookmatch"}
+    argv = render_launch(env, "--", "train", "cross")
+    assert option(argv, "--num_processes") == "4"
+    assert option(argv, "--main_process_ip") == "192.168.1.7"
+    assert option(argv, "--config_file") == "/opt/bookmatch/configs/accelerate/multi_gpu.yaml"
+    assert "--use_deepspeed" not in argv
+    argv[argv.index("--config_file") + 1] = str(REPO / "configs" / "accelerate" / "multi_gpu.yaml")
+    args = accelerate_view(argv)
+    assert args.multi_gpu and not args.use_deepspeed and (args.num_processes, args.num_machines) == (4, 1)
+    cpu = render_launch({"SKYPILOT_NUM_NODES": "1", "SKYPILOT_NODE_RANK": "0"}, "--", "train", "cross")
+    assert "--cpu" in cpu and option(cpu, "--num_processes") == "1" and "--config_file" not in cpu
+
+
+def test_launch_rejects_a_bad_topology() -> None:
+    env = dict(os.environ, SKYPILOT_NUM_NODES="2", SKYPILOT_NODE_RANK="2", SKYPILOT_NUM_GPUS_PER_NODE="8")
+    proc = subprocess.run(["bash", str(LAUNCHER), "--dry-run", "--", "train", "cross"], capture_output=True, text=True, env=env)
+    assert proc.returncode == 2 and "out of range" in proc.stderr
+
+
+def test_shell_scripts_parse() -> None:
+    for script in (REPO / "scripts").glob("*.sh"):
+        proc = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+        assert proc.returncode == 0, f"{script}: {proc.stderr}"
+
+
+# --- every run:/setup: command, executed locally ----------------------------------------------------------
+
+# Tiny settings per stage, appended through the YAMLs' own *_ARGS envs (the YAMLs keep the tuned defaults).
+PREPARE_ARGS = ("--no-hard-negatives --workers 1 --max-chunks-per-book 30 --n-negative-per-book 6 --seed 3 "
+                "--train-ratio 0.5 --val-ratio 0.25")
+TRAIN_ARGS = "--max-steps 2 --batch-size 4 --eval-steps 2 --save-steps 1 --max-seq-length 64 --eval-max-pairs 16 --cpu"
+EVAL_ARGS = "--max-pairs 40"
+
+
+def _pick_books(books_dir: Path, authors: int = 6, per_author: int = 2) -> list[Path]:
+    """The smallest books of a few one-folder authors (no translator/illustrator copies): fast and distinct."""
+    traps = ("Grimm", "Cervantes", "Ormsby", "Doré", "Hapgood", "Tolstoy", "Bunin")
+    chosen = []
+    for folder in sorted(p for p in books_dir.iterdir() if p.is_dir()):
+        if any(t in folder.name for t in traps):
+            continue
+        files = sorted((p for p in folder.glob("*.txt") if "\r" not in p.name), key=lambda p: (p.stat().st_size, p.name))
+        files = [p for p in files if p.stat().st_size > 60_000]
+        if len(files) >= per_author:
+            chosen += files[:per_author]
+        if len(chosen) >= authors * per_author:
+            break
+    return chosen
+
+
+class Workspace:
+    """Temp folders standing in for the two buckets, and a shell environment like a SkyPilot node's."""
+
+    def __init__(self, root: Path, tiny_model: Path):
+        self.root = root
+        self.input = root / "input"
+        self.vol = root / "vol"
+        self.cwd = root / "sky_workdir"
+        self.bin = root / "bin"
+        for folder in (self.input, self.vol, self.cwd, self.bin):
+            folder.mkdir(parents=True, exist_ok=True)
+        self.tiny_model = tiny_model
+        # `bookmatch` as the images install it, without needing this checkout pip-installed.
+        shim = self.bin / "bookmatch"
+        shim.write_text(f'#!/usr/bin/env bash\nexec "{sys.executable}" -m bookmatch "$@"\n', encoding="utf-8")
+        shim.chmod(0o755)
+
+    def localize(self, text: str) -> str:
+        text = re.sub(r"(?<![\w/.])/input(?=/|\b)", str(self.input), text)
+        return re.sub(r"(?<![\w/.])/vol(?=/|\b)", str(self.vol), text)
+
+    def run_task(self, task: dict, extra_env: dict[str, str] | None = None, node_rank: int = 0, num_nodes: int = 1,
+                 timeout: int = 600) -> subprocess.CompletedProcess:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SKYPILOT_")}
+        env.update({k: self.localize(v) for k, v in task["envs"].items()})
+        env.update({
+            "PATH": f"{self.bin}{os.pathsep}{env.get('PATH', '')}",
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
+            "BOOKMATCH_HOME": str(REPO),
+            "HF_HOME": str(self.vol / "hf"),
+            "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+            "SKYPILOT_NUM_NODES": str(num_nodes),
+            "SKYPILOT_NODE_RANK": str(node_rank),
+            "SKYPILOT_NODE_IPS": "\n".join(["127.0.0.1"] * num_nodes),
+            "SKYPILOT_NUM_GPUS_PER_NODE": "0",
+            "NO_PROXY": "127.0.0.1,localhost",
+            "no_proxy": "127.0.0.1,localhost",
+        })
+        if "BACKBONE" in env:
+            env["BACKBONE"] = str(self.tiny_model)
+        env.update(extra_env or {})
+        script = "\n".join(filter(None, [task["setup"], task["run"]]))
+        proc = subprocess.run(["bash", "-c", "set -e\n" + self.localize(script)], env=env, cwd=self.cwd,
+                              capture_output=True, text=True, timeout=timeout)
+        assert proc.returncode == 0, (
+            f"{task['name']} failed (exit {proc.returncode}):\n--- stdout\n{proc.stdout[-3000:]}\n--- stderr\n{proc.stderr[-6000:]}"
+        )
+        return proc
+
+
+def _task(loaded: dict, rel: str, index: int = 0) -> dict:
+    entry = loaded["files"][str(REPO / rel)]
+    assert "error" not in entry, entry.get("error")
+    return entry["tasks"][index]
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory, corpus_dir: Path, tiny_encoder_dir: Path) -> Workspace:
+    ws = Workspace(tmp_path_factory.mktemp("sky_local"), tiny_encoder_dir)
+    for book in _pick_books(corpus_dir / "books"):
+        target = ws.input / "books" / book.parent.name / book.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(book, target)
+    with open(corpus_dir / "validation_pairs.jsonl", encoding="utf-8") as src, open(ws.input / "pairs.jsonl", "w", encoding="utf-8") as dst:
+        for i, line in enumerate(src):
+            if i >= 12:
+                break
+            row = json.loads(line)
+            dst.write(json.dumps({"text1": row["text1"], "text2": row["text2"]}) + "\n")
+    return ws
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="module")
+def prepared(loaded: dict, workspace: Workspace) -> Path:
+    task = _task(loaded, "sky/prepare.yaml")
+    workspace.run_task(task, {"BOOKMATCH_ARGS": PREPARE_ARGS})
+    data = Path(workspace.localize(task["envs"]["DATA_DIR"]))
+    return data
+
+
+@pytest.fixture(scope="module")
+def contrastive_model(workspace: Workspace, prepared: Path) -> Path:
+    """A tiny random bi-encoder where the training stage would leave its final model (training is tested slow)."""
+    from bookmatch.models.bi_encoder import BiEncoder
+
+    final = workspace.vol / "models" / "book_matcher_contrastive" / "final"
+    BiEncoder.from_backbone(str(workspace.tiny_model), max_seq_length=64).save_pretrained(final)
+    return final
+
+
+@pytest.fixture(scope="module")
+def calibrated(loaded: dict, workspace: Workspace, contrastive_model: Path) -> Path:
+    workspace.run_task(_task(loaded, "sky/calibrate.yaml"))
+    return contrastive_model.parent / "calibration.json"
+
+
+def test_prepare_yaml_builds_the_dataset(prepared: Path) -> None:
+    manifest = _read_json(prepared / "manifest.json")
+    assert manifest["complete"] is True
+    assert manifest["books_used"] >= 10
+    for split in ("train", "validation", "test"):
+        assert (prepared / split).is_dir()
+
+
+def test_prepare_sharded_yaml_over_two_nodes(loaded: dict, workspace: Workspace, prepared: Path) -> None:
+    """Node 1 writes its shard; node 0 writes its own, waits for all, merges: the same dataset as prepare.yaml."""
+    task = _task(loaded, "sky/prepare_sharded.yaml")
+    extra = {"BOOKMATCH_ARGS": PREPARE_ARGS, "MERGE_WAIT_S": "120",
+             "DATA_DIR": str(workspace.vol / "data" / "processed_sharded")}
+    workspace.run_task(task, extra, node_rank=1, num_nodes=2)
+    shards = Path(workspace.localize(task["envs"]["SHARDS_DIR"]))
+    assert len(list(shards.glob("shard-*-of-*"))) == 1
+    workspace.run_task(task, extra, node_rank=0, num_nodes=2)
+    merged = workspace.vol / "data" / "processed_sharded"
+    assert _read_json(merged / "manifest.json")["complete"] is True
+    from datasets import load_from_disk
+
+    single, sharded = load_from_disk(str(prepared)), load_from_disk(str(merged))
+    for split in ("train", "validation", "test"):
+        assert single[split].to_list() == sharded[split].to_list()
+
+
+def test_calibrate_yaml_writes_calibration(calibrated: Path) -> None:
+    calibration = _read_json(calibrated)
+    assert calibration["temperature"] > 0
+    assert 0.0 <= calibration["threshold"] <= 1.0
+    assert (calibrated.parent / "style_calibration.json").exists()
+
+
+def test_evaluate_yaml_writes_the_report(loaded: dict, workspace: Workspace, calibrated: Path) -> None:
+    task = _task(loaded, "sky/evaluate.yaml")
+    workspace.run_task(task, {"BOOKMATCH_ARGS": EVAL_ARGS})
+    report = Path(workspace.localize(task["envs"]["REPORT_DIR"]))
+    metrics = _read_json(report / "metrics.json")
+    assert "auc" in json.dumps(metrics)
+    assert (report / "report.md").read_text(encoding="utf-8").strip()
+
+
+def test_infer_yaml_scores_every_pair(loaded: dict, workspace: Workspace, calibrated: Path) -> None:
+    task = _task(loaded, "sky/infer.yaml")
+    workspace.run_task(task)
+    scores = Path(workspace.localize(task["envs"]["SCORES_FILE"])).read_text(encoding="utf-8").splitlines()
+    assert len(scores) == 12
+    for line in scores:
+        row = json.loads(line)
+        assert 0.0 <= row["probability"] <= 1.0
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_ingest_yaml_fetches_from_a_mirror(loaded: dict, workspace: Workspace, corpus_dir: Path, tmp_path: Path) -> None:
+    """A local HTTP server laid out like a Gutenberg mirror stands in for gutenberg.org."""
+    mirror = tmp_path / "mirror"
+    books = _pick_books(corpus_dir / "books", authors=3, per_author=1)
+    ids = []
+    for number, book in enumerate(books, start=90001):
+        target = mirror / "cache" / "epub" / str(number) / f"pg{number}.txt"
+        target.parent.mkdir(parents=True)
+        shutil.copyfile(book, target)
+        ids.append(str(number))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(mirror)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        task = _task(loaded, "sky/ingest.yaml")
+        ingest_input = tmp_path / "ingest_input"
+        ingest_input.mkdir()
+        (ingest_input / "gutenberg_ids.txt").write_text("\n".join(ids) + "\n", encoding="utf-8")
+        extra = {
+            "IDS_FILE": str(ingest_input / "gutenberg_ids.txt"),
+            "BOOKS_DIR": str(ingest_input / "books"),
+            "GUTENBERG_MIRROR": f"http://127.0.0.1:{server.server_address[1]}",
+        }
+        workspace.run_task(task, extra, timeout=300)
+    finally:
+        server.shutdown()
+    fetched = sorted((ingest_input / "books").rglob("*.txt"))
+    assert len(fetched) == len(books)
+
+
+@pytest.mark.slow
+def test_training_yamls_and_the_pipeline_run_end_to_end(loaded: dict, workspace: Workspace, prepared: Path) -> None:
+    """The managed-job pipeline's five stages in order, with the real training commands (tiny steps, CPU)."""
+    entry = loaded["files"][str(REPO / "jobs" / "pipeline_contrastive.yaml")]
+    out = {"DATA_DIR": str(workspace.vol / "pipeline" / "data"), "TEACHER_OUT": str(workspace.vol / "pipeline" / "teacher"),
+           "MODEL_OUT": str(workspace.vol / "pipeline" / "contrastive"), "REPORT_DIR": str(workspace.vol / "pipeline" / "reports"),
+           "PREPARE_ARGS": PREPARE_ARGS, "TEACHER_ARGS": TRAIN_ARGS, "CONTRASTIVE_ARGS": TRAIN_ARGS}
+    for task in entry["tasks"]:
+        workspace.run_task(task, out)
+    assert (Path(out["TEACHER_OUT"]) / "final").is_dir()
+    assert (Path(out["MODEL_OUT"]) / "final").is_dir()
+    assert (Path(out["MODEL_OUT"]) / "calibration.json").exists()
+    assert (Path(out["REPORT_DIR"]) / "metrics.json").exists()
+    # Relaunching a finished training stage (what a recovery does) resumes and finishes without redoing it.
+    teacher = entry["tasks"][1]
+    before = (Path(out["TEACHER_OUT"]) / "final").stat().st_mtime_ns
+    workspace.run_task(teacher, out)
+    assert (Path(out["TEACHER_OUT"]) / "final").stat().st_mtime_ns == before
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("rel", ["sky/train_cross.yaml", "sky/train_contrastive.yaml"])
+def test_training_yamls_run(loaded: dict, workspace: Workspace, prepared: Path, rel: str) -> None:
+    task = _task(loaded, rel)
+    if "TEACHER_DIR" in task["envs"]:
+        teacher_task = _task(loaded, "sky/train_cross.yaml")
+        teacher_out = Path(workspace.localize(teacher_task["envs"]["TEACHER_OUT"]))
+        if not (teacher_out / "final").is_dir():
+            workspace.run_task(teacher_task, {"BOOKMATCH_ARGS": TRAIN_ARGS})
+    workspace.run_task(task, {"BOOKMATCH_ARGS": TRAIN_ARGS})
+    out_var = "TEACHER_OUT" if "TEACHER_OUT" in task["envs"] else "MODEL_OUT"
+    out = Path(workspace.localize(task["envs"][out_var]))
+    assert (out / "final").is_dir()
+    assert _read_json(out / "train_summary.json")["complete"] is True
