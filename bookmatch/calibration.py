@@ -1,0 +1,316 @@
+"""Calibration: temperature scaling + decision threshold for P(same book), isotonic map for style similarity.
+
+Everything is fitted on a labelled validation split and written as plain JSON (no pickles) in the model's
+parent folder: `OUT/final/` -> `OUT/calibration.json` (+ `OUT/style_calibration.json` for a bi-encoder).
+
+For two classes, softmax(logits / T)[:, 1] == sigmoid((l1 - l0) / T), so everything works on the logit
+margin `l1 - l0`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from bookmatch.errors import InputError
+from bookmatch.evaluation.metrics import compute_metrics
+from bookmatch.storage import atomic_write_json
+
+log = logging.getLogger(__name__)
+
+CALIBRATION_FILE = "calibration.json"
+STYLE_CALIBRATION_FILE = "style_calibration.json"
+TARGETS = ("accuracy", "f1")
+
+
+# ---------------------------------------------------------------------------------------------- math
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    with np.errstate(invalid="ignore"):  # NaN in (a pair a model did not score) -> NaN out, quietly
+        return np.exp(-np.logaddexp(0.0, -x))
+
+
+def logit_margin(logits: Any) -> np.ndarray:
+    """(N, 2) logits (tensor or array) -> l1 - l0 as float64."""
+    array = logits.detach().cpu().numpy() if hasattr(logits, "detach") else np.asarray(logits)
+    array = np.asarray(array, dtype=np.float64)
+    if array.ndim != 2 or array.shape[1] != 2:
+        raise ValueError(f"expected (N, 2) logits, got shape {array.shape}")
+    return array[:, 1] - array[:, 0]
+
+
+def probability_from_margin(margin: Sequence[float], temperature: float = 1.0) -> np.ndarray:
+    return sigmoid(np.asarray(margin, dtype=np.float64) / temperature)
+
+
+def binary_nll(labels: Sequence[int], probabilities: Sequence[float]) -> float:
+    y = np.asarray(labels, dtype=np.float64)
+    p = np.clip(np.asarray(probabilities, dtype=np.float64), 1e-12, 1 - 1e-12)
+    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+
+
+def fit_temperature(margin: Sequence[float], labels: Sequence[int], bounds: tuple[float, float] = (0.01, 100.0)) -> float:
+    """The T > 0 minimising the NLL of sigmoid(margin / T); searched on log T (a 1-D convex-ish problem)."""
+    from scipy.optimize import minimize_scalar
+
+    m = np.asarray(margin, dtype=np.float64)
+    y = np.asarray(labels, dtype=np.float64)
+    if len(m) == 0 or len(np.unique(y)) < 2:
+        raise InputError("temperature scaling needs labelled pairs of both classes in the calibration split")
+
+    def nll(log_t: float) -> float:
+        z = m / np.exp(log_t)
+        # log(1 + e^-z) for y=1, log(1 + e^z) for y=0, written stably.
+        return float(np.mean(y * np.logaddexp(0.0, -z) + (1 - y) * np.logaddexp(0.0, z)))
+
+    result = minimize_scalar(nll, bounds=(np.log(bounds[0]), np.log(bounds[1])), method="bounded", options={"xatol": 1e-6})
+    return float(np.exp(result.x))
+
+
+def best_threshold(labels: Sequence[int], probabilities: Sequence[float], target: str = "accuracy") -> float:
+    """The threshold t (decision: p >= t) maximising `target` on these pairs.
+
+    Candidates sit midway between consecutive distinct scores, so the rule generalises to unseen scores
+    instead of hugging one validation example; ties go to the candidate closest to 0.5.
+    """
+    if target not in TARGETS:
+        raise InputError(f"unknown calibration target {target!r}: use one of {', '.join(TARGETS)}")
+    y = np.asarray(labels, dtype=np.int64)
+    p = np.asarray(probabilities, dtype=np.float64)
+    distinct = np.unique(p)
+    if len(distinct) == 0:
+        return 0.5
+    # "all positive", every midpoint, "all negative"
+    candidates = np.concatenate([[distinct[0] - 1e-9], (distinct[1:] + distinct[:-1]) / 2, [np.nextafter(distinct[-1], 2.0)]])
+    pos = np.sort(p[y == 1])
+    neg = np.sort(p[y == 0])
+    # Counts of scores >= t via binary search: O((n + k) log n) instead of one pass per candidate.
+    tp = len(pos) - np.searchsorted(pos, candidates, side="left")
+    fp = len(neg) - np.searchsorted(neg, candidates, side="left")
+    fn = len(pos) - tp
+    tn = len(neg) - fp
+    if target == "accuracy":
+        score = (tp + tn) / max(len(y), 1)
+    else:
+        denominator = 2 * tp + fp + fn
+        score = np.where(denominator > 0, 2 * tp / np.maximum(denominator, 1), 0.0)
+    best = np.flatnonzero(score >= score.max() - 1e-12)
+    chosen = best[np.argmin(np.abs(candidates[best] - 0.5))]
+    return float(np.clip(candidates[chosen], 0.0, 1.0))
+
+
+@dataclass(frozen=True)
+class StyleCalibration:
+    """Monotone map from raw cosine to [0, 1], stored as isotonic-regression knots (apply with np.interp)."""
+
+    x: tuple[float, ...]
+    y: tuple[float, ...]
+
+    def __call__(self, cosine: Sequence[float] | float) -> np.ndarray:
+        return np.interp(np.asarray(cosine, dtype=np.float64), self.x, self.y)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"method": "isotonic", "input": "cosine of projected embeddings", "x": list(self.x), "y": list(self.y)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "StyleCalibration":
+        return cls(tuple(float(v) for v in data["x"]), tuple(float(v) for v in data["y"]))
+
+
+def fit_style_calibration(cosines: Sequence[float], labels: Sequence[int]) -> StyleCalibration:
+    """Isotonic (increasing, clipped) map cosine -> P(same book); np.interp on the knots reproduces it."""
+    from sklearn.isotonic import IsotonicRegression
+
+    iso = IsotonicRegression(increasing=True, out_of_bounds="clip", y_min=0.0, y_max=1.0)
+    iso.fit(np.asarray(cosines, dtype=np.float64), np.asarray(labels, dtype=np.float64))
+    return StyleCalibration(tuple(float(v) for v in iso.X_thresholds_), tuple(float(v) for v in iso.y_thresholds_))
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """How raw logits become a decision: p = sigmoid((l1 - l0) / temperature), same book when p >= threshold."""
+
+    temperature: float = 1.0
+    threshold: float = 0.5
+
+    def probabilities(self, margin: Sequence[float]) -> np.ndarray:
+        return probability_from_margin(margin, self.temperature)
+
+
+def calibration_path(model_dir: str | os.PathLike) -> Path:
+    return Path(model_dir).resolve().parent / CALIBRATION_FILE
+
+
+def style_calibration_path(model_dir: str | os.PathLike) -> Path:
+    return Path(model_dir).resolve().parent / STYLE_CALIBRATION_FILE
+
+
+def load_calibration(model_dir: str | os.PathLike, model_kind: str | None = None) -> Calibration | None:
+    """The calibration.json beside `model_dir` (in its parent), or None when there is none.
+
+    With `model_kind`, a file fitted for the other kind of model (two models sharing a parent) is an error.
+    """
+    path = calibration_path(model_dir)
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        calibration = Calibration(temperature=float(data["temperature"]), threshold=float(data["threshold"]))
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise InputError(f"calibration file {path} is unreadable ({err}); re-run `bookmatch calibrate` or delete it") from err
+    fitted_for = data.get("model_kind")
+    if model_kind is not None and fitted_for is not None and fitted_for != model_kind:
+        raise InputError(f"calibration file {path} was fitted for a {fitted_for}, not this {model_kind}; keep each model in its own run folder or re-run `bookmatch calibrate`")
+    return calibration
+
+
+def load_style_calibration(model_dir: str | os.PathLike) -> StyleCalibration | None:
+    path = style_calibration_path(model_dir)
+    if not path.exists():
+        return None
+    try:
+        return StyleCalibration.from_json(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise InputError(f"style calibration file {path} is unreadable ({err}); re-run `bookmatch calibrate` or delete it") from err
+
+
+def calibration_figures(labels: Sequence[int], probabilities: Sequence[float], threshold: float) -> dict[str, Any]:
+    figures = compute_metrics(labels, probabilities, threshold)
+    figures["nll"] = binary_nll(labels, probabilities)
+    return figures
+
+
+# ---------------------------------------------------------------------------------------------- data
+
+
+@dataclass
+class LabelledPairs:
+    text1: list[str]
+    text2: list[str]
+    labels: list[int]
+    kinds: list[str]
+    source: str
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def load_labelled_pairs(data_dir: str | os.PathLike | None = None, split: str = "validation", pairs_file: str | os.PathLike | None = None, max_pairs: int | None = None) -> LabelledPairs:
+    """Labelled pairs from a prepared DatasetDict split, or from a JSONL file (`text1, text2, label[, kind]`).
+
+    The kind of a dataset pair is its `neg_type` for negatives and "positive" for positives.
+    """
+    if (data_dir is None) == (pairs_file is None):
+        raise InputError("give exactly one of --data (a prepared dataset folder) or --pairs (a JSONL file)")
+    if pairs_file is not None:
+        from bookmatch.inference import read_pairs_jsonl
+
+        rows = []
+        for _, row in read_pairs_jsonl(pairs_file, require_label=True):
+            rows.append(row)
+            if max_pairs is not None and len(rows) >= max_pairs:
+                break
+        return LabelledPairs(
+            [r["text1"] for r in rows], [r["text2"] for r in rows], [int(r["label"]) for r in rows],
+            [str(r.get("kind") or ("positive" if int(r["label"]) == 1 else "negative")) for r in rows], str(pairs_file),
+        )
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise InputError(f"dataset folder {data_dir} does not exist: pass the folder written by `bookmatch prepare`")
+    from datasets import load_from_disk
+
+    try:
+        dataset = load_from_disk(str(data_dir))
+    except (FileNotFoundError, ValueError, OSError) as err:
+        raise InputError(f"{data_dir} is not a saved dataset ({err}); pass the folder written by `bookmatch prepare`") from err
+    if split not in dataset:
+        raise InputError(f"dataset {data_dir} has no split {split!r} (it has {', '.join(dataset.keys())})")
+    part = dataset[split]
+    if max_pairs is not None and len(part) > max_pairs:
+        part = part.select(range(max_pairs))
+    for column in ("text1", "text2", "label"):
+        if column not in part.column_names:
+            raise InputError(f"dataset {data_dir} split {split!r} lacks the column {column!r}")
+    labels = [int(v) for v in part["label"]]
+    if "neg_type" in part.column_names:
+        kinds = ["positive" if label == 1 else (neg or "negative") for label, neg in zip(labels, part["neg_type"])]
+    elif "pair_type" in part.column_names:
+        kinds = list(part["pair_type"])
+    else:
+        kinds = ["positive" if label == 1 else "negative" for label in labels]
+    return LabelledPairs(list(part["text1"]), list(part["text2"]), labels, kinds, f"{data_dir}[{split}]")
+
+
+# ---------------------------------------------------------------------------------------------- stage
+
+
+@dataclass
+class CalibrateConfig:
+    model_dir: str = ""
+    data_dir: str | None = None
+    pairs_file: str | None = None
+    split: str = "validation"
+    target: str = "accuracy"
+    batch_size: int = 64
+    max_pairs: int | None = None
+    device: str | None = None
+
+
+def calibrate(config: CalibrateConfig | str | os.PathLike, data_dir: str | os.PathLike | None = None, target: str | None = None, **options: Any) -> dict[str, Any]:
+    """Fit temperature + threshold (and the style map for a bi-encoder); write them beside the model.
+
+    Call with a CalibrateConfig, or as `calibrate(model_dir, data_dir, target, **other CalibrateConfig
+    fields)`. Returns the content of calibration.json.
+    """
+    if not isinstance(config, CalibrateConfig):
+        config = CalibrateConfig(model_dir=os.fspath(config), data_dir=None if data_dir is None else os.fspath(data_dir), target=target or "accuracy", **options)
+    from bookmatch.inference import detect_model_kind, load_scorer
+    from bookmatch.progress import summary_line
+
+    if config.target not in TARGETS:
+        raise InputError(f"unknown --target {config.target!r}: use one of {', '.join(TARGETS)}")
+    kind = detect_model_kind(config.model_dir)
+    pairs = load_labelled_pairs(config.data_dir, config.split, config.pairs_file, config.max_pairs)
+    if len(set(pairs.labels)) < 2:
+        raise InputError(f"{pairs.source} must hold both same-book and different-book pairs to calibrate")
+    scorer = load_scorer(config.model_dir, kind, config.device)
+    start = time.perf_counter()
+    raw = scorer.raw_scores(pairs.text1, pairs.text2, batch_size=config.batch_size, show_progress=True)
+    seconds = time.perf_counter() - start
+    labels = np.asarray(pairs.labels)
+
+    temperature = fit_temperature(raw.margin, labels)
+    before = probability_from_margin(raw.margin, 1.0)
+    after = probability_from_margin(raw.margin, temperature)
+    threshold = best_threshold(labels, after, config.target)
+    result: dict[str, Any] = {
+        "model_kind": kind,
+        "model_dir": str(Path(config.model_dir).resolve()),
+        "source": pairs.source,
+        "pairs": len(pairs),
+        "temperature": temperature,
+        "threshold": threshold,
+        "target": config.target,
+        "before": calibration_figures(labels, before, 0.5),
+        "after": calibration_figures(labels, after, threshold),
+        "config": dataclasses.asdict(config),
+    }
+    atomic_write_json(calibration_path(config.model_dir), result)
+    if raw.cosine is not None:
+        style = fit_style_calibration(raw.cosine, labels)
+        payload = style.to_json()
+        payload["pairs"] = len(pairs)
+        payload["source"] = pairs.source
+        atomic_write_json(style_calibration_path(config.model_dir), payload)
+    log.info(summary_line("calibrate: scored", len(pairs), seconds, "pairs"))
+    return result

@@ -1,0 +1,171 @@
+"""The evaluate stage: score labelled pairs, write metrics.json, report.md, plots and predictions.jsonl."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bookmatch.calibration import Calibration, load_calibration, load_labelled_pairs, probability_from_margin
+from bookmatch.config import save_config
+from bookmatch.errors import InputError
+from bookmatch.evaluation import plots
+from bookmatch.evaluation.metrics import compute_metrics, metrics_by_kind
+from bookmatch.evaluation.report import render_report
+from bookmatch.storage import atomic_write_json, atomic_write_text
+
+log = logging.getLogger(__name__)
+
+MODES = ("contrastive", "two-stage")
+
+
+@dataclass
+class EvaluateConfig:
+    model_dir: str = ""
+    report_dir: str = ""
+    data_dir: str | None = None
+    pairs_file: str | None = None
+    split: str = "test"
+    cross_model_dir: str | None = None
+    mode: str = "contrastive"
+    batch_size: int = 64
+    max_pairs: int | None = None
+    prefilter_threshold: float | None = None  # two-stage, calibrated setting: default the bi-encoder's threshold
+    device: str | None = None
+
+
+@dataclass
+class _Scores:
+    probability: np.ndarray
+    decisions: np.ndarray
+    threshold: float
+    stage: np.ndarray | None = None
+
+
+def _two_stage(bi_margin, cross_margin, bi_cal: Calibration, cross_cal: Calibration, prefilter: float) -> _Scores:
+    from bookmatch.inference import CROSS_ENCODER, BI_ENCODER, two_stage_decision
+
+    probability, same_book, by_cross = two_stage_decision(
+        bi_cal.probabilities(bi_margin), cross_cal.probabilities(cross_margin), prefilter, cross_cal.threshold
+    )
+    return _Scores(probability, same_book, cross_cal.threshold, np.where(by_cross, CROSS_ENCODER, BI_ENCODER))
+
+
+def evaluate(config: EvaluateConfig) -> dict[str, Any]:
+    """Write metrics.json, report.md, roc.png, reliability.png, score_histograms.png, predictions.jsonl and
+    config.yaml into `config.report_dir`; return the metrics dict."""
+    from bookmatch.inference import BI_ENCODER, CROSS_ENCODER, BiEncoderScorer, CrossEncoderScorer, load_bi_encoder, load_cross_encoder
+    from bookmatch.progress import summary_line
+
+    if config.mode not in MODES:
+        raise InputError(f"unknown --mode {config.mode!r}: use one of {', '.join(MODES)}")
+    if config.mode == "two-stage" and not config.cross_model_dir:
+        raise InputError("--mode two-stage needs --cross-model (the cross-encoder's final/ folder)")
+    pairs = load_labelled_pairs(config.data_dir, config.split, config.pairs_file, config.max_pairs)
+    if len(pairs) == 0:
+        raise InputError(f"{pairs.source} holds no pairs to evaluate")
+    labels = np.asarray(pairs.labels, dtype=np.int64)
+    kinds = list(pairs.kinds)
+
+    bi = BiEncoderScorer(load_bi_encoder(config.model_dir, config.device))
+    cross = CrossEncoderScorer(load_cross_encoder(config.cross_model_dir, config.device)) if config.mode == "two-stage" else None
+    start = time.perf_counter()
+    bi_raw = bi.raw_scores(pairs.text1, pairs.text2, batch_size=config.batch_size, show_progress=True)
+    bi_cal = load_calibration(config.model_dir, BI_ENCODER)
+
+    if config.mode == "contrastive":
+        raw_p = probability_from_margin(bi_raw.margin)
+        uncalibrated = _Scores(raw_p, raw_p >= 0.5, 0.5)
+        calibrated = None
+        if bi_cal is not None:
+            cal_p = bi_cal.probabilities(bi_raw.margin)
+            calibrated = _Scores(cal_p, cal_p >= bi_cal.threshold, bi_cal.threshold)
+        calibration_info = None if bi_cal is None else {"temperature": bi_cal.temperature, "threshold": bi_cal.threshold}
+    else:
+        cross_cal = load_calibration(config.cross_model_dir, CROSS_ENCODER)
+        prefilter = config.prefilter_threshold if config.prefilter_threshold is not None else (bi_cal.threshold if bi_cal else 0.5)
+        # The cross-encoder only reads pairs that pass a prefilter in either setting.
+        needed = probability_from_margin(bi_raw.margin) >= 0.5
+        if bi_cal is not None:
+            needed |= bi_cal.probabilities(bi_raw.margin) >= prefilter
+        cross_margin = np.full(len(pairs), np.nan)
+        idx = np.flatnonzero(needed)
+        if len(idx):
+            cross_margin[idx] = cross.raw_scores([pairs.text1[i] for i in idx], [pairs.text2[i] for i in idx], batch_size=config.batch_size).margin
+        uncalibrated = _two_stage(bi_raw.margin, cross_margin, Calibration(), Calibration(), 0.5)
+        calibrated = None
+        if bi_cal is not None or cross_cal is not None:
+            calibrated = _two_stage(bi_raw.margin, cross_margin, bi_cal or Calibration(), cross_cal or Calibration(), prefilter)
+        calibration_info = {
+            "bi_temperature": (bi_cal or Calibration()).temperature,
+            "prefilter_threshold": prefilter,
+            "cross_temperature": (cross_cal or Calibration()).temperature,
+            "cross_threshold": (cross_cal or Calibration()).threshold,
+        } if calibrated is not None else None
+    seconds = time.perf_counter() - start
+
+    final = calibrated or uncalibrated
+    metrics: dict[str, Any] = {
+        "model_dir": str(config.model_dir),
+        "cross_model_dir": config.cross_model_dir,
+        "mode": config.mode,
+        "source": pairs.source,
+        "pairs": len(pairs),
+        "positives": int(labels.sum()),
+        "calibration": calibration_info,
+        "uncalibrated": compute_metrics(labels, uncalibrated.probability, uncalibrated.threshold, uncalibrated.decisions),
+        "calibrated": None if calibrated is None else compute_metrics(labels, calibrated.probability, calibrated.threshold, calibrated.decisions),
+        "by_kind": {
+            "uncalibrated": metrics_by_kind(labels, uncalibrated.probability, kinds, uncalibrated.threshold, uncalibrated.decisions),
+            "calibrated": None if calibrated is None else metrics_by_kind(labels, calibrated.probability, kinds, calibrated.threshold, calibrated.decisions),
+        },
+        "style_similarity": {"auc": compute_metrics(labels, (bi_raw.cosine + 1) / 2)["auc"]} if bi_raw.cosine is not None else None,
+        "stages": None if final.stage is None else {str(k): int(v) for k, v in zip(*np.unique(final.stage, return_counts=True))},
+        "seconds": round(seconds, 3),
+    }
+
+    report_dir = Path(config.report_dir)
+    report_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(report_dir / "metrics.json", metrics)
+    _write_predictions(report_dir / "predictions.jsonl", labels, kinds, uncalibrated, calibrated, bi_raw.cosine)
+    plot_files = _write_plots(report_dir, labels, kinds, uncalibrated, calibrated)
+    atomic_write_text(report_dir / "report.md", render_report(metrics, plot_files))
+    save_config(config, report_dir / "config.yaml")
+    log.info(summary_line("evaluate: scored", len(pairs), seconds, "pairs"))
+    return metrics
+
+
+def _write_predictions(path: Path, labels, kinds, uncalibrated: _Scores, calibrated: _Scores | None, cosine) -> None:
+    final = calibrated or uncalibrated
+    lines = []
+    for i in range(len(labels)):
+        row: dict[str, Any] = {
+            "index": i,
+            "probability": round(float(final.probability[i]), 6),
+            "decision": int(final.decisions[i]),
+            "label": int(labels[i]),
+            "kind": kinds[i],
+            "uncalibrated_probability": round(float(uncalibrated.probability[i]), 6),
+        }
+        if final.stage is not None:
+            row["stage"] = str(final.stage[i])
+        if cosine is not None:
+            row["cosine"] = round(float(cosine[i]), 6)
+        lines.append(json.dumps(row))
+    atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def _write_plots(report_dir: Path, labels, kinds, uncalibrated: _Scores, calibrated: _Scores | None) -> dict[str, str]:
+    curves = {"uncalibrated": uncalibrated.probability}
+    if calibrated is not None:
+        curves["calibrated"] = calibrated.probability
+    final = calibrated or uncalibrated
+    plots.plot_roc(labels, curves, report_dir / "roc.png")
+    plots.plot_reliability(labels, curves, report_dir / "reliability.png")
+    plots.plot_score_histograms(final.probability, kinds, report_dir / "score_histograms.png", final.threshold)
+    return {"ROC curve": "roc.png", "Reliability diagram (before/after calibration)": "reliability.png", "Scores by kind": "score_histograms.png"}

@@ -1,0 +1,510 @@
+"""Scoring pairs of passages: the `Matcher` API behind `bookmatch infer` (single, batch) and `evaluate`.
+
+P(same book) = sigmoid((l1 - l0) / T) with the temperature T from `calibration.json` beside the model (1 when
+absent); the decision threshold comes from the caller, else that file, else 0.5.
+
+Two-stage: the bi-encoder scores every pair; a pair under the prefilter threshold is answered "different
+book" at once (stage "bi-encoder"); the rest go to the cross-encoder, whose calibrated probability and
+threshold decide (stage "cross-encoder").
+
+Texts longer than the model's `max_seq_length` tokens are truncated to it (the rest is not read).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from bookmatch.calibration import Calibration, StyleCalibration, load_calibration, load_style_calibration
+from bookmatch.errors import BookmatchError, InputError, ModelLoadError
+
+# Fewer words than this and the style/topic signal is too thin to trust: scored, but with a warning.
+MIN_RELIABLE_WORDS = 12
+BI_ENCODER = "bi-encoder"
+CROSS_ENCODER = "cross-encoder"
+
+
+# ---------------------------------------------------------------------------------------------- reading input
+
+
+def read_pairs_jsonl(path: str | os.PathLike, require_label: bool = False, skip_bad_lines: bool = False, bad_lines: list[str] | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) for each JSON line holding non-empty `text1` and `text2` (and `label` if required).
+
+    A bad line raises InputError naming the file and line, or with `skip_bad_lines` is described in
+    `bad_lines` (when given) and skipped. Blank lines are ignored. Bytes that are not UTF-8 are replaced.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"pairs file {path} does not exist")
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            problem = None
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                problem = f"not valid JSON ({err.msg})"
+            else:
+                problem = _pair_problem(row, require_label)
+            if problem is None:
+                yield number, row
+                continue
+            message = f"{path} line {number}: {problem}"
+            if not skip_bad_lines:
+                raise InputError(f"{message}; fix the line or pass --skip-bad-lines")
+            if bad_lines is not None:
+                bad_lines.append(message)
+
+
+def _pair_problem(row: Any, require_label: bool) -> str | None:
+    if not isinstance(row, dict):
+        return "expected a JSON object with text1 and text2"
+    for key in ("text1", "text2"):
+        if key not in row:
+            return f"missing field {key!r}"
+        if not isinstance(row[key], str):
+            return f"field {key!r} must be a string"
+        if not row[key].strip():
+            return f"field {key!r} is empty"
+    if require_label:
+        if "label" not in row:
+            return "missing field 'label'"
+        if row["label"] not in (0, 1, True, False):
+            return f"label must be 0 or 1, got {row['label']!r}"
+    return None
+
+
+# ---------------------------------------------------------------------------------------------- models
+
+
+def detect_model_kind(model_dir: str | os.PathLike) -> str:
+    """"bi-encoder" or "cross-encoder", from the files `save_pretrained` wrote."""
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise ModelLoadError(f"model folder {model_dir} does not exist: pass the `final/` folder written by `bookmatch train`")
+    config_path = model_dir / "bookmatch_config.json"
+    if config_path.exists():
+        try:
+            model_type = json.loads(config_path.read_text(encoding="utf-8")).get("model_type", "bi_encoder")
+        except (OSError, ValueError, AttributeError) as err:
+            raise ModelLoadError(f"{config_path} is not valid JSON ({err}); re-save the model") from err
+        return CROSS_ENCODER if "cross" in str(model_type) else BI_ENCODER
+    if (model_dir / "config.json").exists():
+        return CROSS_ENCODER
+    raise ModelLoadError(f"{model_dir} holds no model (no bookmatch_config.json or config.json): pass the `final/` folder written by `bookmatch train`")
+
+
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _load_failure(kind: str, model_dir: Path, err: Exception) -> ModelLoadError:
+    detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return ModelLoadError(f"cannot load the {kind} in {model_dir}: {detail[:300]}; re-save or re-train the model")
+
+
+def load_bi_encoder(model_dir: str | os.PathLike, device: str | None = None):
+    from bookmatch.models.bi_encoder import BiEncoder
+
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise ModelLoadError(f"model folder {model_dir} does not exist: pass the `final/` folder written by `bookmatch train`")
+    try:
+        return BiEncoder.from_pretrained(model_dir, device=device or default_device())
+    except BookmatchError:
+        raise
+    except Exception as err:  # shape mismatches, truncated tokenizer files...: all mean a damaged folder
+        raise _load_failure(BI_ENCODER, model_dir, err) from err
+
+
+def load_cross_encoder(model_dir: str | os.PathLike, device: str | None = None):
+    from bookmatch.models.cross_encoder import CrossEncoder
+
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise ModelLoadError(f"cross-encoder folder {model_dir} does not exist: pass the `final/` folder written by `bookmatch train cross`")
+    try:
+        return CrossEncoder.from_pretrained(model_dir, device=device or default_device())
+    except BookmatchError:
+        raise
+    except Exception as err:
+        raise _load_failure(CROSS_ENCODER, model_dir, err) from err
+
+
+def _truncation_warning(max_tokens: int) -> str:
+    return f"a text is longer than {max_tokens} tokens: only its first {max_tokens} are read (the model's max_seq_length)"
+
+
+def _text_key(text: str) -> str:
+    return hashlib.blake2b(text.encode("utf-8", errors="surrogatepass"), digest_size=16).hexdigest()
+
+
+@dataclass
+class RawScores:
+    """Uncalibrated outputs for aligned pairs: logit margin l1 - l0, and (bi-encoder) cosine of projections."""
+
+    margin: np.ndarray
+    cosine: np.ndarray | None = None
+
+
+class BiEncoderScorer:
+    """Bi-encoder logits with an LRU cache of per-text embeddings, so a text repeated across pairs (or
+    across calls) is encoded once."""
+
+    def __init__(self, model, cache_size: int = 4096) -> None:
+        self.model = model
+        self.cache_size = cache_size
+        self._cache: OrderedDict[str, tuple[Any, Any, Any]] = OrderedDict()
+        self.encoded_texts = 0  # how many texts went through the encoder (cache misses), for tests and benchmarks
+
+    @property
+    def max_seq_length(self) -> int:
+        return int(self.model.config.max_seq_length)
+
+    @property
+    def tokenizer(self):
+        return self.model.tokenizer
+
+    def embed(self, texts: Sequence[str], batch_size: int = 64, show_progress: bool = False):
+        """TextEmbeddings for `texts` in order; only texts not in the cache are encoded."""
+        import torch
+
+        from bookmatch.models.bi_encoder import TextEmbeddings
+        from bookmatch.progress import progress
+
+        keys = [_text_key(t) for t in texts]
+        rows: dict[str, tuple[Any, Any, Any]] = {}
+        missing: dict[str, str] = {}
+        for key, text in zip(keys, texts):
+            if key in rows or key in missing:
+                continue
+            cached = self._cache.get(key)
+            if cached is not None:
+                self._cache.move_to_end(key)
+                rows[key] = cached
+            else:
+                missing[key] = text
+        if missing:
+            missing_keys = list(missing)
+            chunk = max(batch_size * 16, 1)
+            starts = range(0, len(missing_keys), chunk)
+            for start in progress(starts, desc="encoding", total=len(starts), unit="block", disable=None if show_progress else True):
+                block = missing_keys[start : start + chunk]
+                emb = self.model.encode_texts([missing[k] for k in block], batch_size=batch_size)
+                self.encoded_texts += len(block)
+                for i, key in enumerate(block):
+                    # clone: a cached row must not keep its whole block's tensors alive after eviction
+                    row = (emb.pooled[i].clone(), emb.projected[i].clone(), emb.style[i].clone())
+                    rows[key] = row
+                    self._remember(key, row)
+        if not keys:
+            dim_h, dim_p = self.model.config.hidden_size, self.model.config.projection_dim
+            return TextEmbeddings(torch.zeros(0, dim_h), torch.zeros(0, dim_p), torch.zeros(0, self.model.side_features.dim))
+        return TextEmbeddings(*(torch.stack([rows[k][j] for k in keys]) for j in range(3)))
+
+    def _remember(self, key: str, row: tuple[Any, Any, Any]) -> None:
+        if self.cache_size <= 0:
+            return
+        self._cache[key] = row
+        self._cache.move_to_end(key)
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+
+    def raw_scores(self, text1: Sequence[str], text2: Sequence[str], batch_size: int = 64, show_progress: bool = False) -> RawScores:
+        import torch
+
+        from bookmatch.calibration import logit_margin
+
+        # One embed call over both sides: a text on both sides, or in many pairs, is encoded once.
+        emb = self.embed(list(text1) + list(text2), batch_size=batch_size, show_progress=show_progress)
+        n = len(text1)
+        from bookmatch.models.bi_encoder import TextEmbeddings
+
+        side_a = TextEmbeddings(*(t[:n] for t in emb))
+        side_b = TextEmbeddings(*(t[n:] for t in emb))
+        logits = self.model.pair_logits(side_a, side_b)
+        cosine = torch.nn.functional.cosine_similarity(side_a.projected, side_b.projected, dim=-1)
+        return RawScores(margin=logit_margin(logits), cosine=cosine.double().numpy())
+
+
+class CrossEncoderScorer:
+    def __init__(self, model) -> None:
+        self.model = model
+
+    @property
+    def max_seq_length(self) -> int:
+        config = getattr(self.model, "config", None)
+        return int(getattr(config, "max_seq_length", 512) or 512)
+
+    @property
+    def tokenizer(self):
+        return self.model.tokenizer
+
+    def raw_scores(self, text1: Sequence[str], text2: Sequence[str], batch_size: int = 64, show_progress: bool = False) -> RawScores:
+        from bookmatch.calibration import logit_margin
+
+        pairs = list(zip(text1, text2))
+        if not pairs:
+            return RawScores(margin=np.zeros(0))
+        logits = self.model.predict_logits(pairs, batch_size=batch_size)
+        return RawScores(margin=logit_margin(logits))
+
+
+def load_scorer(model_dir: str | os.PathLike, kind: str | None = None, device: str | None = None):
+    kind = kind or detect_model_kind(model_dir)
+    if kind == CROSS_ENCODER:
+        return CrossEncoderScorer(load_cross_encoder(model_dir, device))
+    return BiEncoderScorer(load_bi_encoder(model_dir, device))
+
+
+# ---------------------------------------------------------------------------------------------- two-stage
+
+
+def two_stage_decision(bi_probability: np.ndarray, cross_probability: np.ndarray, prefilter_threshold: float, cross_threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(probability, same_book, decided_by_cross) for aligned pairs.
+
+    Pairs under the prefilter keep the bi-encoder probability and a negative answer; the others take the
+    cross-encoder probability (`cross_probability` is only read there, so it may hold NaN elsewhere).
+    """
+    bi_probability = np.asarray(bi_probability, dtype=np.float64)
+    by_cross = bi_probability >= prefilter_threshold
+    probability = np.where(by_cross, cross_probability, bi_probability)
+    same_book = by_cross & (probability >= cross_threshold)
+    return probability, same_book, by_cross
+
+
+# ---------------------------------------------------------------------------------------------- matcher
+
+
+@dataclass(frozen=True)
+class MatchResult:
+    same_book: bool
+    probability: float  # calibrated P(same book) from the model that decided
+    confidence: float  # probability of the answer given: probability if same_book else 1 - probability
+    style_similarity: float | None  # isotonic-calibrated (style_calibration.json), else raw cosine in [-1, 1]
+    stage: str  # "bi-encoder" or "cross-encoder": which model decided
+    warnings: tuple[str, ...] = field(default=())
+
+    def to_dict(self, style: bool = True) -> dict[str, Any]:
+        out: dict[str, Any] = {"same_book": self.same_book, "confidence": round(self.confidence, 6), "probability": round(self.probability, 6)}
+        if style:
+            out["style_similarity"] = None if self.style_similarity is None else round(self.style_similarity, 6)
+        out["stage"] = self.stage
+        return out
+
+
+@dataclass
+class BatchReport:
+    scored: int
+    skipped: int
+    short_texts: int
+    truncated_texts: int
+    seconds: float
+    bad_lines: list[str]
+
+
+class Matcher:
+    """Scores pairs with a bi-encoder (contrastive mode) or bi-encoder + cross-encoder (two-stage mode)."""
+
+    def __init__(
+        self,
+        bi_scorer: BiEncoderScorer,
+        bi_calibration: Calibration,
+        style_calibration: StyleCalibration | None = None,
+        cross_scorer: CrossEncoderScorer | None = None,
+        cross_calibration: Calibration | None = None,
+        threshold: float | None = None,
+        prefilter_threshold: float | None = None,
+        cross_threshold: float | None = None,
+    ) -> None:
+        self.bi = bi_scorer
+        self.bi_calibration = bi_calibration
+        self.style_calibration = style_calibration
+        self.cross = cross_scorer
+        self.cross_calibration = cross_calibration or Calibration()
+        self.threshold = float(threshold if threshold is not None else bi_calibration.threshold)
+        self.prefilter_threshold = float(prefilter_threshold if prefilter_threshold is not None else self.threshold)
+        self.cross_threshold = float(cross_threshold if cross_threshold is not None else self.cross_calibration.threshold)
+        for name, value in (("threshold", self.threshold), ("prefilter threshold", self.prefilter_threshold), ("cross threshold", self.cross_threshold)):
+            if not 0.0 <= value <= 1.0:
+                raise InputError(f"{name} must lie in [0, 1], got {value}")
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model_dir: str | os.PathLike,
+        cross_model: str | os.PathLike | None = None,
+        device: str | None = None,
+        threshold: float | None = None,
+        prefilter_threshold: float | None = None,
+        cross_threshold: float | None = None,
+        cache_size: int = 4096,
+    ) -> "Matcher":
+        """Load the bi-encoder in `model_dir` (and a cross-encoder for two-stage) with the calibration files
+        in their parent folders, when present."""
+        if detect_model_kind(model_dir) != BI_ENCODER:
+            raise ModelLoadError(f"{model_dir} holds a cross-encoder; pass the bi-encoder as the model (and the cross-encoder as the cross model)")
+        bi = BiEncoderScorer(load_bi_encoder(model_dir, device), cache_size=cache_size)
+        cross = cross_calibration = None
+        if cross_model is not None:
+            if detect_model_kind(cross_model) != CROSS_ENCODER:
+                raise ModelLoadError(f"{cross_model} is not a cross-encoder folder; pass the `final/` folder of `bookmatch train cross`")
+            cross = CrossEncoderScorer(load_cross_encoder(cross_model, device))
+            cross_calibration = load_calibration(cross_model, CROSS_ENCODER)
+        return cls(
+            bi, load_calibration(model_dir, BI_ENCODER) or Calibration(), load_style_calibration(model_dir), cross, cross_calibration,
+            threshold=threshold, prefilter_threshold=prefilter_threshold, cross_threshold=cross_threshold,
+        )
+
+    @property
+    def mode(self) -> str:
+        return "two-stage" if self.cross is not None else "contrastive"
+
+    # checks ---------------------------------------------------------------------------------------------
+    def text_warnings(self, texts: Sequence[str]) -> list[list[str]]:
+        """Per text: warnings about very short texts and texts the model will truncate."""
+        out: list[list[str]] = [[] for _ in texts]
+        max_tokens = min(s.max_seq_length for s in self._scorers())
+        unsure = []
+        for i, text in enumerate(texts):
+            words = len(text.split())
+            if words < MIN_RELIABLE_WORDS:
+                out[i].append(f"a text has only {words} word(s): scores of very short texts are unreliable")
+            # Every word is at least one token (plus [CLS] and [SEP]), and a token is rarely shorter than one
+            # character: only texts between those two bounds need the (costly) tokenizer to tell.
+            if words + 2 > max_tokens:
+                out[i].append(_truncation_warning(max_tokens))
+            elif len(text) > max_tokens - 2:
+                unsure.append(i)
+        if unsure:
+            for i, n_tokens in zip(unsure, self._token_lengths([texts[i] for i in unsure])):
+                if n_tokens > max_tokens:
+                    out[i].append(_truncation_warning(max_tokens))
+        return out
+
+    def _scorers(self):
+        return [self.bi] + ([self.cross] if self.cross is not None else [])
+
+    def _token_lengths(self, texts: list[str]) -> list[int]:
+        encoded = self.bi.tokenizer(texts, add_special_tokens=True, truncation=False, verbose=False)
+        return [len(ids) for ids in encoded["input_ids"]]
+
+    # scoring ---------------------------------------------------------------------------------------------
+    def score(self, text1: str, text2: str) -> MatchResult:
+        return self.score_many([(text1, text2)])[0]
+
+    def score_many(self, pairs: Iterable[tuple[str, str]], batch_size: int = 64, check: bool = True) -> list[MatchResult]:
+        pairs = list(pairs)
+        if not pairs:
+            return []
+        text1 = [p[0] for p in pairs]
+        text2 = [p[1] for p in pairs]
+        for number, (a, b) in enumerate(pairs, start=1):
+            for name, text in (("text1", a), ("text2", b)):
+                if not isinstance(text, str) or not text.strip():
+                    raise InputError(f"pair {number}: {name} is empty or not a string: give two non-empty passages")
+        warnings: list[list[str]] = [[] for _ in pairs]
+        if check:
+            per_text = self.text_warnings(text1 + text2)
+            n = len(pairs)
+            warnings = [sorted(set(per_text[i] + per_text[n + i])) for i in range(n)]
+        raw = self.bi.raw_scores(text1, text2, batch_size=batch_size)
+        bi_probability = self.bi_calibration.probabilities(raw.margin)
+        if self.style_calibration is not None and raw.cosine is not None:
+            style = self.style_calibration(raw.cosine)
+        else:
+            style = raw.cosine
+        if self.cross is None:
+            probability = bi_probability
+            same_book = probability >= self.threshold
+            by_cross = np.zeros(len(pairs), dtype=bool)
+        else:
+            cross_probability = np.full(len(pairs), np.nan)
+            passing = np.flatnonzero(bi_probability >= self.prefilter_threshold)
+            if len(passing):
+                cross_raw = self.cross.raw_scores([text1[i] for i in passing], [text2[i] for i in passing], batch_size=batch_size)
+                cross_probability[passing] = self.cross_calibration.probabilities(cross_raw.margin)
+            probability, same_book, by_cross = two_stage_decision(bi_probability, cross_probability, self.prefilter_threshold, self.cross_threshold)
+        results = []
+        for i in range(len(pairs)):
+            p = float(probability[i])
+            decided = bool(same_book[i])
+            results.append(
+                MatchResult(
+                    same_book=decided,
+                    probability=p,
+                    confidence=p if decided else 1.0 - p,
+                    style_similarity=None if style is None else float(style[i]),
+                    stage=CROSS_ENCODER if by_cross[i] else BI_ENCODER,
+                    warnings=tuple(warnings[i]),
+                )
+            )
+        return results
+
+    def score_file(
+        self,
+        input_path: str | os.PathLike,
+        output_path: str | os.PathLike,
+        batch_size: int = 64,
+        skip_bad_lines: bool = False,
+        block_size: int | None = None,
+        style: bool = True,
+        show_progress: bool = True,
+    ) -> BatchReport:
+        """Score a JSONL file of pairs into a JSONL file of results, streamed in blocks of pairs.
+
+        Each output line: `line` (input line number), `id` when the input has one, and the result fields.
+        The output appears only when complete (written to a temp file beside it, then renamed).
+        """
+        from bookmatch.progress import progress
+
+        input_path, output_path = Path(input_path), Path(output_path)
+        block_size = block_size or max(batch_size * 8, 256)
+        bad_lines: list[str] = []
+        short = truncated = scored = 0
+        start = time.perf_counter()
+        output_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = output_path.parent / f".{output_path.name}.tmp-{os.getpid()}"
+        rows = read_pairs_jsonl(input_path, skip_bad_lines=skip_bad_lines, bad_lines=bad_lines)
+        try:
+            with open(tmp, "w", encoding="utf-8") as out:
+                for block in progress(_blocks(rows, block_size), desc="scoring", unit="block", disable=None if show_progress else True):
+                    results = self.score_many([(r["text1"], r["text2"]) for _, r in block], batch_size=batch_size)
+                    for (number, row), result in zip(block, results):
+                        record: dict[str, Any] = {"line": number}
+                        if "id" in row:
+                            record["id"] = row["id"]
+                        record.update(result.to_dict(style=style))
+                        out.write(json.dumps(record, ensure_ascii=False) + "\n")
+                        short += any("very short" in w for w in result.warnings)
+                        truncated += any("max_seq_length" in w for w in result.warnings)
+                    scored += len(block)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, output_path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return BatchReport(scored, len(bad_lines), short, truncated, time.perf_counter() - start, bad_lines)
+
+
+def _blocks(rows: Iterable[tuple[int, dict]], size: int) -> Iterator[list[tuple[int, dict]]]:
+    block: list[tuple[int, dict]] = []
+    for item in rows:
+        block.append(item)
+        if len(block) >= size:
+            yield block
+            block = []
+    if block:
+        yield block

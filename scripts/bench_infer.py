@@ -1,0 +1,130 @@
+"""Inference throughput: batch mode vs one call at a time, contrastive and two-stage, on the CPU.
+
+Same pairs for every row; the embedding cache is emptied before each timed run so batch mode gains only from
+batching and from encoding a repeated text once within the run (as it would on a fresh file). "One at a
+time" calls `Matcher.score` per pair with the model already loaded (no process start-up counted).
+
+    python scripts/bench_infer.py [--pairs 64] [--minilm-pairs 24] [--repeats 3] [--batch-size 32] [--threads 1] [--no-minilm] [--no-tiny]
+
+One torch thread by default: on a shared machine several threads fight for cores and the figures swing;
+pass --threads 0 to keep torch's default.
+
+Models: a tiny random 2-layer BERT built on the spot, and (if installed) all-MiniLM-L6-v2 as the backbone
+with random heads. Weights are random, so only speed is measured here, never quality.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+CORPUS_PAIRS = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "validation_pairs.jsonl"
+
+
+def load_pairs(n: int) -> list[tuple[str, str]]:
+    if CORPUS_PAIRS.exists():
+        rows = [json.loads(line) for line in CORPUS_PAIRS.read_text(encoding="utf-8").splitlines()[:n]]
+        return [(r["text1"], r["text2"]) for r in rows]
+    base = "The ship left the harbour at dawn and the coast sank below the horizon by noon."
+    return [(f"{base} Passage {i}. " * 8, f"{base} Other {i % 7}. " * 8) for i in range(n)]
+
+
+def build_models(root: Path, backbone: str, texts: list[str], max_seq_length: int) -> dict[str, Path]:
+    import torch
+
+    from bookmatch.models.bi_encoder import BiEncoder
+    from bookmatch.models.cross_encoder import CrossEncoder
+    from bookmatch.models.tiny import build_tiny_encoder
+
+    if backbone == "tiny":
+        backbone = str(build_tiny_encoder(root / "tiny_encoder", texts))
+    torch.manual_seed(0)
+    BiEncoder.from_backbone(backbone, max_seq_length=max_seq_length).save_pretrained(root / "bi" / "final")
+    torch.manual_seed(1)
+    CrossEncoder.from_backbone(backbone, max_seq_length=2 * max_seq_length).save_pretrained(root / "cross" / "final")
+    return {"bi": root / "bi" / "final", "cross": root / "cross" / "final"}
+
+
+def timed(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def bench(label: str, models: dict[str, Path], pairs, repeats: int, batch_size: int, tmp: Path) -> list[dict]:
+    from bookmatch.inference import Matcher
+
+    source = tmp / "pairs.jsonl"
+    source.write_text("".join(json.dumps({"text1": a, "text2": b}) + "\n" for a, b in pairs), encoding="utf-8")
+    rows = []
+    for mode in ("contrastive", "two-stage"):
+        # prefilter 0 sends every pair to the cross-encoder: the worst case for two-stage throughput
+        matcher = Matcher.from_pretrained(models["bi"], cross_model=models["cross"] if mode == "two-stage" else None, device="cpu", prefilter_threshold=0.0 if mode == "two-stage" else None)
+        matcher.score(*pairs[0])  # warm-up
+
+        def batch_mode():
+            matcher.bi._cache.clear()
+            matcher.score_file(source, tmp / "scores.jsonl", batch_size=batch_size, show_progress=False)
+
+        def one_at_a_time():
+            for a, b in pairs:
+                matcher.bi._cache.clear()
+                matcher.score(a, b)
+
+        batch_s, single_s = timed(batch_mode, repeats), timed(one_at_a_time, repeats)
+        rows.append({"model": label, "mode": mode, "pairs": len(pairs), "batch_pairs_per_s": len(pairs) / batch_s, "single_pairs_per_s": len(pairs) / single_s, "ratio": single_s / batch_s})
+        print(f"{label:>8} {mode:>12} {len(pairs):>6} {rows[-1]['batch_pairs_per_s']:>12.1f} {rows[-1]['single_pairs_per_s']:>12.1f} {rows[-1]['ratio']:>7.2f}x", flush=True)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pairs", type=int, default=64, help="Pairs for the tiny model.")
+    parser.add_argument("--minilm-pairs", type=int, default=24, help="Pairs for the MiniLM backbone (slow on CPU).")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default).")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--max-seq-length", type=int, default=256)
+    parser.add_argument("--no-minilm", action="store_true", help="Skip the all-MiniLM-L6-v2 backbone.")
+    parser.add_argument("--no-tiny", action="store_true", help="Skip the tiny random backbone.")
+    args = parser.parse_args()
+
+    import torch
+
+    from bookmatch.errors import ModelLoadError
+    from bookmatch.models.resolve import DEFAULT_CPU_BACKBONE, resolve_model_path
+
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s); batch size {args.batch_size}, median of {args.repeats}; pairs from {CORPUS_PAIRS if CORPUS_PAIRS.exists() else 'synthetic text'}")
+    print(f"{'model':>8} {'mode':>12} {'pairs':>6} {'batch/s':>12} {'single/s':>12} {'ratio':>8}")
+    backbones = [] if args.no_tiny else [("tiny", "tiny", args.pairs)]
+    if not args.no_minilm:
+        try:
+            resolve_model_path(DEFAULT_CPU_BACKBONE)
+            backbones.append(("minilm", DEFAULT_CPU_BACKBONE, args.minilm_pairs))
+        except ModelLoadError as err:
+            print(f"(all-MiniLM-L6-v2 not available: {err})")
+    with tempfile.TemporaryDirectory() as tmp_name:
+        for label, backbone, n_pairs in backbones:
+            pairs = load_pairs(n_pairs)
+            tmp = Path(tmp_name) / label
+            models = build_models(tmp, backbone, [t for pair in pairs for t in pair], args.max_seq_length)
+            bench(label, models, pairs, args.repeats, args.batch_size, tmp)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,87 @@
+"""Calibration math: temperature scaling, threshold choice, isotonic style map (no model needed)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bookmatch.calibration import (
+    Calibration,
+    StyleCalibration,
+    best_threshold,
+    binary_nll,
+    fit_style_calibration,
+    fit_temperature,
+    probability_from_margin,
+)
+from bookmatch.errors import InputError
+from bookmatch.evaluation.metrics import expected_calibration_error
+
+
+def _overconfident(n: int, seed: int, scale: float = 4.0):
+    rng = np.random.default_rng(seed)
+    true_margin = rng.normal(0.0, 2.0, n)
+    labels = (rng.random(n) < 1 / (1 + np.exp(-true_margin))).astype(int)
+    return scale * true_margin, labels
+
+
+def test_temperature_lowers_nll_and_ece_on_held_out_data():
+    fit_margin, fit_labels = _overconfident(3000, seed=1)
+    test_margin, test_labels = _overconfident(3000, seed=2)
+    temperature = fit_temperature(fit_margin, fit_labels)
+    assert 3.0 < temperature < 5.0  # the logits were inflated 4x
+    raw = probability_from_margin(test_margin, 1.0)
+    calibrated = probability_from_margin(test_margin, temperature)
+    assert binary_nll(test_labels, calibrated) < binary_nll(test_labels, raw) - 0.1
+    assert expected_calibration_error(test_labels, calibrated) < expected_calibration_error(test_labels, raw) / 2
+
+
+def test_temperature_equals_softmax_of_scaled_logits():
+    import torch
+
+    logits = torch.tensor([[0.3, 2.0], [1.5, -0.5], [0.0, 0.0]])
+    expected = torch.softmax(logits / 2.5, dim=-1)[:, 1].numpy()
+    cal = Calibration(temperature=2.5)
+    assert cal.probabilities((logits[:, 1] - logits[:, 0]).numpy()) == pytest.approx(expected, abs=1e-6)
+
+
+def test_temperature_needs_both_classes():
+    with pytest.raises(InputError):
+        fit_temperature([1.0, 2.0], [1, 1])
+
+
+@pytest.mark.parametrize("target", ["accuracy", "f1"])
+def test_best_threshold_matches_brute_force(target):
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 2, 300)
+    p = np.clip(0.25 * labels + 0.2 + 0.5 * rng.random(300), 0, 1)
+
+    def metric(t):
+        d = p >= t
+        tp, fp, fn = np.sum(d & (labels == 1)), np.sum(d & (labels == 0)), np.sum(~d & (labels == 1))
+        return np.mean(d == labels) if target == "accuracy" else 2 * tp / max(2 * tp + fp + fn, 1)
+
+    brute = max(metric(t) for t in np.concatenate([np.unique(p), [1.1]]))
+    chosen = best_threshold(labels, p, target)
+    assert metric(chosen) == pytest.approx(brute)
+    # it sits between two scores, not on one
+    assert not np.any(np.isclose(p, chosen, atol=1e-12))
+
+
+def test_best_threshold_rejects_unknown_target():
+    with pytest.raises(InputError):
+        best_threshold([0, 1], [0.2, 0.8], "auc")
+
+
+def test_style_knots_reproduce_isotonic_regression():
+    from sklearn.isotonic import IsotonicRegression
+
+    rng = np.random.default_rng(4)
+    cosine = rng.uniform(-0.5, 1.0, 400)
+    labels = (rng.random(400) < (cosine + 0.5) / 1.5).astype(int)
+    style = fit_style_calibration(cosine, labels)
+    reference = IsotonicRegression(increasing=True, out_of_bounds="clip", y_min=0, y_max=1).fit(cosine, labels)
+    probe = np.linspace(-1.0, 1.0, 101)  # includes points outside the fitted range (clipped)
+    assert style(probe) == pytest.approx(reference.predict(probe), abs=1e-9)
+    assert np.all(np.diff(style(probe)) >= 0)
+    assert StyleCalibration.from_json(style.to_json()) == style

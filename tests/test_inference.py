@@ -1,0 +1,262 @@
+"""Matcher API, `bookmatch infer` single and batch mode, two-stage routing, and bad input handling."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from bookmatch.calibration import probability_from_margin
+from bookmatch.cli import main
+from bookmatch.errors import InputError, ModelLoadError
+from bookmatch.inference import Matcher, read_pairs_jsonl, two_stage_decision
+from bookmatch.storage import atomic_write_json
+
+PASSAGES = [
+    "The old house stood at the end of the lane, its windows dark and its garden overgrown with weeds that nobody had cut in years.",
+    "She walked down to the harbour every morning to watch the fishing boats come in, counting them as her father had taught her.",
+    "The captain gave his orders in a low voice, and the men moved quickly about the deck, for the storm was nearly upon them.",
+    "It was the kind of winter evening when the fire seems the only friend in the world, and the wind cries in the chimney.",
+    "He had never been fond of letters, but this one he read three times before he put it down and looked out at the rain.",
+    "The professor adjusted his spectacles, cleared his throat, and began to explain the curious properties of the metal.",
+]
+
+
+@pytest.fixture(scope="module")
+def models(tiny_encoder_dir, tmp_path_factory) -> dict[str, Path]:
+    """A tiny random bi-encoder and cross-encoder saved as `<run>/final/` folders."""
+    import torch
+
+    from bookmatch.models.bi_encoder import BiEncoder
+    from bookmatch.models.cross_encoder import CrossEncoder
+
+    root = tmp_path_factory.mktemp("infer_models")
+    torch.manual_seed(0)
+    BiEncoder.from_backbone(str(tiny_encoder_dir), projection_dim=16, classifier_hidden_dim=32, max_seq_length=64).save_pretrained(root / "bi" / "final")
+    torch.manual_seed(1)
+    CrossEncoder.from_backbone(str(tiny_encoder_dir), max_seq_length=128).save_pretrained(root / "cross" / "final")
+    return {"bi": root / "bi" / "final", "cross": root / "cross" / "final"}
+
+
+def _pairs():
+    return [(PASSAGES[i], PASSAGES[j]) for i in range(len(PASSAGES)) for j in range(len(PASSAGES)) if i != j][:20]
+
+
+def _write_jsonl(path: Path, rows) -> Path:
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def _invoke(args, input=None):
+    return CliRunner().invoke(main, args, input=input)
+
+
+def test_api_single_cli_and_batch_agree(models, tmp_path):
+    matcher = Matcher.from_pretrained(models["bi"], device="cpu")
+    pairs = _pairs()
+    api = [r.probability for r in matcher.score_many(pairs, batch_size=4)]
+    one_by_one = [matcher.score(a, b).probability for a, b in pairs]
+    assert api == pytest.approx(one_by_one, abs=1e-5)
+
+    # Reference: the model's own logits, softmax column 1 (no calibration file -> temperature 1).
+    model = matcher.bi.model
+    emb_a, emb_b = model.encode_texts([a for a, _ in pairs]), model.encode_texts([b for _, b in pairs])
+    import torch
+
+    reference = torch.softmax(model.pair_logits(emb_a, emb_b), dim=-1)[:, 1].numpy()
+    assert api == pytest.approx(reference.tolist(), abs=1e-5)
+
+    single = _invoke(["infer", "contrastive", "--model", str(models["bi"]), "--device", "cpu", "--text1", pairs[0][0], "--text2", pairs[0][1], "--style-sim"])
+    assert single.exit_code == 0, single.output
+    out = json.loads(single.stdout)
+    assert out["probability"] == pytest.approx(api[0], abs=1e-5)
+    assert out["same_book"] == (api[0] >= 0.5)
+    assert out["confidence"] == pytest.approx(api[0] if out["same_book"] else 1 - api[0], abs=1e-5)
+    assert "style_similarity" in out and out["stage"] == "bi-encoder"
+
+    source = _write_jsonl(tmp_path / "pairs.jsonl", [{"id": f"p{i}", "text1": a, "text2": b} for i, (a, b) in enumerate(pairs)])
+    batch = _invoke(["infer", "contrastive", "--model", str(models["bi"]), "--device", "cpu", "--input", str(source), "--output", str(tmp_path / "scores.jsonl"), "--batch-size", "3"])
+    assert batch.exit_code == 0, batch.output
+    assert "infer: scored: 20 pairs" in batch.stderr
+    rows = [json.loads(line) for line in (tmp_path / "scores.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in rows] == [f"p{i}" for i in range(20)]
+    assert [r["probability"] for r in rows] == pytest.approx(api, abs=1e-5)
+
+
+def test_repeated_texts_are_encoded_once(models):
+    matcher = Matcher.from_pretrained(models["bi"], device="cpu", cache_size=0)
+    pairs = _pairs()  # 20 pairs over 6 distinct passages
+    matcher.score_many(pairs)
+    assert matcher.bi.encoded_texts == len(PASSAGES)
+    cached = Matcher.from_pretrained(models["bi"], device="cpu", cache_size=100)
+    cached.score_many(pairs[:10])
+    before = cached.bi.encoded_texts
+    cached.score_many(pairs)  # every text is now in the LRU cache
+    assert cached.bi.encoded_texts == before
+
+
+def test_threshold_flag_then_calibration_file_then_half(models, tmp_path):
+    assert Matcher.from_pretrained(models["bi"], device="cpu").threshold == 0.5
+    calibration = models["bi"].parent / "calibration.json"
+    atomic_write_json(calibration, {"temperature": 2.0, "threshold": 0.37})
+    try:
+        matcher = Matcher.from_pretrained(models["bi"], device="cpu")
+        assert matcher.threshold == 0.37
+        result = matcher.score(*_pairs()[0])
+        margin = matcher.bi.raw_scores([_pairs()[0][0]], [_pairs()[0][1]]).margin
+        assert result.probability == pytest.approx(float(probability_from_margin(margin, 2.0)[0]), abs=1e-6)
+        assert result.same_book == (result.probability >= 0.37)
+        assert Matcher.from_pretrained(models["bi"], device="cpu", threshold=0.9).threshold == 0.9
+    finally:
+        calibration.unlink()
+
+
+def test_style_similarity_uses_isotonic_knots(models):
+    style_file = models["bi"].parent / "style_calibration.json"
+    atomic_write_json(style_file, {"x": [-1.0, 0.0, 1.0], "y": [0.0, 0.2, 1.0]})
+    try:
+        matcher = Matcher.from_pretrained(models["bi"], device="cpu")
+        a, b = _pairs()[0]
+        cosine = matcher.bi.raw_scores([a], [b]).cosine[0]
+        assert matcher.score(a, b).style_similarity == pytest.approx(float(np.interp(cosine, [-1, 0, 1], [0, 0.2, 1])), abs=1e-6)
+    finally:
+        style_file.unlink()
+
+
+def test_two_stage_routes_by_prefilter(models, tmp_path):
+    pairs = _pairs()
+    contrastive = Matcher.from_pretrained(models["bi"], device="cpu")
+    bi_p = np.array([r.probability for r in contrastive.score_many(pairs)])
+    prefilter = float(np.median(bi_p))
+    matcher = Matcher.from_pretrained(models["bi"], cross_model=models["cross"], device="cpu", prefilter_threshold=prefilter, cross_threshold=0.5)
+    results = matcher.score_many(pairs)
+    import torch
+
+    cross_logits = matcher.cross.model.predict_logits(pairs)
+    cross_p = torch.softmax(cross_logits, dim=-1)[:, 1].numpy()
+    probability, same_book, by_cross = two_stage_decision(bi_p, cross_p, prefilter, 0.5)
+    assert 0 < by_cross.sum() < len(pairs)  # both stages decide some pairs
+    assert [r.stage for r in results] == ["cross-encoder" if c else "bi-encoder" for c in by_cross]
+    assert [r.probability for r in results] == pytest.approx(probability.tolist(), abs=1e-5)
+    assert [r.same_book for r in results] == same_book.tolist()
+    assert not any(r.same_book for r in results if r.stage == "bi-encoder")
+
+    i = int(np.flatnonzero(by_cross)[0])
+    cli = _invoke(["infer", "two-stage", "--bi-model", str(models["bi"]), "--cross-model", str(models["cross"]), "--device", "cpu",
+                   "--prefilter-threshold", str(prefilter), "--text1", pairs[i][0], "--text2", pairs[i][1]])
+    assert cli.exit_code == 0, cli.output
+    out = json.loads(cli.stdout)
+    assert out["stage"] == "cross-encoder" and out["probability"] == pytest.approx(probability[i], abs=1e-5)
+
+    source = _write_jsonl(tmp_path / "pairs.jsonl", [{"text1": a, "text2": b} for a, b in pairs])
+    batch = _invoke(["infer", "two-stage", "--bi-model", str(models["bi"]), "--cross-model", str(models["cross"]), "--device", "cpu",
+                     "--prefilter-threshold", str(prefilter), "--input", str(source), "--output", str(tmp_path / "out.jsonl")])
+    assert batch.exit_code == 0, batch.output
+    rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [r["stage"] for r in rows] == [r.stage for r in results]
+    assert [r["probability"] for r in rows] == pytest.approx(probability.tolist(), abs=1e-5)
+
+
+def test_stdin_json_and_non_utf8_bytes(models):
+    a, b = _pairs()[0]
+    ok = _invoke(["infer", "contrastive", "--model", str(models["bi"]), "--device", "cpu"], input=json.dumps({"text1": a, "text2": b}))
+    assert ok.exit_code == 0, ok.output
+    direct = Matcher.from_pretrained(models["bi"], device="cpu").score(a, b)
+    assert json.loads(ok.stdout)["probability"] == pytest.approx(direct.probability, abs=1e-5)
+
+    raw = json.dumps({"text1": a + " caf\u00e9", "text2": b}, ensure_ascii=False).encode("utf-8").replace("\u00e9".encode("utf-8"), b"\xe9")
+    bad = _invoke(["infer", "contrastive", "--model", str(models["bi"]), "--device", "cpu"], input=raw)
+    assert bad.exit_code == 0, bad.output
+    assert "not valid UTF-8" in bad.stderr and "Traceback" not in bad.output
+    assert 0.0 <= json.loads(bad.stdout)["probability"] <= 1.0
+
+    garbage = _invoke(["infer", "contrastive", "--model", str(models["bi"]), "--device", "cpu"], input="not json")
+    assert garbage.exit_code == InputError.exit_code
+    assert garbage.stderr.startswith("error: stdin is not a JSON object") and "Traceback" not in garbage.output
+
+
+def test_empty_short_and_long_texts(models):
+    base = ["infer", "contrastive", "--model", str(models["bi"]), "--device", "cpu"]
+    empty = _invoke(base + ["--text1", "   ", "--text2", PASSAGES[0]])
+    assert empty.exit_code == InputError.exit_code
+    assert empty.stderr.strip() == "error: text1 is empty: give two non-empty passages"
+    with pytest.raises(InputError):
+        Matcher.from_pretrained(models["bi"], device="cpu").score("", PASSAGES[0])
+
+    short = _invoke(base + ["--text1", "Hello there.", "--text2", PASSAGES[0]])
+    assert short.exit_code == 0 and "very short texts are unreliable" in short.stderr
+    assert 0.0 <= json.loads(short.stdout)["probability"] <= 1.0
+
+    long_text = " ".join(PASSAGES * 10)
+    long = _invoke(base + ["--text1", long_text, "--text2", PASSAGES[0]])
+    assert long.exit_code == 0 and "only its first 64 are read" in long.stderr
+    assert "very short" not in long.stderr
+    clean = _invoke(base + ["--text1", PASSAGES[1], "--text2", PASSAGES[0]])
+    assert clean.exit_code == 0 and clean.stderr == ""
+
+
+def test_bad_jsonl_lines(models, tmp_path):
+    a, b = _pairs()[0]
+    source = _write_jsonl(tmp_path / "pairs.jsonl", [{"text1": a, "text2": b}, "{not json", {"text1": a}, "", {"text1": a, "text2": b}])
+    out = tmp_path / "scores.jsonl"
+    base = ["infer", "contrastive", "--model", str(models["bi"]), "--device", "cpu", "--input", str(source), "--output", str(out)]
+    stop = _invoke(base)
+    assert stop.exit_code == InputError.exit_code
+    assert "line 2: not valid JSON" in stop.stderr and "--skip-bad-lines" in stop.stderr
+    assert "Traceback" not in stop.output
+    assert not out.exists() and not list(tmp_path.glob(".scores.jsonl*"))  # nothing half-written
+
+    go_on = _invoke(base + ["--skip-bad-lines"])
+    assert go_on.exit_code == 0, go_on.output
+    assert "line 3: missing field 'text2'" in go_on.stderr
+    assert [json.loads(line)["line"] for line in out.read_text().splitlines()] == [1, 5]
+
+    with pytest.raises(InputError, match="line 2"):
+        list(read_pairs_jsonl(source))
+
+
+def test_missing_and_corrupt_model_folders(models, tmp_path):
+    import shutil
+
+    missing = _invoke(["infer", "contrastive", "--model", str(tmp_path / "nope"), "--text1", PASSAGES[0], "--text2", PASSAGES[1]])
+    assert missing.exit_code == ModelLoadError.exit_code and missing.stderr.startswith("error: model folder")
+
+    broken = tmp_path / "broken" / "final"
+    shutil.copytree(models["bi"], broken)
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    corrupt = _invoke(["infer", "contrastive", "--model", str(broken), "--device", "cpu", "--text1", PASSAGES[0], "--text2", PASSAGES[1]])
+    assert corrupt.exit_code == ModelLoadError.exit_code
+    assert corrupt.stderr.startswith("error: ") and len(corrupt.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in corrupt.output
+
+    (broken / "bookmatch_config.json").write_text("{half", encoding="utf-8")
+    with pytest.raises(ModelLoadError):
+        Matcher.from_pretrained(broken, device="cpu")
+
+    empty_dir = tmp_path / "empty"
+    empty_dir.mkdir()
+    with pytest.raises(ModelLoadError, match="holds no model"):
+        Matcher.from_pretrained(empty_dir, device="cpu")
+    with pytest.raises(ModelLoadError, match="cross-encoder"):
+        Matcher.from_pretrained(models["cross"], device="cpu")
+
+
+def test_files_with_latin1_bytes_and_missing_output(models, tmp_path):
+    first, second = tmp_path / "a.txt", tmp_path / "b.txt"
+    first.write_bytes(PASSAGES[0].encode("utf-8") + b" caf\xe9")
+    second.write_text(PASSAGES[1], encoding="utf-8")
+    base = ["infer", "contrastive", "--model", str(models["bi"]), "--device", "cpu"]
+    result = _invoke(base + ["--file1", str(first), "--file2", str(second)])
+    assert result.exit_code == 0, result.output
+    assert f"{first} is not valid UTF-8" in result.stderr
+    expected = Matcher.from_pretrained(models["bi"], device="cpu").score(PASSAGES[0] + " caf\ufffd", PASSAGES[1])
+    assert json.loads(result.stdout)["probability"] == pytest.approx(expected.probability, abs=1e-5)
+
+    missing = _invoke(base + ["--file1", str(tmp_path / "nope.txt"), "--file2", str(second)])
+    assert missing.exit_code == InputError.exit_code and missing.stderr.startswith("error: cannot read")
+    no_output = _invoke(base + ["--input", str(first)])
+    assert no_output.exit_code == InputError.exit_code and "--input needs --output" in no_output.stderr
