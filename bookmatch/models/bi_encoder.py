@@ -1,0 +1,249 @@
+"""The Siamese bi-encoder: one shared encoder per side, a contrastive projection head, and a pair classifier.
+
+A folder saved by `save_pretrained` holds `model.safetensors` (every weight: encoder, head, classifier),
+`bookmatch_config.json` (BiEncoderConfig), the encoder's `config.json` and the tokenizer, so it loads
+offline without the backbone it was trained from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NamedTuple, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from bookmatch.errors import ModelLoadError
+from bookmatch.models.pooling import POOLING_MODES, pool
+from bookmatch.models.resolve import resolve_model_path
+from bookmatch.storage import atomic_directory, atomic_write_json
+from bookmatch.text.style import get_side_feature_set
+
+CONFIG_NAME = "bookmatch_config.json"
+WEIGHTS_NAME = "model.safetensors"
+LEGACY_WEIGHTS_NAME = "pytorch_model.bin"
+MODEL_TYPE = "bi_encoder"
+
+
+@dataclass
+class BiEncoderConfig:
+    backbone: str
+    projection_dim: int = 256
+    max_seq_length: int = 256
+    pooling: str = "mean"
+    side_features: str = "style_v1"
+    side_feature_names: list[str] = field(default_factory=list)  # filled from `side_features` on build
+    classifier_hidden_dim: int = 512
+    dropout: float = 0.1
+    hidden_size: int = 0  # the encoder's width, filled on build
+
+    def __post_init__(self) -> None:
+        if self.pooling not in POOLING_MODES:
+            raise ValueError(f"unknown pooling {self.pooling!r}; choose one of {', '.join(POOLING_MODES)}")
+        self.side_feature_names = list(get_side_feature_set(self.side_features).names)
+
+
+class TextEmbeddings(NamedTuple):
+    pooled: torch.Tensor  # (N, hidden) for the pair classifier
+    projected: torch.Tensor  # (N, projection_dim), L2-normalised, for the contrastive space
+    style: torch.Tensor  # (N, n_side_features)
+
+
+class BiEncoder(nn.Module):
+    def __init__(self, config: BiEncoderConfig, encoder: nn.Module, tokenizer) -> None:
+        super().__init__()
+        self.config = config
+        self.encoder = encoder
+        self.tokenizer = tokenizer
+        self.side_features = get_side_feature_set(config.side_features)
+        # the encoder's own pooler (BERT/RoBERTa's CLS dense layer) is unused here: frozen, so DDP does not
+        # wait for gradients that never come
+        pooler = getattr(encoder, "pooler", None)
+        if isinstance(pooler, nn.Module):
+            pooler.requires_grad_(False)
+        hidden = int(encoder.config.hidden_size)
+        config.hidden_size = hidden
+        self.projection = nn.Sequential(nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, config.projection_dim))
+        n_side = self.side_features.dim
+        self.classifier = nn.Sequential(
+            nn.Linear(4 * hidden + 3 * n_side, config.classifier_hidden_dim),
+            nn.GELU(),
+            nn.Dropout(config.dropout),
+            nn.Linear(config.classifier_hidden_dim, 2),
+        )
+
+    # construction and storage -----------------------------------------------------------------------------
+    @classmethod
+    def from_backbone(cls, backbone: str, local_files_only: bool = True, **config_values) -> "BiEncoder":
+        """A new bi-encoder on a pretrained encoder (heads randomly initialised from the torch seed)."""
+        from transformers import AutoModel, AutoTokenizer
+
+        path = resolve_model_path(backbone, local_files_only=local_files_only)
+        try:
+            encoder = AutoModel.from_pretrained(path, local_files_only=local_files_only)
+            tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local_files_only)
+        except (OSError, ValueError) as err:
+            raise ModelLoadError(f"cannot load backbone {backbone!r} from {path}: {err}") from err
+        return cls(BiEncoderConfig(backbone=str(backbone), **config_values), encoder, tokenizer)
+
+    @classmethod
+    def from_pretrained(cls, model_dir: str | os.PathLike, device: str | torch.device | None = None) -> "BiEncoder":
+        from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+        model_dir = Path(model_dir)
+        config_path = model_dir / CONFIG_NAME
+        if not config_path.exists():
+            raise ModelLoadError(f"{model_dir} has no {CONFIG_NAME}: pass a folder written by BiEncoder.save_pretrained")
+        try:
+            values = json.loads(config_path.read_text(encoding="utf-8"))
+            values.pop("model_type", None)
+            known = {f.name for f in dataclasses.fields(BiEncoderConfig)}
+            config = BiEncoderConfig(**{k: v for k, v in values.items() if k in known})
+            encoder = AutoModel.from_config(AutoConfig.from_pretrained(model_dir, local_files_only=True))
+            tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+        except (OSError, ValueError, TypeError, json.JSONDecodeError) as err:
+            raise ModelLoadError(f"cannot read the bi-encoder in {model_dir}: {err}; re-save it with save_pretrained") from err
+        model = cls(config, encoder, tokenizer)
+        try:
+            model.load_state_dict(load_weights(model_dir), strict=True)
+        except RuntimeError as err:  # shapes or names do not match the config beside them
+            first = str(err).strip().splitlines()[0]
+            raise ModelLoadError(f"weights in {model_dir} do not match its {CONFIG_NAME}: {first}") from err
+        model.eval()
+        if device is not None:
+            model.to(device)
+        return model
+
+    def save_pretrained(self, model_dir: str | os.PathLike, state_dict: dict[str, torch.Tensor] | None = None) -> Path:
+        """Write the whole model folder atomically (a kill mid-save leaves the previous folder intact).
+
+        `state_dict` replaces this module's own weights (e.g. the gathered weights of a DeepSpeed ZeRO-3 run).
+        """
+        from safetensors.torch import save_file, save_model
+
+        with atomic_directory(model_dir) as tmp:
+            if state_dict is None:
+                save_model(self, str(tmp / WEIGHTS_NAME))
+            else:
+                save_file({k: v.detach().contiguous().cpu() for k, v in state_dict.items()}, str(tmp / WEIGHTS_NAME))
+            atomic_write_json(tmp / CONFIG_NAME, {"model_type": MODEL_TYPE, **dataclasses.asdict(self.config)})
+            self.encoder.config.save_pretrained(tmp)
+            self.tokenizer.save_pretrained(tmp)
+        return Path(model_dir)
+
+    # tokenizing ----------------------------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def tokenize(self, texts: Sequence[str]) -> dict[str, list[list[int]]]:
+        """Token ids without padding (padding happens per batch)."""
+        encoded = self.tokenizer(list(texts), truncation=True, max_length=self.config.max_seq_length)
+        return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
+
+    def side_feature_array(self, texts: Sequence[str]) -> np.ndarray:
+        return self.side_features.batch(list(texts))
+
+    # forward ---------------------------------------------------------------------------------------------------
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token ids -> (pooled, projected) for one side."""
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        pooled = pool(hidden, attention_mask, self.config.pooling)
+        projected = nn.functional.normalize(self.projection(pooled), dim=-1)
+        return pooled, projected
+
+    def classify(self, pooled_a, pooled_b, style_a, style_b) -> torch.Tensor:
+        style_a = style_a.to(pooled_a.dtype)
+        style_b = style_b.to(pooled_a.dtype)
+        features = [pooled_a, pooled_b, (pooled_a - pooled_b).abs(), pooled_a * pooled_b, style_a, style_b, (style_a - style_b).abs()]
+        return self.classifier(torch.cat(features, dim=-1))
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Training forward over a pair batch (`input_ids_a/attention_mask_a/style_a` and the same for `_b`).
+
+        """
+        pooled_a, projected_a = self.encode(batch["input_ids_a"], batch["attention_mask_a"])
+        pooled_b, projected_b = self.encode(batch["input_ids_b"], batch["attention_mask_b"])
+        logits = self.classify(pooled_a, pooled_b, batch["style_a"], batch["style_b"])
+        return {
+            "pooled_a": pooled_a,
+            "pooled_b": pooled_b,
+            "projected_a": projected_a,
+            "projected_b": projected_b,
+            "logits": logits,
+        }
+
+    # inference -------------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode_texts(self, texts: Sequence[str], batch_size: int = 32) -> TextEmbeddings:
+        """Embeddings for many texts (eval mode, no grad), on the CPU in the input order.
+
+        Texts are run longest first so each batch pads to similar lengths.
+        """
+        texts = list(texts)
+        was_training = self.training
+        self.eval()
+        device = self.device
+        tokens = self.tokenize(texts)
+        style = torch.from_numpy(self.side_feature_array(texts))
+        order = sorted(range(len(texts)), key=lambda i: -len(tokens["input_ids"][i]))
+        pooled_out = torch.zeros(len(texts), self.config.hidden_size)
+        projected_out = torch.zeros(len(texts), self.config.projection_dim)
+        try:
+            for start in range(0, len(order), batch_size):
+                idx = order[start : start + batch_size]
+                padded = self.tokenizer.pad(
+                    {"input_ids": [tokens["input_ids"][i] for i in idx], "attention_mask": [tokens["attention_mask"][i] for i in idx]},
+                    return_tensors="pt",
+                )
+                pooled, projected = self.encode(padded["input_ids"].to(device), padded["attention_mask"].to(device))
+                index = torch.tensor(idx)
+                pooled_out[index] = pooled.float().cpu()
+                projected_out[index] = projected.float().cpu()
+        finally:
+            self.train(was_training)
+        return TextEmbeddings(pooled_out, projected_out, style)
+
+    @torch.no_grad()
+    def pair_logits(self, emb_a: TextEmbeddings, emb_b: TextEmbeddings, batch_size: int = 4096) -> torch.Tensor:
+        """(N, 2) logits for aligned rows of two embedding sets (class 1 = same book), on the CPU."""
+        was_training = self.training
+        self.eval()
+        device = self.device
+        dtype = next(self.classifier.parameters()).dtype
+        out = []
+        try:
+            for start in range(0, emb_a.pooled.shape[0], batch_size):
+                sl = slice(start, start + batch_size)
+                logits = self.classify(
+                    emb_a.pooled[sl].to(device, dtype),
+                    emb_b.pooled[sl].to(device, dtype),
+                    emb_a.style[sl].to(device, dtype),
+                    emb_b.style[sl].to(device, dtype),
+                )
+                out.append(logits.float().cpu())
+        finally:
+            self.train(was_training)
+        return torch.cat(out) if out else torch.zeros(0, 2)
+
+
+def load_weights(model_dir: Path) -> dict[str, torch.Tensor]:
+    """The state dict from model.safetensors, else pytorch_model.bin (tensors only, never pickled code)."""
+    safetensors_path = model_dir / WEIGHTS_NAME
+    legacy_path = model_dir / LEGACY_WEIGHTS_NAME
+    try:
+        if safetensors_path.exists():
+            from safetensors.torch import load_file
+
+            return load_file(str(safetensors_path))
+        if legacy_path.exists():
+            return torch.load(legacy_path, map_location="cpu", weights_only=True)
+    except Exception as err:  # any decode failure is the same problem for the user: a damaged file
+        path = safetensors_path if safetensors_path.exists() else legacy_path
+        raise ModelLoadError(f"cannot read weights {path}: {type(err).__name__}: {err}; the file is damaged, re-save or re-train the model") from err
+    raise ModelLoadError(f"{model_dir} has neither {WEIGHTS_NAME} nor {LEGACY_WEIGHTS_NAME}: pass a folder written by save_pretrained")

@@ -1,0 +1,221 @@
+"""Steps 4-8, shared by the single-machine run and the shard merge: dedup, mining, splits, pairs, save.
+
+Both paths hand this module the same list of BookRecords (sorted by path), so the same seed and the same
+books give the same dataset whichever way they were scanned.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import Callable
+
+from bookmatch.config import config_to_dict, save_config
+from bookmatch.prepare.config import PrepareConfig
+from bookmatch.prepare.dedup import common_shingles, drop_boilerplate_chunks, group_works
+from bookmatch.prepare.pairs import COLUMNS, NEG_TYPES, PairOptions, pair_columns, sample_split_pairs
+from bookmatch.prepare.records import BookRecord
+from bookmatch.prepare.scan import assign_book_ids
+from bookmatch.prepare.splits import SPLITS, assign_splits
+from bookmatch.prepare.store import ChunkStore
+from bookmatch.progress import Timer, summary_line
+from bookmatch.storage import atomic_directory, atomic_write_json
+
+log = logging.getLogger(__name__)
+
+_SHARD_BYTES = 500 * 1024 * 1024
+
+
+def pair_features():
+    from datasets import Features, Value
+
+    types = {"label": Value("int64"), "same_topic": Value("bool")}
+    return Features({name: types.get(name, Value("string")) for name in COLUMNS})
+
+
+def split_counts(columns: dict[str, list]) -> dict[str, int]:
+    counts = {"total": len(columns["label"]), "positive": sum(columns["label"])}
+    counts["negative"] = counts["total"] - counts["positive"]
+    for kind in NEG_TYPES:
+        counts[kind] = sum(1 for t in columns["neg_type"] if t == kind)
+    return counts
+
+
+def write_dataset(columns: dict[str, dict[str, list]], target: Path, batch_rows: int = 2000) -> None:
+    """Save the splits as a DatasetDict at `target`, streaming rows through Arrow files in batches so the
+    peak memory is the texts plus one batch, not several full in-memory copies of every split."""
+    from datasets import Dataset, DatasetDict
+    from datasets.arrow_writer import ArrowWriter
+
+    features = pair_features()
+    staging = target / ".staging"
+    staging.mkdir()
+    splits = {}
+    for name, cols in columns.items():
+        path = staging / f"{name}.arrow"
+        with ArrowWriter(features=features, path=str(path)) as writer:
+            total = len(cols["label"])
+            for start in range(0, total, batch_rows):
+                writer.write_batch({k: v[start : start + batch_rows] for k, v in cols.items()})
+            writer.finalize()
+        splits[name] = Dataset.from_file(str(path))
+    dataset = DatasetDict(splits)
+    # An explicit shard count per split: datasets writes an empty split as 0 shards, which it cannot load.
+    shards = {name: max(1, math.ceil(split.data.nbytes / _SHARD_BYTES)) for name, split in dataset.items()}
+    dataset.save_to_disk(str(target), num_shards=shards)
+    del dataset, splits
+    shutil.rmtree(staging)
+
+
+def mine_neighbours(
+    kept: list[BookRecord],
+    work_of: list[int],
+    config: PrepareConfig,
+    fetch_texts: Callable[[dict[int, set[int]]], dict[tuple[int, int], str]],
+) -> tuple[list[list[int]], int]:
+    """(hard-negative books per book, number of chunks embedded)."""
+    from bookmatch.prepare.mining import embed_centroids, embed_positions, hard_negative_books
+
+    positions = [embed_positions(r.num_chunks, config.num_chunks_for_embed) for r in kept]
+    texts = fetch_texts(dict(enumerate(map(set, positions))))
+    samples = [[texts[(b, c)] for c in cs] for b, cs in enumerate(positions)]
+    del texts
+    started = time.perf_counter()
+    centroids = embed_centroids(samples, config.miner_model, config.embed_batch_size)
+    embedded = sum(len(s) for s in samples)
+    log.info(summary_line("embedded chunks", embedded, time.perf_counter() - started, "chunks"))
+    neighbours = hard_negative_books(centroids, work_of, config.num_hard_negative_books, config.knn_backend, config.knn_block_size)
+    return neighbours, embedded
+
+
+def build_dataset(
+    records: list[BookRecord],
+    skipped: list[dict[str, str]],
+    books_found: int,
+    config: PrepareConfig,
+    out: str | Path,
+    timer: Timer | None = None,
+    store: ChunkStore | None = None,
+) -> Path:
+    """Group works, drop boilerplate, mine, split, pair and save a DatasetDict with its manifest at `out`.
+
+    Chunk texts come from `store` when the records carry none (spilled while scanning), else from the records.
+    """
+    timer = timer or Timer()
+    started = time.perf_counter()
+    records = sorted(records, key=lambda r: r.path)
+    assign_book_ids(records)
+
+    with timer.stage("dedup"):
+        grouping = group_works(
+            records, config.containment_threshold, config.min_shared_shingles, config.max_books_per_shingle,
+            config.partial_containment_threshold, config.partial_min_shared_shingles,
+        )
+    with timer.stage("boilerplate"):
+        common = common_shingles(records, grouping.work_of, config.boilerplate_min_works)
+        dropped_chunks = sum(
+            drop_boilerplate_chunks(r, common, config.chunk_size, config.boilerplate_max_fraction) for r in records
+        )
+    skipped = list(skipped)
+    used = []
+    for index, record in enumerate(records):
+        if record.num_chunks:
+            used.append(index)
+        else:
+            skipped.append({"path": record.path, "reason": "every chunk was boilerplate shared with other books"})
+    skipped.sort(key=lambda s: s["path"])
+
+    # Re-index on the used books only; a work is named by the smallest book id among its used copies.
+    kept = [records[i] for i in used]
+    root_of = [grouping.work_of[i] for i in used]
+    work_id_of_root: dict[int, str] = {}
+    for record, root in zip(kept, root_of):
+        work_id_of_root[root] = min(work_id_of_root.get(root, record.book_id), record.book_id)
+    work_ids = sorted(set(work_id_of_root.values()))
+    work_number = {w: n for n, w in enumerate(work_ids)}
+    work_of = [work_number[work_id_of_root[root]] for root in root_of]
+    author_of = [r.folder_author.lower() or r.author.lower() for r in kept]
+
+    def fetch_texts(wanted: dict[int, set[int]]) -> dict[tuple[int, int], str]:
+        """{(kept book, chunk): text} for the wanted chunk positions of kept books."""
+        if store is None:
+            return {(b, c): kept[b].chunks[c] for b, cs in wanted.items() for c in cs}
+        by_path = {kept[b].path: {kept[b].chunk_ids[c] for c in cs} for b, cs in wanted.items()}
+        stored = store.fetch(by_path)
+        return {(b, c): stored[(kept[b].path, kept[b].chunk_ids[c])] for b, cs in wanted.items() for c in cs}
+
+    neighbours, embedded = None, 0
+    if config.hard_negatives and len(kept) > 1:
+        with timer.stage("mining"):
+            neighbours, embedded = mine_neighbours(kept, work_of, config, fetch_texts)
+
+    with timer.stage("splits"):
+        work_authors: dict[int, list[str]] = {}
+        for record, work in zip(kept, work_of):
+            work_authors.setdefault(work, []).extend([record.folder_author, record.author])
+        split_of_work = assign_splits(
+            dict(enumerate(work_ids)), work_authors, config.holdout_author_list,
+            config.train_ratio, config.val_ratio, config.seed,
+        )
+        split_members = {name: [b for b in range(len(kept)) if split_of_work[work_of[b]] == name] for name in SPLITS}
+
+    with timer.stage("pairs"):
+        options = PairOptions(
+            n_positive=config.positives_per_book,
+            n_negative=config.n_negative_per_book,
+            chunk_size=config.chunk_size,
+            neg_mix={"hard": config.neg_mix_hard, "same_author": config.neg_mix_same_author,
+                     "same_topic": config.neg_mix_same_topic, "random": config.neg_mix_random},
+            seed=config.seed,
+        )
+        rows = {
+            name: sample_split_pairs(kept, members, work_of, author_of, neighbours, options)
+            for name, members in split_members.items()
+        }
+        wanted: dict[int, set[int]] = {}
+        for split_rows in rows.values():
+            for b1, c1, b2, c2, _, _ in split_rows:
+                wanted.setdefault(b1, set()).add(c1)
+                wanted.setdefault(b2, set()).add(c2)
+    with timer.stage("fetch_texts"):
+        texts = fetch_texts(wanted)
+    with timer.stage("pairs"):
+        columns = {name: pair_columns(kept, split_rows, lambda b, c: texts[(b, c)]) for name, split_rows in rows.items()}
+        del texts
+        counts = {name: split_counts(cols) for name, cols in columns.items()}
+
+    with timer.stage("save"):
+        out = Path(out)
+        with atomic_directory(out) as tmp:
+            write_dataset(columns, tmp)
+            del columns
+            manifest = {
+                "books_found": books_found,
+                "books_used": len(kept),
+                "skipped": skipped,
+                "duplicate_groups": [[records[i].path for i in group] for group in grouping.groups],
+                "duplicate_evidence": [
+                    {"a": records[a].path, "b": records[b].path, "containment": value}
+                    for (a, b), value in sorted(grouping.containment.items())
+                ],
+                "book_work": {r.book_id: work_ids[w] for r, w in zip(kept, work_of)},
+                "split_books": {name: sorted(kept[b].book_id for b in members) for name, members in split_members.items()},
+                "counts": counts,
+                "boilerplate_chunks_dropped": dropped_chunks,
+                "chunks_embedded": embedded,
+                "config": config_to_dict(config),
+                "timings": timer.timings,
+                "complete": True,
+            }
+            save_config(config, tmp / "config.yaml")
+            manifest["timings"] = dict(timer.timings)
+            atomic_write_json(tmp / "manifest.json", manifest)
+    total_pairs = sum(c["total"] for c in manifest["counts"].values())
+    log.info(summary_line("prepared pairs", total_pairs, time.perf_counter() - started, "pairs"))
+    # The save time is only known now; rewrite the manifest so its timings include it.
+    manifest["timings"] = dict(timer.timings)
+    atomic_write_json(out / "manifest.json", manifest)
+    return out

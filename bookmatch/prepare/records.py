@@ -1,0 +1,72 @@
+"""What a worker sends back for one book: its chunks and the sentence shingles used to find duplicates.
+
+The full text never leaves the worker; only the sampled chunks and one 64-bit hash per sentence do.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+
+@dataclass
+class BookRecord:
+    path: str  # relative to the books folder, posix separators: the stable key across machines and shards
+    author: str  # header author (may be "Various"); the folder author is the first path part
+    title: str
+    # The chunk texts, or None once they are spilled to a ChunkStore (texts are fetched only for the pairs).
+    chunks: list[str] | None
+    chunk_starts: list[int]  # index of each chunk's first sentence, so overlapping chunks can be told apart
+    chunk_topics: list[str]
+    sentence_hashes: np.ndarray  # uint64 per sentence in order; 0 for sentences too short to be a shingle
+    book_id: str = field(default="")  # author_slug/title_slug, assigned once over the whole sorted book list
+    # Position of each chunk in the stored list; dropping boilerplate chunks keeps the others' positions.
+    chunk_ids: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.chunk_ids:
+            self.chunk_ids = list(range(len(self.chunk_starts)))
+
+    @property
+    def num_chunks(self) -> int:
+        return len(self.chunk_starts)
+
+    @property
+    def folder_author(self) -> str:
+        parts = self.path.split("/")
+        return parts[-2] if len(parts) >= 2 else ""
+
+    def shingles(self) -> np.ndarray:
+        """Sorted distinct non-zero sentence hashes."""
+        return np.unique(self.sentence_hashes[self.sentence_hashes != 0])
+
+    def chunk_hashes(self, index: int, chunk_size: int) -> np.ndarray:
+        start = self.chunk_starts[index]
+        return self.sentence_hashes[start : start + chunk_size]
+
+
+_SEPARATOR = "\x1e"
+_NON_WORD = re.compile(r"[^a-z0-9\x1e]+")
+
+
+def sentence_hashes(sentences: list[str], min_words: int) -> np.ndarray:
+    """A stable 64-bit hash per sentence of its lower-cased words (punctuation and spacing ignored); 0 for a
+    sentence of fewer than `min_words` words, since short ones ("Yes, sir.") recur across unrelated books.
+
+    One lower() and one regex pass cover all the sentences joined, rather than one call per sentence.
+    """
+    cleaned = _NON_WORD.sub(" ", _SEPARATOR.join(s.replace(_SEPARATOR, " ") for s in sentences).lower())
+    out = np.zeros(len(sentences), dtype=np.uint64)
+    for index, words in enumerate(cleaned.split(_SEPARATOR)):
+        words = words.strip()
+        if words.count(" ") + 1 < min_words:
+            continue
+        digest = hashlib.blake2b(words.encode("utf-8"), digest_size=8).digest()
+        out[index] = int.from_bytes(digest, "little") or 1
+    return out
+
+
+def sentence_hash(sentence: str, min_words: int) -> int:
+    return int(sentence_hashes([sentence], min_words)[0])

@@ -1,0 +1,46 @@
+"""Step 7: assign whole works to train/validation/test, so no text sits on both sides of a split."""
+
+from __future__ import annotations
+
+import hashlib
+
+SPLITS = ("train", "validation", "test")
+
+
+def _order_key(seed: int, work_key: str) -> str:
+    return hashlib.sha1(f"{seed}:{work_key}".encode("utf-8")).hexdigest()
+
+
+def assign_splits(
+    work_keys: dict[int, str],
+    work_authors: dict[int, list[str]],
+    holdout_authors: list[str],
+    train_ratio: float,
+    val_ratio: float,
+    seed: int,
+) -> dict[int, str]:
+    """{work: split}. `work_keys` gives each work a stable name (its first book id) to hash; a work with any
+    book whose author string contains a holdout name (case-insensitive) goes to test."""
+    holdout = [name.lower() for name in holdout_authors if name]
+    split_of: dict[int, str] = {}
+    free = []
+    for work, key in work_keys.items():
+        authors = [a.lower() for a in work_authors.get(work, [])]
+        if any(name in author for name in holdout for author in authors):
+            split_of[work] = "test"
+        else:
+            free.append(work)
+    # A seeded hash order, cut by counts: reproducible, and every split gets a share even on tiny corpora.
+    free.sort(key=lambda w: _order_key(seed, work_keys[w]))
+    n = len(free)
+    n_train = int(round(n * train_ratio))
+    n_val = int(round(n * val_ratio))
+    if n >= 3 and val_ratio > 0 and n_val == 0:
+        n_val = 1
+    if n >= 3 and train_ratio + val_ratio < 1 and n - n_train - n_val <= 0:
+        n_train = max(1, n_train - 1)
+    n_train = min(n_train, n)
+    n_val = min(n_val, n - n_train)
+    for position, work in enumerate(free):
+        split_of[work] = "train" if position < n_train else "validation" if position < n_train + n_val else "test"
+    return split_of

@@ -1,0 +1,146 @@
+"""BiEncoder / CrossEncoder save-load, style features, pooling."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from bookmatch.errors import ModelLoadError
+from bookmatch.models.bi_encoder import BiEncoder, BiEncoderConfig
+from bookmatch.models.cross_encoder import CrossEncoder
+from bookmatch.models.pooling import pool
+from bookmatch.text.style import STYLE_FEATURE_NAMES, get_side_feature_set, raw_style_statistics, style_features
+
+TEXTS = [
+    "It was a dark and stormy night; the rain fell in torrents.",
+    "Call me Ishmael. Some years ago, never mind how long precisely, I thought I would sail about a little.",
+    "\"Well?\" said he.",
+    "Happy families are all alike; every unhappy family is unhappy in its own way, and so on, and so on, and on.",
+    "The sun shone.",
+]
+
+
+@pytest.fixture(scope="module")
+def bi_encoder(tiny_encoder_dir):
+    torch.manual_seed(0)
+    return BiEncoder.from_backbone(str(tiny_encoder_dir), projection_dim=8, max_seq_length=48, classifier_hidden_dim=16)
+
+
+def test_style_known_values():
+    text = "The cat sat. The dog, a big one, ran; it ran far!"
+    stats = raw_style_statistics(text)
+    words = ["The", "cat", "sat", "The", "dog", "a", "big", "one", "ran", "it", "ran", "far"]
+    assert stats["type_token_ratio"] == pytest.approx(len({w.lower() for w in words}) / 12)
+    assert stats["avg_sentence_length"] == pytest.approx(12 / 2)  # "sat." and "far!" end sentences
+    assert stats["avg_word_length"] == pytest.approx(sum(map(len, words)) / 12)
+    assert stats["comma_rate"] == pytest.approx(2 / 12)
+    assert stats["semicolon_rate"] == pytest.approx(1 / 12)
+    assert stats["exclamation_question_rate"] == pytest.approx(1 / 12)
+    non_space = len(text.replace(" ", ""))
+    assert stats["punctuation_ratio"] == pytest.approx(5 / non_space)  # . , , ; !
+    assert stats["capitalized_rate"] == pytest.approx(2 / 12)
+    features = style_features(text)
+    assert features.dtype == np.float32 and features.shape == (len(STYLE_FEATURE_NAMES),)
+    # the documented transform for sentence length: (log1p(x) - log1p(20)) / 0.5
+    idx = STYLE_FEATURE_NAMES.index("avg_sentence_length")
+    assert features[idx] == pytest.approx((math.log1p(6) - math.log1p(20)) / 0.5, rel=1e-5)
+    assert np.all(np.abs(features) <= 5.0)
+
+
+def test_style_empty_and_feature_sets():
+    assert np.all(np.isfinite(style_features("")))
+    assert get_side_feature_set("style_v1").batch(["a b", "c"]).shape == (2, len(STYLE_FEATURE_NAMES))
+    assert get_side_feature_set("none").dim == 0
+    with pytest.raises(ValueError):
+        get_side_feature_set("nope")
+
+
+def test_mean_pooling_ignores_padding():
+    hidden = torch.randn(2, 4, 3)
+    mask = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]])
+    pooled = pool(hidden, mask, "mean")
+    assert torch.allclose(pooled[0], hidden[0, :2].mean(0))
+    assert torch.allclose(pooled[1], hidden[1].mean(0))
+
+
+def test_bi_encoder_shapes_and_batch_invariance(bi_encoder):
+    emb = bi_encoder.encode_texts(TEXTS, batch_size=2)
+    assert emb.pooled.shape == (5, 32) and emb.projected.shape == (5, 8) and emb.style.shape == (5, len(STYLE_FEATURE_NAMES))
+    assert torch.allclose(emb.projected.norm(dim=-1), torch.ones(5), atol=1e-5)
+    # one text alone (no padding) gives the same vector as inside a padded, length-sorted batch
+    for i in (0, 2):
+        alone = bi_encoder.encode_texts([TEXTS[i]])
+        assert torch.allclose(alone.pooled[0], emb.pooled[i], atol=1e-5)
+    logits = bi_encoder.pair_logits(emb, emb)
+    assert logits.shape == (5, 2)
+    assert bi_encoder.classifier[0].in_features == 4 * 32 + 3 * len(STYLE_FEATURE_NAMES)
+
+
+def test_bi_encoder_forward_matches_encode_texts(bi_encoder):
+    bi_encoder.eval()
+    tok = bi_encoder.tokenize(TEXTS[:2])
+    padded = bi_encoder.tokenizer.pad(tok, return_tensors="pt")
+    style = torch.from_numpy(bi_encoder.side_feature_array(TEXTS[:2]))
+    with torch.no_grad():
+        out = bi_encoder({"input_ids_a": padded["input_ids"], "attention_mask_a": padded["attention_mask"], "style_a": style,
+                          "input_ids_b": padded["input_ids"].flip(0), "attention_mask_b": padded["attention_mask"].flip(0), "style_b": style.flip(0)})
+    emb = bi_encoder.encode_texts(TEXTS[:2])
+    assert torch.allclose(out["pooled_a"], emb.pooled, atol=1e-5)
+    flipped = emb._replace(pooled=emb.pooled.flip(0), projected=emb.projected.flip(0), style=emb.style.flip(0))
+    assert torch.allclose(out["logits"], bi_encoder.pair_logits(emb, flipped), atol=1e-5)
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_bi_encoder_roundtrip(bi_encoder, tmp_path, legacy):
+    out = bi_encoder.save_pretrained(tmp_path / "model")
+    if legacy:
+        from safetensors.torch import load_file
+
+        state = load_file(str(out / "model.safetensors"))
+        torch.save(state, out / "pytorch_model.bin")
+        (out / "model.safetensors").unlink()
+    loaded = BiEncoder.from_pretrained(out)
+    assert loaded.config == bi_encoder.config
+    a, b = bi_encoder.encode_texts(TEXTS), loaded.encode_texts(TEXTS)
+    assert torch.equal(a.pooled, b.pooled) and torch.equal(a.projected, b.projected)
+    assert torch.equal(bi_encoder.pair_logits(a, a), loaded.pair_logits(b, b))
+
+
+def test_bi_encoder_corrupt_or_missing(bi_encoder, tmp_path):
+    out = bi_encoder.save_pretrained(tmp_path / "model")
+    (out / "model.safetensors").write_bytes(b"not a safetensors file at all")
+    with pytest.raises(ModelLoadError, match="damaged"):
+        BiEncoder.from_pretrained(out)
+    (out / "model.safetensors").unlink()
+    with pytest.raises(ModelLoadError, match="neither"):
+        BiEncoder.from_pretrained(out)
+    with pytest.raises(ModelLoadError, match="bookmatch_config.json"):
+        BiEncoder.from_pretrained(tmp_path)
+    with pytest.raises(ModelLoadError):
+        BiEncoder.from_backbone(str(tmp_path / "no-such-model"))
+
+
+def test_bi_encoder_config_validates():
+    with pytest.raises(ValueError):
+        BiEncoderConfig(backbone="x", pooling="median")
+    assert BiEncoderConfig(backbone="x", side_features="none").side_feature_names == []
+
+
+def test_cross_encoder_roundtrip_and_corrupt(tiny_encoder_dir, tmp_path):
+    torch.manual_seed(0)
+    model = CrossEncoder.from_backbone(str(tiny_encoder_dir), max_seq_length=40)
+    pairs = list(zip(TEXTS, TEXTS[1:] + TEXTS[:1]))
+    logits = model.predict_logits(pairs, batch_size=2)
+    assert logits.shape == (5, 2)
+    # batching and length sorting do not change a pair's logits
+    assert torch.allclose(model.predict_logits(pairs[1:2]), logits[1:2], atol=1e-5)
+    out = model.save_pretrained(tmp_path / "cross")
+    loaded = CrossEncoder.from_pretrained(out)
+    assert loaded.config.max_seq_length == 40
+    assert torch.equal(loaded.predict_logits(pairs, batch_size=2), logits)
+    (out / "model.safetensors").write_bytes(b"\x00garbage")
+    with pytest.raises(ModelLoadError):
+        CrossEncoder.from_pretrained(out)

@@ -1,0 +1,358 @@
+"""Training program: sampler, configs, CLI end to end, distillation cache, a short real run."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from bookmatch.training.samplers import NoDuplicatesBatchSampler, shard_global_batch, text_key_ids
+
+COLUMNS = ("text1", "text2", "label", "book1", "book2", "pair_type", "neg_type", "topic1", "topic2", "same_topic")
+
+
+def _synthetic_books(n_books: int, chunks_per_book: int, seed: int) -> dict[str, list[str]]:
+    """Books whose chunks share book-specific words, so 'same book' is learnable in a few steps."""
+    rng = random.Random(seed)
+    common = "the of and to a in that it was he for on with as his at by".split()
+    books = {}
+    for b in range(n_books):
+        own = [f"w{b}x{k}" for k in range(6)]
+        chunks = []
+        for _ in range(chunks_per_book):
+            words = [rng.choice(own) if rng.random() < 0.4 else rng.choice(common) for _ in range(rng.randint(12, 30))]
+            chunks.append(" ".join(words).capitalize() + ".")
+        books[f"author{b % 3}/book{b}"] = chunks
+    return books
+
+
+def _corpus_books(corpus_dir: Path, n_books: int, chunks_per_book: int) -> dict[str, list[str]]:
+    """Chunks of real books: consecutive 4-sentence windows from the middle of each book."""
+    books = {}
+    for path in sorted((corpus_dir / "books").glob("*/*.txt"))[: n_books * 3 : 3]:
+        text = path.read_text(encoding="utf-8", errors="replace")
+        body = " ".join(text[len(text) // 4 : len(text) // 4 + 40000].split())
+        sentences = re.split(r"(?<=[.!?])\s+", body)
+        chunks = [" ".join(sentences[i : i + 4]) for i in range(0, len(sentences) - 4, 4)]
+        chunks = [c for c in chunks if 100 < len(c) < 1200][:chunks_per_book]
+        if len(chunks) >= 4:
+            books[f"{path.parent.name}/{path.stem}"] = chunks
+    return books
+
+
+def _pairs(books: dict[str, list[str]], n_pairs: int, rng: random.Random) -> list[dict]:
+    names = sorted(books)
+    rows = []
+    for i in range(n_pairs):
+        if i % 2 == 0:
+            book = rng.choice(names)
+            a, b = rng.sample(books[book], 2)
+            rows.append(dict(text1=a, text2=b, label=1, book1=book, book2=book, pair_type="positive", neg_type=""))
+        else:
+            b1, b2 = rng.sample(names, 2)
+            rows.append(dict(text1=rng.choice(books[b1]), text2=rng.choice(books[b2]), label=0, book1=b1, book2=b2, pair_type="negative", neg_type="random"))
+        topic1, topic2 = rows[-1]["book1"].split("/")[0], rows[-1]["book2"].split("/")[0]
+        rows[-1].update(topic1=topic1, topic2=topic2, same_topic=topic1 == topic2)
+    return rows
+
+
+def make_pair_dataset(out: Path, books: dict[str, list[str]], n_train: int, n_val: int, seed: int = 0) -> Path:
+    """A DatasetDict in the `bookmatch prepare` layout (+ manifest.json with book_work), built in code."""
+    from datasets import Dataset, DatasetDict
+
+    rng = random.Random(seed)
+    names = sorted(books)
+    split_at = max(2, len(names) * 2 // 3)
+    train_books = {n: books[n] for n in names[:split_at]}
+    val_books = {n: books[n] for n in names[split_at:]} if len(names) - split_at >= 2 else train_books
+    splits = {}
+    for name, part, count in (("train", train_books, n_train), ("validation", val_books, n_val), ("test", val_books, n_val)):
+        rows = _pairs(part, count, rng)
+        splits[name] = Dataset.from_dict({c: [r[c] for r in rows] for c in COLUMNS})
+    DatasetDict(splits).save_to_disk(str(out))
+    # two "copies" of one work: book0 and book3 share a work id
+    book_work = {n: n for n in names}
+    if len(names) > 3:
+        book_work[names[3]] = names[0]
+    (out / "manifest.json").write_text(json.dumps({"book_work": book_work}), encoding="utf-8")
+    return out
+
+
+@pytest.fixture(scope="module")
+def synthetic_data(tmp_path_factory) -> Path:
+    return make_pair_dataset(tmp_path_factory.mktemp("pairs") / "data", _synthetic_books(9, 12, seed=1), n_train=96, n_val=40)
+
+
+# --- sampler -----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("lengths", [None, "random"])
+def test_no_duplicates_sampler(lengths):
+    rng = random.Random(3)
+    pool = [f"text{i}" for i in range(40)]  # few distinct texts: many clashes
+    a = [rng.choice(pool) for _ in range(300)]
+    b = [rng.choice(pool) for _ in range(300)]
+    keys = text_key_ids(a, b)
+    length_values = None if lengths is None else [rng.randint(5, 100) for _ in range(300)]
+    sampler = NoDuplicatesBatchSampler(keys, batch_size=8, seed=5, lengths=length_values)
+    for epoch in range(3):
+        batches = sampler.batches(epoch)
+        flat = [i for batch in batches for i in batch]
+        assert sorted(flat) == list(range(300))  # every example exactly once
+        for batch in batches:
+            texts = [t for i in batch for t in (a[i], b[i])]
+            # a pair may repeat its own text (a == b), but no text is shared by two pairs of the batch
+            per_pair = [set((a[i], b[i])) for i in batch]
+            assert sum(len(s) for s in per_pair) == len(set(texts))
+            assert 1 <= len(batch) <= 8
+        assert sum(len(b) == 8 for b in batches) >= len(batches) - 6  # clashes leave only a few short batches
+    assert sampler.batches(1) == sampler.batches(1)  # deterministic per (seed, epoch)
+    assert sampler.batches(1) != sampler.batches(2)
+
+
+def test_sampler_length_grouping_reduces_padding():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(5, 500, size=4000).tolist()
+    keys = [(2 * i, 2 * i + 1) for i in range(4000)]
+
+    def padding(batches):
+        return sum(len(b) * max(lengths[i] for i in b) - sum(lengths[i] for i in b) for b in batches)
+
+    grouped = NoDuplicatesBatchSampler(keys, 16, seed=0, lengths=lengths).batches(0)
+    plain = NoDuplicatesBatchSampler(keys, 16, seed=0).batches(0)
+    assert padding(grouped) < 0.2 * padding(plain)
+
+
+def test_shard_global_batch():
+    batch = list(range(10))
+    parts = [shard_global_batch(batch, r, 3) for r in range(3)]
+    assert [len(p) for p in parts] == [4, 3, 3]
+    assert sum(parts, []) == batch
+
+
+# --- configs and CLI ------------------------------------------------------------------------------------------
+
+
+def test_config_defaults_and_yaml(tmp_path):
+    from bookmatch.config import build_config
+    from bookmatch.training.config import ContrastiveTrainConfig, CrossTrainConfig
+
+    c = ContrastiveTrainConfig()
+    assert (c.model, c.epochs, c.batch_size, c.lr, c.warmup_steps, c.contrastive_weight, c.temperature) == (
+        "roberta-large", 5, 8, 1e-5, 1000, 0.2, 0.05)
+    t = CrossTrainConfig()
+    assert (t.epochs, t.lr) == (3, 2e-5)
+    yaml_file = tmp_path / "c.yaml"
+    yaml_file.write_text("lr: 0.001\nepochs: 2\n")
+    built = build_config(ContrastiveTrainConfig, file=yaml_file, overrides={"epochs": 4, "batch_size": None})
+    assert (built.lr, built.epochs, built.batch_size) == (0.001, 4, 8)
+    with pytest.raises(ValueError):
+        ContrastiveTrainConfig(mixed_precision="fp8")
+
+
+def test_warmup_is_capped_for_short_runs():
+    from bookmatch.training.config import ContrastiveTrainConfig
+    from bookmatch.training.trainer import _warmup_steps
+
+    assert _warmup_steps(ContrastiveTrainConfig(), 100) == 10
+    assert _warmup_steps(ContrastiveTrainConfig(), 100_000) == 1000
+
+
+def test_pair_metrics_against_reference():
+    from sklearn.metrics import log_loss, roc_auc_score
+
+    from bookmatch.training.trainer import pair_metrics
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(50, 2))
+    labels = rng.integers(0, 2, 50)
+    m = pair_metrics(logits, labels)
+    prob = torch.softmax(torch.tensor(logits), -1).numpy()
+    assert m["loss"] == pytest.approx(log_loss(labels, prob), rel=1e-9)
+    assert m["auc"] == pytest.approx(roc_auc_score(labels, prob[:, 1]))
+    assert m["accuracy"] == pytest.approx(np.mean(prob.argmax(1) == labels))
+
+
+def test_tokenized_split_matches_model_and_workers(synthetic_data, tiny_encoder_dir):
+    """Training inputs are the model's own tokenization and style features; worker processes change nothing."""
+    from datasets import load_from_disk
+
+    from bookmatch.models.bi_encoder import BiEncoder
+    from bookmatch.training.data import BiEncoderCollator, tokenize_bi_encoder_split, topic_ids, work_ids
+
+    model = BiEncoder.from_backbone(str(tiny_encoder_dir), projection_dim=8, max_seq_length=32)
+    split = load_from_disk(str(synthetic_data))["train"].select(range(20))
+    book_work = json.loads((synthetic_data / "manifest.json").read_text())["book_work"]
+    works = work_ids(split, book_work)
+    one = tokenize_bi_encoder_split(split, model, works, topic_ids(split, None))
+    two = tokenize_bi_encoder_split(split, model, works, topic_ids(split, None), num_proc=2)
+    assert one.to_list() == two.to_list()
+    row = one[3]
+    assert row["input_ids_b"] == model.tokenize([split[3]["text2"]])["input_ids"][0]
+    assert np.allclose(row["style_a"], model.side_feature_array([split[3]["text1"]])[0])
+    # copies of one work share a SupCon label; different works do not
+    for i in range(len(split)):
+        same_work = book_work[split[i]["book1"]] == book_work[split[i]["book2"]]
+        assert (one[i]["work_a"] == one[i]["work_b"]) == same_work
+    batch = BiEncoderCollator(model.tokenizer)([one[i] for i in range(4)])
+    assert batch["style_a"].shape == (4, len(model.config.side_feature_names))
+    assert batch["input_ids_a"].shape[1] == max(len(one[i]["input_ids_a"]) for i in range(4))
+
+
+def test_early_stopping(synthetic_data, tiny_encoder_dir, tmp_path):
+    """With lr 0 the validation AUC never improves: patience 1 stops at the second evaluation."""
+    from bookmatch.models.bi_encoder import BiEncoder
+    from bookmatch.training.config import ContrastiveTrainConfig
+    from bookmatch.training.trainer import train_contrastive
+
+    final = train_contrastive(ContrastiveTrainConfig(
+        data=str(synthetic_data), out=str(tmp_path / "run"), model=str(tiny_encoder_dir), cpu=True, max_seq_length=32, lr=0.0,
+        batch_size=8, max_steps=10, eval_steps=2, save_steps=100, patience=1, projection_dim=8, epochs=1,
+    ))
+    summary = json.loads((tmp_path / "run" / "train_summary.json").read_text())
+    assert summary["stopped_early"] and summary["global_step"] == 4
+    assert [h["step"] for h in summary["history"]] == [2, 4] and summary["best_step"] == 2
+    assert final == tmp_path / "run" / "final" and BiEncoder.from_pretrained(final).config.projection_dim == 8
+
+
+def _cli(args: list[str]):
+    from click.testing import CliRunner
+
+    from bookmatch.cli import main
+
+    return CliRunner().invoke(main, args, catch_exceptions=False)
+
+
+TINY = ["--epochs", "1", "--batch-size", "8", "--max-seq-length", "48", "--eval-steps", "4", "--save-steps", "4", "--cpu", "--lr", "1e-3"]
+
+
+def test_cli_cross_then_contrastive_with_teacher(synthetic_data, tiny_encoder_dir, tmp_path):
+    from bookmatch.models.bi_encoder import BiEncoder
+    from bookmatch.models.cross_encoder import CrossEncoder
+
+    teacher_out = tmp_path / "teacher"
+    result = _cli(["train", "cross", "--data", str(synthetic_data), "--model", str(tiny_encoder_dir), "--out", str(teacher_out), *TINY, "--max-steps", "6"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((teacher_out / "train_summary.json").read_text())
+    assert summary["complete"] and summary["global_step"] == 6
+    assert [h["step"] for h in summary["history"]] == [4, 6]
+    assert (teacher_out / "config.yaml").exists() and (teacher_out / "checkpoint-4").is_dir()
+    teacher = CrossEncoder.from_pretrained(teacher_out / "final")
+    assert teacher.predict_logits([("a b", "c d")]).shape == (1, 2)
+
+    student_out = tmp_path / "student"
+    args = ["train", "contrastive", "--data", str(synthetic_data), "--model", str(tiny_encoder_dir), "--out", str(student_out), *TINY,
+            "--teacher", str(teacher_out / "final"), "--projection-dim", "16", "--topic-adversary", "--independence-weight", "0.1",
+            "--max-steps", "9"]
+    result = _cli(args)
+    assert result.exit_code == 0, result.output
+    summary = json.loads((student_out / "train_summary.json").read_text())
+    assert summary["complete"] and summary["global_step"] == 9
+    assert [h["step"] for h in summary["history"]] == [4, 8, 9]  # every --eval-steps, and at the end
+    logged = summary["history"][-1]
+    for term in ("train_ce_loss", "train_contrastive_loss", "train_distill_loss", "train_topic_adv_loss", "train_independence_loss"):
+        assert np.isfinite(logged[term]), term
+    caches = list((student_out / "cache").glob("teacher_logits-*.npy"))
+    assert len(caches) == 1 and np.load(caches[0]).shape == (96, 2)
+    # the cached logits are the teacher's own logits on the training pairs (row order of the train split)
+    from datasets import load_from_disk
+
+    train = load_from_disk(str(synthetic_data))["train"]
+    expected = teacher.predict_logits(list(zip(list(train["text1"])[:5], list(train["text2"])[:5])))
+    assert np.allclose(np.load(caches[0])[:5], expected.numpy(), atol=1e-5)
+    assert {p.name for p in student_out.glob("checkpoint-*")} == {"checkpoint-4", "checkpoint-8"}
+    model = BiEncoder.from_pretrained(student_out / "final")
+    assert model.encode_texts(["x y z"]).projected.shape == (1, 16)
+    # --resume on a finished run returns at once
+    result = _cli(args + ["--resume"])
+    assert result.exit_code == 0 and result.output.strip().endswith("final")
+
+
+def test_cli_bad_data_is_one_line_error(tmp_path, tiny_encoder_dir):
+    from click.testing import CliRunner
+
+    from bookmatch.cli import main
+
+    result = CliRunner().invoke(main, ["train", "cross", "--data", str(tmp_path / "missing"), "--model", str(tiny_encoder_dir), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2
+    assert "does not exist" in result.output and "Traceback" not in result.output
+
+
+def test_cached_contrastive_matches_plain_step(synthetic_data, tiny_encoder_dir, tmp_path):
+    """GradCache changes memory, not the update: with encoder dropout off, both give the same weights."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from bookmatch.training.config import ContrastiveTrainConfig
+    from bookmatch.training.trainer import train_contrastive
+
+    encoder = tmp_path / "encoder"
+    shutil.copytree(tiny_encoder_dir, encoder)
+    encoder_config = json.loads((encoder / "config.json").read_text())
+    encoder_config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    (encoder / "config.json").write_text(json.dumps(encoder_config))
+    weights = {}
+    for cached in (False, True):
+        out = tmp_path / f"run-{cached}"
+        train_contrastive(ContrastiveTrainConfig(
+            data=str(synthetic_data), out=str(out), model=str(encoder), cpu=True, max_seq_length=32, lr=1e-3, batch_size=8,
+            max_steps=2, eval_steps=2, save_steps=100, projection_dim=8, epochs=1, cached_contrastive=cached, mini_batch_size=4,
+        ))
+        weights[cached] = load_file(str(out / "final" / "model.safetensors"))
+    initial = load_file(str(encoder / "model.safetensors"))
+    moved = weights[False]["encoder.embeddings.word_embeddings.weight"] - initial["embeddings.word_embeddings.weight"]
+    assert moved.abs().max() > 1e-4
+    for key, value in weights[False].items():
+        assert torch.allclose(value, weights[True][key], atol=2e-5, rtol=1e-4), key
+
+
+def _short_real_run(corpus_dir, tiny_encoder_dir, tmp_path, steps: int, n_books: int) -> dict:
+    from bookmatch.training.config import ContrastiveTrainConfig
+    from bookmatch.training.trainer import train_contrastive
+
+    data = make_pair_dataset(tmp_path / "data", _corpus_books(corpus_dir, n_books, 30), n_train=steps * 8, n_val=48)
+    config = ContrastiveTrainConfig(
+        data=str(data), out=str(tmp_path / "run"), model=str(tiny_encoder_dir), epochs=1, batch_size=8, lr=5e-4,
+        max_seq_length=64, eval_steps=steps // 2, save_steps=1000, cpu=True, projection_dim=16, warmup_steps=0, patience=0,
+        eval_max_pairs=48, max_steps=steps,
+    )
+    train_contrastive(config)
+    return json.loads((tmp_path / "run" / "train_summary.json").read_text())
+
+
+def _validation_loss(model, data: Path) -> float:
+    from datasets import load_from_disk
+
+    from bookmatch.training.trainer import pair_metrics
+
+    val = load_from_disk(str(data))["validation"]
+    a, b = model.encode_texts(list(val["text1"])), model.encode_texts(list(val["text2"]))
+    return pair_metrics(model.pair_logits(a, b).numpy(), np.asarray(val["label"]))["loss"]
+
+
+def test_short_real_run_learns(corpus_dir, tiny_encoder_dir, tmp_path):
+    """20 steps on real book chunks: the trained model beats its own starting point on held-out books."""
+    from accelerate.utils import set_seed
+
+    from bookmatch.models.bi_encoder import BiEncoder
+
+    summary = _short_real_run(corpus_dir, tiny_encoder_dir, tmp_path, steps=20, n_books=6)
+    assert summary["complete"] and len(summary["history"]) == 2
+    set_seed(42)  # the trainer's seed: the same random heads it started from
+    initial = BiEncoder.from_backbone(str(tiny_encoder_dir), projection_dim=16, max_seq_length=64)
+    trained = BiEncoder.from_pretrained(tmp_path / "run" / "final")
+    assert _validation_loss(trained, tmp_path / "data") < _validation_loss(initial, tmp_path / "data")
+
+
+@pytest.mark.slow
+def test_real_run_lowers_validation_loss(corpus_dir, tiny_encoder_dir, tmp_path):
+    summary = _short_real_run(corpus_dir, tiny_encoder_dir, tmp_path, steps=60, n_books=12)
+    history = summary["history"]
+    assert history[-1]["val_loss"] < history[0]["val_loss"]
+    assert max(h["val_auc"] for h in history) > 0.6
