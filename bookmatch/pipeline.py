@@ -33,6 +33,8 @@ class PipelineConfig:
     preset: str = "cpu-small"
     # Extra labelled pairs (JSON lines) evaluated after the test split, e.g. the corpus validation file.
     eval_pairs: str | None = None
+    # A teacher whose best validation AUC stays under this is not distilled from: it would only add noise.
+    min_teacher_auc: float = 0.6
     # Per-stage option overrides: {"prepare": {...}, "cross": {...}, ...}.
     stages: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -111,6 +113,15 @@ def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
     if use_teacher:
         cross = {**options.get("cross", {}), "data": str(data_dir), "out": str(teacher_dir), "resume": True}
         stage("teacher", _training_complete(teacher_dir), lambda: train_cross(build_config(CrossTrainConfig, overrides=cross)))
+    if use_teacher:
+        teacher_auc = read_json(teacher_dir / "train_summary.json").get("best_val_auc")
+        if teacher_auc is None or teacher_auc < config.min_teacher_auc:
+            log.warning(
+                "pipeline: the teacher's best validation AUC is %s (< %.2f): training the bi-encoder without "
+                "distillation; give the teacher more steps or a larger backbone (the gpu preset) to distil",
+                teacher_auc, config.min_teacher_auc,
+            )
+            use_teacher = False
     contrastive = {**options.get("contrastive", {}), "data": str(data_dir), "out": str(student_dir), "resume": True}
     contrastive["teacher"] = str(teacher_dir / "final") if use_teacher else ""
     stage(
@@ -119,7 +130,7 @@ def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
         lambda: train_contrastive(build_config(ContrastiveTrainConfig, overrides=contrastive)),
     )
     calib = options.get("calibrate", {})
-    calibrated = [student_dir] + ([teacher_dir] if use_teacher else [])
+    calibrated = [student_dir]
     stage(
         "calibrate",
         all((run / "calibration.json").exists() for run in calibrated),

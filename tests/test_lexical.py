@@ -30,3 +30,20 @@ def test_fingerprint_matches_plain_tfidf_reference():
 
 def test_empty_text_gives_zero_vector():
     assert not LexicalFingerprint(64).transform([""]).any()
+
+
+def test_signature_cosine_equals_full_cosine_when_top_k_covers_all_terms():
+    import torch
+
+    from bookmatch.text.lexical import signature_cosine
+
+    texts = ["Nemo sailed the Nautilus under the ocean with Aronnax", "Aronnax and Nemo watched the ocean", "Alice followed the rabbit"]
+    fp = LexicalFingerprint(num_buckets=1 << 16).fit(texts)
+    full = fp.transform(texts)
+    sig = torch.from_numpy(fp.signatures(texts, top_k=32))
+    got = signature_cosine(sig[:, None, :].expand(3, 3, -1), sig[None, :, :].expand(3, 3, -1)).numpy()
+    assert np.allclose(got, full @ full.T, atol=1e-5)
+    # A small top_k keeps only the heaviest terms: never above the full cosine, and an empty text has no weight.
+    short = torch.from_numpy(fp.signatures(texts + [""], top_k=2))
+    assert float(signature_cosine(short[0], short[1])) <= float(full[0] @ full[1]) + 1e-6
+    assert float(short[3, 2:].abs().sum()) == 0.0

@@ -144,3 +144,42 @@ def test_cross_encoder_roundtrip_and_corrupt(tiny_encoder_dir, tmp_path):
     (out / "model.safetensors").write_bytes(b"\x00garbage")
     with pytest.raises(ModelLoadError):
         CrossEncoder.from_pretrained(out)
+
+
+def test_bi_encoder_lexical_signature_roundtrip_and_effect(tiny_encoder_dir, tmp_path):
+    from bookmatch.text.lexical import LexicalFingerprint
+
+    torch.manual_seed(0)
+    model = BiEncoder.from_backbone(
+        str(tiny_encoder_dir), projection_dim=8, max_seq_length=48, classifier_hidden_dim=16, lexical_buckets=512, lexical_top_k=16
+    )
+    corpus = TEXTS + ["Captain Nemo steered the Nautilus past Vanikoro.", "Nemo and Aronnax left Vanikoro behind."]
+    model.fit_lexical(corpus)
+    n_style = len(STYLE_FEATURE_NAMES)
+    features = model.side_feature_array(corpus)
+    assert features.shape == (len(corpus), n_style + 32)
+    # the signature part is the fingerprint's own signature with the fitted IDF
+    reference = LexicalFingerprint(512).fit(corpus).signatures(corpus, 16)
+    assert np.allclose(features[:, n_style:], reference)
+
+    loaded = BiEncoder.from_pretrained(model.save_pretrained(tmp_path / "lex"))
+    assert np.allclose(loaded.lexical.idf, model.lexical.idf)
+    emb_a, emb_b = model.encode_texts(corpus[-2:-1]), model.encode_texts(corpus[-1:])
+    assert torch.equal(model.pair_logits(emb_a, emb_b), loaded.pair_logits(loaded.encode_texts(corpus[-2:-1]), loaded.encode_texts(corpus[-1:])))
+    # the classifier sees the lexical cosine: changing only the other side's signature changes the logits
+    other = model.encode_texts(corpus[:1])
+    swapped = emb_b._replace(style=torch.cat([emb_b.style[:, :n_style], other.style[:, n_style:]], dim=1))
+    assert not torch.allclose(model.pair_logits(emb_a, emb_b), model.pair_logits(emb_a, swapped))
+
+
+def test_head_learning_rate_applies_to_new_heads_only(bi_encoder):
+    from bookmatch.training.config import ContrastiveTrainConfig
+    from bookmatch.training.trainer import _optimizer
+
+    optimizer = _optimizer(bi_encoder, ContrastiveTrainConfig(lr=1e-5, head_lr=1e-3))
+    lr_of = {id(p): group["lr"] for group in optimizer.param_groups for p in group["params"]}
+    assert lr_of[id(bi_encoder.encoder.embeddings.word_embeddings.weight)] == 1e-5
+    assert lr_of[id(bi_encoder.encoder.encoder.layer[0].attention.self.query.weight)] == 1e-5
+    assert lr_of[id(bi_encoder.classifier[0].weight)] == 1e-3
+    assert lr_of[id(bi_encoder.projection[0].weight)] == 1e-3
+    assert len(lr_of) == sum(1 for p in bi_encoder.parameters() if p.requires_grad)

@@ -18,6 +18,7 @@ def _common_options(func):
         click.option("--warmup-steps", type=int, default=None, help="Capped at 10% of the total steps."),
         click.option("--max-steps", type=int, default=None, help="Stop after this many optimizer steps (0: no limit)."),
         click.option("--max-seq-length", type=int, default=None),
+        click.option("--head-lr", type=float, default=None, help="Learning rate of the new heads (0: same as --lr)."),
         click.option("--bf16", "precision", flag_value="bf16", default=None, help="bf16 mixed precision."),
         click.option("--fp16", "precision", flag_value="fp16", help="fp16 mixed precision (with loss scaling)."),
         click.option("--gradient-checkpointing/--no-gradient-checkpointing", default=None),
@@ -93,6 +94,8 @@ def cross(config_file, **values) -> None:
 @click.option("--temperature", type=float, default=None, help="SupCon temperature.")
 @click.option("--projection-dim", type=int, default=None)
 @click.option("--side-features", default=None, help="Per-text feature set beside the pooled vector (style_v1, none).")
+@click.option("--lexical-buckets", type=int, default=None, help="Hash buckets of the per-side lexical signature (0: off).")
+@click.option("--lexical-top-k", type=int, default=None, help="Heaviest content-word buckets kept per text.")
 @click.option("--topic-adversary/--no-topic-adversary", default=None, help="Gradient-reversal topic classifier on the pooled vectors.")
 @click.option("--independence-weight", type=float, default=None, help="Weight of the embedding/topic independence loss.")
 @click.option("--cached-contrastive/--no-cached-contrastive", default=None, help="GradCache for large contrastive batches.")

@@ -22,12 +22,16 @@ from bookmatch.errors import ModelLoadError
 from bookmatch.models.pooling import POOLING_MODES, pool
 from bookmatch.models.resolve import resolve_model_path
 from bookmatch.storage import atomic_directory, atomic_write_json
+from bookmatch.text.lexical import LexicalFingerprint, signature_cosine
 from bookmatch.text.style import get_side_feature_set
 
 CONFIG_NAME = "bookmatch_config.json"
 WEIGHTS_NAME = "model.safetensors"
 LEGACY_WEIGHTS_NAME = "pytorch_model.bin"
 MODEL_TYPE = "bi_encoder"
+# Fixed standardisation of the lexical cosine (typical passage cosines lie in 0..0.5).
+LEXICAL_COSINE_CENTER = 0.1
+LEXICAL_COSINE_SCALE = 0.1
 
 
 @dataclass
@@ -41,6 +45,11 @@ class BiEncoderConfig:
     classifier_hidden_dim: int = 512
     dropout: float = 0.1
     hidden_size: int = 0  # the encoder's width, filled on build
+    # Lexical signature per side (0 = off): the `lexical_top_k` heaviest IDF-weighted content-word buckets of
+    # each text; the classifier gets the two signatures' cosine. Names, places and rare words shared by two
+    # passages are the strongest same-book evidence, and a truncated, mean-pooled embedding dilutes them.
+    lexical_buckets: int = 0
+    lexical_top_k: int = 64
 
     def __post_init__(self) -> None:
         if self.pooling not in POOLING_MODES:
@@ -51,7 +60,7 @@ class BiEncoderConfig:
 class TextEmbeddings(NamedTuple):
     pooled: torch.Tensor  # (N, hidden) for the pair classifier
     projected: torch.Tensor  # (N, projection_dim), L2-normalised, for the contrastive space
-    style: torch.Tensor  # (N, n_side_features)
+    style: torch.Tensor  # (N, n_side_features [+ 2 * lexical_top_k]): style features, then the lexical signature
 
 
 class BiEncoder(nn.Module):
@@ -69,9 +78,14 @@ class BiEncoder(nn.Module):
         hidden = int(encoder.config.hidden_size)
         config.hidden_size = hidden
         self.projection = nn.Sequential(nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, config.projection_dim))
-        n_side = self.side_features.dim
+        self.n_style = n_side = self.side_features.dim
+        self.lexical: LexicalFingerprint | None = None
+        if config.lexical_buckets > 0:
+            self.lexical = LexicalFingerprint(config.lexical_buckets)
+            # a buffer, so the fitted IDF travels inside model.safetensors
+            self.register_buffer("lexical_idf", torch.ones(config.lexical_buckets))
         self.classifier = nn.Sequential(
-            nn.Linear(4 * hidden + 3 * n_side, config.classifier_hidden_dim),
+            nn.Linear(4 * hidden + 3 * n_side + (1 if self.lexical is not None else 0), config.classifier_hidden_dim),
             nn.GELU(),
             nn.Dropout(config.dropout),
             nn.Linear(config.classifier_hidden_dim, 2),
@@ -114,6 +128,7 @@ class BiEncoder(nn.Module):
         except RuntimeError as err:  # shapes or names do not match the config beside them
             first = str(err).strip().splitlines()[0]
             raise ModelLoadError(f"weights in {model_dir} do not match its {CONFIG_NAME}: {first}") from err
+        model.sync_lexical()
         model.eval()
         if device is not None:
             model.to(device)
@@ -147,7 +162,22 @@ class BiEncoder(nn.Module):
         return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
 
     def side_feature_array(self, texts: Sequence[str]) -> np.ndarray:
-        return self.side_features.batch(list(texts))
+        style = self.side_features.batch(list(texts))
+        if self.lexical is None:
+            return style
+        signatures = self.lexical.signatures(list(texts), self.config.lexical_top_k)
+        return np.concatenate([style.astype(np.float32).reshape(len(signatures), -1), signatures], axis=1)
+
+    def fit_lexical(self, texts) -> None:
+        """Fit the lexical IDF on training texts (before the splits are featurised)."""
+        if self.lexical is not None:
+            self.lexical.fit(texts)
+            self.lexical_idf.copy_(torch.from_numpy(self.lexical.idf))
+
+    def sync_lexical(self) -> None:
+        """Point the fingerprinter at the IDF buffer (after loading weights)."""
+        if self.lexical is not None:
+            self.lexical.idf = self.lexical_idf.detach().float().cpu().numpy()
 
     # forward ---------------------------------------------------------------------------------------------------
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -158,9 +188,14 @@ class BiEncoder(nn.Module):
         return pooled, projected
 
     def classify(self, pooled_a, pooled_b, style_a, style_b) -> torch.Tensor:
-        style_a = style_a.to(pooled_a.dtype)
-        style_b = style_b.to(pooled_a.dtype)
+        # split before any cast: bucket ids in the lexical signature are not exact in bf16
+        lexical_a, lexical_b = style_a[..., self.n_style :], style_b[..., self.n_style :]
+        style_a = style_a[..., : self.n_style].to(pooled_a.dtype)
+        style_b = style_b[..., : self.n_style].to(pooled_a.dtype)
         features = [pooled_a, pooled_b, (pooled_a - pooled_b).abs(), pooled_a * pooled_b, style_a, style_b, (style_a - style_b).abs()]
+        if self.lexical is not None:
+            cosine = signature_cosine(lexical_a.float(), lexical_b.float())
+            features.append(((cosine - LEXICAL_COSINE_CENTER) / LEXICAL_COSINE_SCALE).unsqueeze(-1).to(pooled_a.dtype))
         return self.classifier(torch.cat(features, dim=-1))
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -223,8 +258,8 @@ class BiEncoder(nn.Module):
                 logits = self.classify(
                     emb_a.pooled[sl].to(device, dtype),
                     emb_b.pooled[sl].to(device, dtype),
-                    emb_a.style[sl].to(device, dtype),
-                    emb_b.style[sl].to(device, dtype),
+                    emb_a.style[sl].to(device, torch.float32),
+                    emb_b.style[sl].to(device, torch.float32),
                 )
                 out.append(logits.float().cpu())
         finally:

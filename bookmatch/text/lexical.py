@@ -91,5 +91,35 @@ class LexicalFingerprint:
         np.divide(out, norms, out=out, where=norms > 0)
         return out
 
-    def to_dict(self) -> dict:
-        return {"num_buckets": self.num_buckets}
+    def signatures(self, texts: Sequence[str], top_k: int = 64) -> np.ndarray:
+        """(N, 2*top_k) float32: the `top_k` heaviest buckets of each text, then their weights.
+
+        Weights are the TF-IDF values divided by the norm of the text's whole vector, so the cosine of two
+        signatures (`signature_cosine`) is the full cosine restricted to the heaviest terms. Unused slots hold
+        bucket -1 with weight 0. Compact enough to store beside every text of a large dataset.
+        """
+        out = np.zeros((len(texts), 2 * top_k), dtype=np.float32)
+        out[:, :top_k] = -1.0
+        for row, text in enumerate(texts):
+            counts = self._counts(text)
+            if not counts:
+                continue
+            buckets = np.fromiter(counts.keys(), dtype=np.int64, count=len(counts))
+            tf = 1.0 + np.log(np.fromiter(counts.values(), dtype=np.float64, count=len(counts)))
+            weights = tf * self.idf[buckets]
+            norm = float(np.linalg.norm(weights))
+            if norm == 0.0:
+                continue
+            keep = np.argsort(-weights, kind="stable")[:top_k]
+            out[row, : len(keep)] = buckets[keep]
+            out[row, top_k : top_k + len(keep)] = weights[keep] / norm
+        return out
+
+
+def signature_cosine(sig_a, sig_b):
+    """Cosine of two batches of signatures (torch tensors (N, 2K)): sum of weight products of shared buckets."""
+    top_k = sig_a.shape[-1] // 2
+    idx_a, w_a = sig_a[..., :top_k], sig_a[..., top_k:]
+    idx_b, w_b = sig_b[..., :top_k], sig_b[..., top_k:]
+    same = (idx_a.unsqueeze(-1) == idx_b.unsqueeze(-2)) & (idx_a.unsqueeze(-1) >= 0)
+    return (same * w_a.unsqueeze(-1) * w_b.unsqueeze(-2)).sum(dim=(-1, -2))

@@ -42,6 +42,9 @@ class TrainConfig:
     num_workers: int = 0  # data-loader worker processes
     preprocess_workers: int = 0  # processes for tokenizing + style features (datasets.map num_proc); 0: in-process
     log_steps: int = 50
+    # Learning rate of the randomly initialised heads (classifier, projection); 0 = `lr`. Short runs need the
+    # heads to move much faster than the pretrained encoder.
+    head_lr: float = 0.0
 
     def __post_init__(self) -> None:
         if self.mixed_precision not in MIXED_PRECISION:
@@ -72,6 +75,8 @@ class ContrastiveTrainConfig(TrainConfig):
     projection_dim: int = 256
     pooling: str = "mean"
     side_features: str = "style_v1"
+    lexical_buckets: int = 4096  # lexical signature per side (0 = off); see BiEncoderConfig
+    lexical_top_k: int = 64
     teacher: str = ""  # cross-encoder folder to distil from ('' = no distillation)
     distill_weight: float = 0.5
     distill_temperature: float = 2.0

@@ -245,7 +245,11 @@ class ContrastiveTask(_Task):
             max_seq_length=cfg.max_seq_length,
             pooling=cfg.pooling,
             side_features=cfg.side_features,
+            lexical_buckets=cfg.lexical_buckets,
+            lexical_top_k=cfg.lexical_top_k,
         )
+        train = data.splits["train"]
+        self.bi_encoder.fit_lexical(dict.fromkeys(list(train["text1"]) + list(train["text2"])))
         if cfg.gradient_checkpointing:
             self.bi_encoder.encoder.gradient_checkpointing_enable()
         self.book_work = data.book_work
@@ -406,14 +410,25 @@ def _zero_stage(accelerator) -> int:
 
 
 def _optimizer(module: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    decay, no_decay = [], []
+    head_lr = config.head_lr or config.lr
+    groups: dict[tuple[bool, bool], list] = {}
     for name, param in module.named_parameters():
         if not param.requires_grad:
             continue
         # biases and normalisation weights are not decayed (standard for transformer fine-tuning)
-        (no_decay if param.ndim < 2 else decay).append(param)
-    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=config.lr)
+        groups.setdefault((_is_backbone(name), param.ndim >= 2), []).append(param)
+    return torch.optim.AdamW(
+        [
+            {"params": params, "lr": config.lr if backbone else head_lr, "weight_decay": config.weight_decay if decayed else 0.0}
+            for (backbone, decayed), params in sorted(groups.items())
+        ],
+        lr=config.lr,
+    )
+
+
+def _is_backbone(parameter_name: str) -> bool:
+    """Pretrained encoder weights (embeddings and transformer layers) as opposed to new heads."""
+    return "embeddings." in parameter_name or ".layer." in parameter_name or ".layers." in parameter_name
 
 
 def _warmup_steps(config: TrainConfig, total_steps: int) -> int:
