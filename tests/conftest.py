@@ -46,3 +46,23 @@ def tiny_encoder_dir(tmp_path_factory) -> Path:
                 row = json.loads(line)
                 texts += [row["text1"], row["text2"]]
     return build_tiny_encoder(tmp_path_factory.mktemp("tiny_encoder"), texts)
+
+
+@pytest.fixture(scope="session")
+def models(tiny_encoder_dir, tmp_path_factory) -> dict[str, Path]:
+    """A tiny random bi-encoder (with a lexical signature) and cross-encoder saved as `<run>/final/` folders."""
+    import torch
+
+    from bookmatch.models.bi_encoder import BiEncoder
+    from bookmatch.models.cross_encoder import CrossEncoder
+
+    root = tmp_path_factory.mktemp("tiny_models")
+    torch.manual_seed(0)
+    bi = BiEncoder.from_backbone(
+        str(tiny_encoder_dir), projection_dim=16, classifier_hidden_dim=32, max_seq_length=64, lexical_buckets=256, lexical_top_k=8
+    )
+    bi.fit_lexical(SAMPLE_TEXTS)
+    bi.save_pretrained(root / "bi" / "final")
+    torch.manual_seed(1)
+    CrossEncoder.from_backbone(str(tiny_encoder_dir), max_seq_length=128).save_pretrained(root / "cross" / "final")
+    return {"bi": root / "bi" / "final", "cross": root / "cross" / "final"}

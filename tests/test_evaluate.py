@@ -31,21 +31,6 @@ def _passage(seed: int) -> str:
 
 
 @pytest.fixture(scope="module")
-def models(tiny_encoder_dir, tmp_path_factory) -> dict[str, Path]:
-    import torch
-
-    from bookmatch.models.bi_encoder import BiEncoder
-    from bookmatch.models.cross_encoder import CrossEncoder
-
-    root = tmp_path_factory.mktemp("eval_models")
-    torch.manual_seed(0)
-    BiEncoder.from_backbone(str(tiny_encoder_dir), projection_dim=16, classifier_hidden_dim=32, max_seq_length=64).save_pretrained(root / "bi" / "final")
-    torch.manual_seed(1)
-    CrossEncoder.from_backbone(str(tiny_encoder_dir), max_seq_length=128).save_pretrained(root / "cross" / "final")
-    return {"bi": root / "bi" / "final", "cross": root / "cross" / "final"}
-
-
-@pytest.fixture(scope="module")
 def dataset_dir(tmp_path_factory) -> Path:
     """A DatasetDict with the columns `bookmatch prepare` writes (texts made up here, labels balanced)."""
     from datasets import Dataset, DatasetDict

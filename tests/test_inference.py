@@ -25,22 +25,6 @@ PASSAGES = [
 ]
 
 
-@pytest.fixture(scope="module")
-def models(tiny_encoder_dir, tmp_path_factory) -> dict[str, Path]:
-    """A tiny random bi-encoder and cross-encoder saved as `<run>/final/` folders."""
-    import torch
-
-    from bookmatch.models.bi_encoder import BiEncoder
-    from bookmatch.models.cross_encoder import CrossEncoder
-
-    root = tmp_path_factory.mktemp("infer_models")
-    torch.manual_seed(0)
-    BiEncoder.from_backbone(str(tiny_encoder_dir), projection_dim=16, classifier_hidden_dim=32, max_seq_length=64).save_pretrained(root / "bi" / "final")
-    torch.manual_seed(1)
-    CrossEncoder.from_backbone(str(tiny_encoder_dir), max_seq_length=128).save_pretrained(root / "cross" / "final")
-    return {"bi": root / "bi" / "final", "cross": root / "cross" / "final"}
-
-
 def _pairs():
     return [(PASSAGES[i], PASSAGES[j]) for i in range(len(PASSAGES)) for j in range(len(PASSAGES)) if i != j][:20]
 
