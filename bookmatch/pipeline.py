@@ -160,7 +160,7 @@ def metrics_table(results: dict[str, Any]) -> str:
         for variant in ("uncalibrated", "calibrated"):
             figures = metrics.get(variant)
             if isinstance(figures, dict):
-                lines.append(f"{name + ' ' + variant[:5]:<22}" + "".join(f"{figures.get(k, float('nan')):>10.3f}" for k in keys))
+                lines.append(f"{name + ' ' + variant[:5]:<22}" + "".join(f"{_num(figures.get(k)):>10.3f}" for k in keys))
         by_kind = (metrics.get("by_kind") or {}).get("calibrated") or (metrics.get("by_kind") or {}).get("uncalibrated") or {}
         for kind, figures in by_kind.items():
             lines.append(f"{'  ' + str(kind):<22}" + "".join(f"{_num(figures.get(k)):>10.3f}" for k in keys))

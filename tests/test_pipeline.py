@@ -1,0 +1,74 @@
+"""The one-shot pipeline: presets are valid stage configs; a tiny end-to-end run skips finished stages."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from click.testing import CliRunner
+
+from bookmatch.cli import main
+from bookmatch.config import build_config
+from bookmatch.pipeline import available_presets, load_stage_options
+
+
+@pytest.mark.parametrize("preset", available_presets())
+def test_every_preset_builds_every_stage_config(preset):
+    from bookmatch.calibration import CalibrateConfig
+    from bookmatch.evaluation.evaluate import EvaluateConfig
+    from bookmatch.prepare.config import PrepareConfig
+    from bookmatch.training.config import ContrastiveTrainConfig, CrossTrainConfig
+
+    options = load_stage_options(preset)
+    build_config(PrepareConfig, overrides=options["prepare"])
+    build_config(CrossTrainConfig, overrides=options["cross"])
+    build_config(ContrastiveTrainConfig, overrides={**options["contrastive"], "teacher": ""})
+    build_config(CalibrateConfig, overrides=options["calibrate"])
+    build_config(EvaluateConfig, overrides=options["evaluate"])
+
+
+def test_set_overrides_and_bad_keys():
+    from bookmatch.config import ConfigError
+
+    options = load_stage_options("cpu-small", sets=["cross.max_steps=3", "prepare.hard_negatives=false"])
+    assert options["cross"]["max_steps"] == 3 and options["prepare"]["hard_negatives"] is False
+    with pytest.raises(ConfigError):
+        load_stage_options("cpu-small", sets=["nostage.x=1"])
+    result = CliRunner().invoke(main, ["pipeline", "--preset", "nope", "--out", "x"])
+    assert result.exit_code != 0 and "unknown preset" in result.output
+
+
+def test_tiny_pipeline_end_to_end_then_skips(corpus_dir, tiny_encoder_dir, tmp_path):
+    books = tmp_path / "books"
+    picked = 0
+    for author in ["Carroll, Lewis", "Potter, Beatrix", "Wilde, Oscar", "Kafka, Franz", "Defoe, Daniel", "Voltaire"]:
+        for path in sorted((corpus_dir / "books" / author).glob("*.txt"))[:2]:
+            (books / author).mkdir(parents=True, exist_ok=True)
+            shutil.copy(path, books / author / path.name)
+            picked += 1
+    assert picked >= 10
+    model = str(tiny_encoder_dir)
+    args = [
+        "pipeline", "--books", str(books), "--out", str(tmp_path / "out"), "--preset", "cpu-small",
+        "--set", "prepare.hard_negatives=false", "--set", "prepare.max_chunks_per_book=12",
+        "--set", "prepare.n_negative_per_book=4", "--set", "prepare.holdout_authors=",
+        "--set", "prepare.train_ratio=0.4", "--set", "prepare.val_ratio=0.2",
+    ]
+    for stage in ("cross", "contrastive"):
+        args += ["--set", f"{stage}.model={model}", "--set", f"{stage}.max_steps=2", "--set", f"{stage}.eval_steps=2",
+                 "--set", f"{stage}.save_steps=2", "--set", f"{stage}.sample=0", "--set", f"{stage}.max_seq_length=64"]
+    result = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "test" in result.output and "auc" in result.output
+    out = tmp_path / "out"
+    metrics = json.loads((out / "reports" / "test" / "metrics.json").read_text())
+    assert 0.0 <= metrics["uncalibrated"]["auc"] <= 1.0
+    assert (out / "models" / "book_matcher_contrastive" / "calibration.json").exists()
+    summary = json.loads((out / "pipeline_summary.json").read_text())
+    assert {"prepare", "teacher", "contrastive", "calibrate", "evaluate:test"} <= set(summary["timings"])
+
+    # A second run finds every stage complete and redoes nothing.
+    again = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert again.exit_code == 0, again.output
+    assert json.loads((out / "pipeline_summary.json").read_text())["timings"] == {}
