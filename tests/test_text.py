@@ -267,7 +267,7 @@ def test_split_sentences(text, expected):
 
 
 def test_spacy_splitter_and_get_splitter():
-    assert get_splitter("regex") is split_sentences
+    assert get_splitter("regex")("Mr. Smith came. He sat.") == split_sentences("Mr. Smith came. He sat.")
     assert get_splitter("spacy")("Mr. Smith came. He sat.\n\nNew one") == ["Mr. Smith came.", "He sat.", "New one"]
     with pytest.raises(Exception, match="unknown sentence splitter"):
         get_splitter("nltk")
@@ -369,3 +369,12 @@ def test_fast_chunk_filter_matches_reference_on_mixed_synthetic_text():
         assert 0 < len(kept) < len(every)
         for chunk in every:
             assert (chunk.start_sentence in kept) == looks_like_english_prose(chunk.text), chunk.text
+
+
+def test_split_sentences_trusts_standardized_text_to_the_same_result():
+    from bookmatch.text.sentences import get_splitter
+
+    raw = "  It was late.  Mr. Hyde  left.\nHe ran!\n\n\n\"Stop,\" she said. It rained.  \n"
+    clean = standardize(raw)
+    assert split_sentences(clean, standardized=True) == split_sentences(clean) == split_sentences(raw)
+    assert get_splitter("regex", standardized=True)(clean) == split_sentences(clean)

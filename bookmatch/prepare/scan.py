@@ -45,7 +45,7 @@ def find_book_files(books_dir: str | Path) -> list[Path]:
 def _splitter(name: str) -> Callable[[str], list[str]]:
     from bookmatch.text.sentences import get_splitter
 
-    return get_splitter(name)
+    return get_splitter(name, standardized=True)  # load_book's text is standardize's output
 
 
 def sample_chunk_indices(num_chunks: int, limit: int, key: str, seed: int) -> list[int]:

@@ -39,7 +39,7 @@ SYMBOLS = "0123456789#=/[]|*<>_+@$%&{}~^\\"
 # Lowercased remnants of Gutenberg boilerplate ("pretext" must not match, hence the leading space).
 REMNANT_MARKERS = ("gutenberg", "small print!", " etext", "e-text", "electronic work")
 
-_SYMBOL_TABLE = np.zeros(128, dtype=bool)
+_SYMBOL_TABLE = np.zeros(256, dtype=bool)
 _SYMBOL_TABLE[[ord(c) for c in SYMBOLS]] = True
 
 
@@ -90,25 +90,45 @@ def _prefix(values: np.ndarray) -> np.ndarray:
 
 
 _STOP_WORD_MAX_LEN = max(map(len, ENGLISH_STOP_WORDS))
+_WORD_MASKS = np.array([(1 << (8 * n)) - 1 for n in range(_STOP_WORD_MAX_LEN + 1)], dtype=np.uint64)
 
 
 def _pack(codes: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """One uint64 per token: its first characters, 8 bits each (codes above 255 become 255, never a stop word)."""
-    keys = np.zeros(len(starts), dtype=np.uint64)
-    last = len(codes) - 1
-    for k in range(_STOP_WORD_MAX_LEN):
-        chars = np.minimum(codes[np.minimum(starts + k, last)], 255).astype(np.uint64)
-        keys |= np.where(k < lengths, chars << np.uint64(8 * k), np.uint64(0))
-    return keys
+    """One uint64 per token (length <= 8): its bytes, little-endian, the rest zero.
+
+    `codes` is read through an unaligned 8-byte view (element i = bytes i..i+7), so each token costs one
+    gather instead of one per character.
+    """
+    padded = np.concatenate((codes, np.zeros(8, dtype=np.uint8)))
+    words = np.ndarray(shape=(len(codes),), dtype="<u8", buffer=padded, strides=(1,))
+    return words[starts] & _WORD_MASKS[lengths]
 
 
-_STOP_KEYS = np.sort(
-    _pack(
-        np.frombuffer(" ".join(sorted(ENGLISH_STOP_WORDS)).encode("utf-32-le"), dtype=np.uint32),
-        np.cumsum([0] + [len(w) + 1 for w in sorted(ENGLISH_STOP_WORDS)][:-1]),
-        np.array([len(w) for w in sorted(ENGLISH_STOP_WORDS)]),
-    )
+def _perfect_hash(keys: np.ndarray, bits: int = 14) -> tuple[np.uint64, np.ndarray]:
+    """A multiplier whose top `bits` bits of key * multiplier give every key its own slot, and the slot table."""
+    for seed in range(1, 10_000):
+        multiplier = np.uint64((0x9E3779B97F4A7C15 * seed) % (1 << 64) | 1)
+        slots = (keys * multiplier) >> np.uint64(64 - bits)
+        if len(np.unique(slots)) == len(keys):
+            table = np.zeros(1 << bits, dtype=np.uint64)  # 0 is never a key: every stop word has a letter
+            table[slots] = keys
+            return multiplier, table
+    raise RuntimeError("no perfect hash found for the stop words")
+
+
+_sorted_stop_words = sorted(ENGLISH_STOP_WORDS)
+_STOP_KEYS = _pack(
+    np.frombuffer(" ".join(_sorted_stop_words).encode("ascii"), dtype=np.uint8),
+    np.cumsum([0] + [len(w) + 1 for w in _sorted_stop_words][:-1]),
+    np.array([len(w) for w in _sorted_stop_words]),
 )
+_STOP_MULTIPLIER, _STOP_TABLE = _perfect_hash(_STOP_KEYS)
+
+
+def _is_stop_key(keys: np.ndarray) -> np.ndarray:
+    with np.errstate(over="ignore"):
+        slots = (keys * _STOP_MULTIPLIER) >> np.uint64(64 - 14)
+    return _STOP_TABLE[slots] == keys
 
 
 def _count_between(positions: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
@@ -123,36 +143,44 @@ def _prose_mask(sentences: Sequence[str], starts: np.ndarray, ends: np.ndarray, 
     stop word when its packed characters match a packed stop word. Per window, counts come from binary
     searches of token, stop-word and symbol positions between the window's character bounds.
     """
-    lowered = " ".join(sentences).lower()
+    joined = " ".join(sentences)
     lengths = np.fromiter(map(len, sentences), dtype=np.int64, count=len(sentences))
-    if len(lowered) != int(lengths.sum()) + len(sentences) - 1 or not lowered.isprintable():
-        # str.lower() changed a length, or unusual whitespace: use the per-chunk reference.
+    # One byte per character, lowered: ASCII as is, other characters as "?" (never a space, stop-word letter or
+    # symbol) unless they are unprintable or change length when lowered; those books take the per-chunk reference.
+    if joined.isascii():
+        codes = np.frombuffer(joined.encode("ascii"), dtype=np.uint8)
+        codes = codes | (((codes >= 65) & (codes <= 90)).view(np.uint8) << 5)
+        usable = not ((codes < 32) | (codes == 127)).any()
+    else:
+        lowered = joined.lower()
+        usable = len(lowered) == int(lengths.sum()) + len(sentences) - 1 and lowered.isprintable()
+        codes = np.frombuffer(lowered.encode("latin-1", "replace"), dtype=np.uint8) if usable else None
+    if not usable:
         return np.array([looks_like_english_prose(" ".join(sentences[s:e]), rules.min_stopword_share,
                                                   rules.max_symbol_share) for s, e in zip(starts, ends)], dtype=bool)
     char_start = np.zeros(len(sentences) + 1, dtype=np.int64)
     np.cumsum(lengths + 1, out=char_start[1:])  # sentence i spans lowered[char_start[i] : char_start[i+1] - 1]
     lo, hi = char_start[starts], char_start[ends] - 1
 
-    codes = np.frombuffer(lowered.encode("utf-32-le"), dtype=np.uint32)
     is_space = codes <= 32
     before_is_space = np.concatenate(([True], is_space[:-1]))
     after_is_space = np.concatenate((is_space[1:], [True]))
     token_starts = np.flatnonzero(~is_space & before_is_space)
     token_lengths = np.flatnonzero(~is_space & after_is_space) + 1 - token_starts
     short = token_lengths <= _STOP_WORD_MAX_LEN
-    keys = _pack(codes, token_starts[short], token_lengths[short])
-    found = np.minimum(np.searchsorted(_STOP_KEYS, keys), len(_STOP_KEYS) - 1)
-    stop_positions = token_starts[short][_STOP_KEYS[found] == keys]
-    symbol_positions = np.flatnonzero(_SYMBOL_TABLE[np.minimum(codes, 127)] & (codes < 128))
+    short_starts = token_starts[short]
+    stop_positions = short_starts[_is_stop_key(_pack(codes, short_starts, token_lengths[short]))]
+    symbol_positions = np.flatnonzero(_SYMBOL_TABLE[codes])
 
     tokens = _count_between(token_starts, lo, hi)
     stops = _count_between(stop_positions, lo, hi)
     symbols = _count_between(symbol_positions, lo, hi)
     remnants = np.zeros(len(lo), dtype=np.int64)
-    for marker in REMNANT_MARKERS:
-        if marker in lowered:
+    lowered_bytes = codes.tobytes()  # byte i is character i, so positions carry over
+    for marker in _REMNANT_MARKER_BYTES:
+        if marker in lowered_bytes:
             # Only markers that fit wholly inside the window count, as in the per-chunk check.
-            positions = np.array(_find_all(lowered, marker), dtype=np.int64)
+            positions = np.array(_find_all(lowered_bytes, marker), dtype=np.int64)
             remnants += _count_between(positions, lo, hi - len(marker) + 1)
     return (
         (tokens >= MIN_TOKENS)
@@ -162,7 +190,10 @@ def _prose_mask(sentences: Sequence[str], starts: np.ndarray, ends: np.ndarray, 
     )
 
 
-def _find_all(text: str, needle: str) -> list[int]:
+_REMNANT_MARKER_BYTES = tuple(marker.encode("ascii") for marker in REMNANT_MARKERS)
+
+
+def _find_all(text: bytes, needle: bytes) -> list[int]:
     found = []
     pos = text.find(needle)
     while pos >= 0:

@@ -121,34 +121,44 @@ def _footer_start(text: str, start: int) -> int:
     """Offset of the first footer marker after `start` (len(text) when there is none)."""
     cursor = start
     while True:
-        hits = [pos for word in _FOOTER_WORDS if (pos := text.find(word, cursor)) >= 0]
-        if not hits:
+        # each word is searched only up to the earliest hit so far: most books are scanned once, not per word
+        first = len(text)
+        for word in _FOOTER_WORDS:
+            pos = text.find(word, cursor, first + len(word) - 1)
+            if pos >= 0:
+                first = pos
+        if first == len(text):
             return len(text)
-        pos = min(hits)
-        match = _END.search(text, max(start, pos - 60), pos + 40)
+        match = _END.search(text, max(start, first - 60), first + 40)
         if match:
             return match.start()
-        cursor = pos + 1
+        cursor = first + 1
 
 
 def _drop_credits(body: str) -> str:
     """Remove production-credit paragraphs among the first few paragraphs of the body."""
-    head, _, rest = body.lstrip("\n").partition("\n\n")
-    kept: list[str] = []
-    paragraphs = [head]
-    # Walk the leading paragraphs only: credits sit at the top, and the body proper must not be scanned.
-    for _ in range(_CREDIT_PARAGRAPHS_CHECKED - 1):
-        if not rest:
+    # Walk the leading paragraphs by offset: credits sit at the top, and the body proper must not be copied.
+    dropped: list[tuple[int, int]] = []
+    cursor = 0
+    for _ in range(_CREDIT_PARAGRAPHS_CHECKED):
+        while cursor < len(body) and body[cursor] == "\n":
+            cursor += 1
+        if cursor >= len(body):
             break
-        nxt, _, rest = rest.lstrip("\n").partition("\n\n")
-        paragraphs.append(nxt)
-    for paragraph in paragraphs:
+        end = body.find("\n\n", cursor)
+        end = len(body) if end < 0 else end
         # A long paragraph is prose (or a book that lost its newlines), never a credit line.
-        if len(paragraph) > _CREDIT_MAX_CHARS or not _CREDIT.search(paragraph):
-            kept.append(paragraph)
-    return "\n\n".join(kept + ([rest] if rest else []))
-
-
+        if end - cursor <= _CREDIT_MAX_CHARS and _CREDIT.search(body[cursor:end]):
+            dropped.append((cursor, end))
+        cursor = end + 2
+    if not dropped:
+        return body
+    pieces, kept_from = [], 0
+    for start, end in dropped:
+        pieces.append(body[kept_from:start])
+        kept_from = end
+    pieces.append(body[kept_from:])
+    return "".join(pieces)
 def strip_boilerplate(text: str) -> str:
     """The body of a Gutenberg book: header, licence, footer, production credits and illustrations removed.
 

@@ -56,8 +56,10 @@ _BOUNDARY = re.compile(
 )
 
 
-def _as_paragraph_lines(text: str) -> str:
+def _as_paragraph_lines(text: str, standardized: bool = False) -> str:
     """Standardized text has one paragraph per line; anything else (hard-wrapped lines) is re-flowed first."""
+    if standardized:  # the caller vouches for it (`standardize`'s output): skip four scans of the book
+        return text
     if text.count("\n") == 2 * text.count("\n\n") and "\n " not in text and " \n" not in text:
         return text.strip(" ")
     from bookmatch.text.standardize import reflow
@@ -65,12 +67,15 @@ def _as_paragraph_lines(text: str) -> str:
     return reflow(text)
 
 
-def split_sentences(text: str) -> list[str]:
-    """Sentences of `text`, in order, whitespace-trimmed (no sentence spans a paragraph break)."""
+def split_sentences(text: str, standardized: bool = False) -> list[str]:
+    """Sentences of `text`, in order, whitespace-trimmed (no sentence spans a paragraph break).
+
+    `standardized=True` promises the text is `standardize`'s output (one paragraph per line, single spaces).
+    """
     # split() with one capturing group gives [text, terminal, text, terminal, ..., text]; gluing each text to
     # its terminal rebuilds the sentences without a Python call per sentence (re.sub with a "\\1" template
     # expands it in Python for every match, which made splitting 2x slower).
-    parts = _BOUNDARY.split(_as_paragraph_lines(text))
+    parts = _BOUNDARY.split(_as_paragraph_lines(text, standardized))
     sentences = list(map(str.__add__, parts[0:-1:2], parts[1::2]))
     sentences.append(parts[-1])
     return list(filter(None, "\n".join(sentences).split("\n")))
@@ -86,22 +91,22 @@ def _spacy_pipeline():
     return nlp
 
 
-def spacy_split_sentences(text: str) -> list[str]:
+def spacy_split_sentences(text: str, standardized: bool = False) -> list[str]:
     """spaCy's rule-based sentencizer, fed paragraph by paragraph (slow: the reference, not the default)."""
     nlp = _spacy_pipeline()
-    paragraphs = [p for p in _as_paragraph_lines(text).split("\n\n") if p.strip()]
+    paragraphs = [p for p in _as_paragraph_lines(text, standardized).split("\n\n") if p.strip()]
     sentences: list[str] = []
     for doc in nlp.pipe(paragraphs, batch_size=256):
         sentences.extend(s for s in (span.text.strip() for span in doc.sents) if s)
     return sentences
 
 
-def get_splitter(name: Literal["regex", "spacy"] = "regex") -> Callable[[str], list[str]]:
-    """The sentence splitter called `name`."""
+def get_splitter(name: Literal["regex", "spacy"] = "regex", standardized: bool = False) -> Callable[[str], list[str]]:
+    """The sentence splitter called `name` (for `standardize`'s output when `standardized`)."""
     if name == "regex":
-        return split_sentences
+        return functools.partial(split_sentences, standardized=standardized)
     if name == "spacy":
-        return spacy_split_sentences
+        return functools.partial(spacy_split_sentences, standardized=standardized)
     from bookmatch.errors import InputError
 
     raise InputError(f"unknown sentence splitter {name!r}: use 'regex' or 'spacy'")
