@@ -362,13 +362,19 @@ def test_fast_chunk_filter_matches_reference_on_mixed_synthetic_text():
         lambda i: "See the Project Gutenberg licence.",
         lambda i: "Caf\u00e9 au lait and the na\u00efve \u00c6sop, as it was in the day.",
     ]
-    sentences = [rng.choices(kinds, weights=[8, 2, 1, 1, 1])[0](i) for i in range(600)]
-    for chunk_size, overlap in [(14, 4), (5, 0), (3, 2)]:
-        kept = {c.start_sentence for c in make_chunk_records(sentences, chunk_size, overlap, min_chars=0)}
-        every = make_chunk_records(sentences, chunk_size, overlap, min_chars=0, english_filter=False)
-        assert 0 < len(kept) < len(every)
-        for chunk in every:
-            assert (chunk.start_sentence in kept) == looks_like_english_prose(chunk.text), chunk.text
+    latin1 = [rng.choices(kinds, weights=[8, 2, 1, 1, 1])[0](i) for i in range(600)]
+    # upper-case stop words count; a book with characters beyond Latin-1 takes the str.lower path; a no-break
+    # space or soft hyphen (unprintable) sends the whole book to the per-chunk reference
+    shouting = [s.upper() if i % 5 == 0 else s for i, s in enumerate(latin1)]
+    greek = [s + (" \u03bb\u03cc\u03b3\u03bf\u03c2 \u0153uvre." if i % 7 == 0 else "") for i, s in enumerate(shouting)]
+    unprintable = [s + (" soft\u00adhyphen\u00a0here." if i == 300 else "") for i, s in enumerate(latin1)]
+    for sentences in (latin1, shouting, greek, unprintable):
+        for chunk_size, overlap in [(14, 4), (5, 0), (3, 2)]:
+            kept = {c.start_sentence for c in make_chunk_records(sentences, chunk_size, overlap, min_chars=0)}
+            every = make_chunk_records(sentences, chunk_size, overlap, min_chars=0, english_filter=False)
+            assert 0 < len(kept) < len(every)
+            for chunk in every:
+                assert (chunk.start_sentence in kept) == looks_like_english_prose(chunk.text), chunk.text
 
 
 def test_split_sentences_trusts_standardized_text_to_the_same_result():

@@ -39,6 +39,11 @@ SYMBOLS = "0123456789#=/[]|*<>_+@$%&{}~^\\"
 # Lowercased remnants of Gutenberg boilerplate ("pretext" must not match, hence the leading space).
 REMNANT_MARKERS = ("gutenberg", "small print!", " etext", "e-text", "electronic work")
 
+# Latin-1 characters str.isprintable() rejects: C0 and C1 controls, DEL, no-break space, soft hyphen.
+_UNPRINTABLE_LATIN1 = np.zeros(256, dtype=bool)
+_UNPRINTABLE_LATIN1[list(range(32)) + list(range(127, 161)) + [173]] = True
+_ASCII_LOWER = np.arange(256, dtype=np.uint8)
+_ASCII_LOWER[65:91] += 32
 _SYMBOL_TABLE = np.zeros(256, dtype=bool)
 _SYMBOL_TABLE[[ord(c) for c in SYMBOLS]] = True
 
@@ -145,13 +150,15 @@ def _prose_mask(sentences: Sequence[str], starts: np.ndarray, ends: np.ndarray, 
     """
     joined = " ".join(sentences)
     lengths = np.fromiter(map(len, sentences), dtype=np.int64, count=len(sentences))
-    # One byte per character, lowered: ASCII as is, other characters as "?" (never a space, stop-word letter or
-    # symbol) unless they are unprintable or change length when lowered; those books take the per-chunk reference.
-    if joined.isascii():
-        codes = np.frombuffer(joined.encode("ascii"), dtype=np.uint8)
-        codes = codes | (((codes >= 65) & (codes <= 90)).view(np.uint8) << 5)
-        usable = not ((codes < 32) | (codes == 127)).any()
-    else:
+    # One byte per character. Latin-1 text (ASCII included) maps exactly: its unprintable characters are known
+    # and lowering only ASCII letters is enough (stop words, symbols and markers are ASCII). Other text is lowered
+    # by str.lower, its characters beyond Latin-1 read as "?" (never a space, stop-word letter or symbol), unless
+    # it holds unprintable characters or lowering changes its length: then the per-chunk reference decides.
+    try:
+        codes = np.frombuffer(joined.encode("latin-1"), dtype=np.uint8)
+        usable = not _UNPRINTABLE_LATIN1[codes].any()
+        codes = _ASCII_LOWER[codes]
+    except UnicodeEncodeError:
         lowered = joined.lower()
         usable = len(lowered) == int(lengths.sum()) + len(sentences) - 1 and lowered.isprintable()
         codes = np.frombuffer(lowered.encode("latin-1", "replace"), dtype=np.uint8) if usable else None
