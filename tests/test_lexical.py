@@ -47,3 +47,23 @@ def test_signature_cosine_equals_full_cosine_when_top_k_covers_all_terms():
     short = torch.from_numpy(fp.signatures(texts + [""], top_k=2))
     assert float(signature_cosine(short[0], short[1])) <= float(full[0] @ full[1]) + 1e-6
     assert float(short[3, 2:].abs().sum()) == 0.0
+
+
+def test_proper_names_skip_sentence_starts_but_keep_names_after_titles():
+    from bookmatch.text.lexical import proper_names
+
+    text = 'Then Alice said to the Queen: "Why, Mrs. Hatter!" \u201cNever,\u201d said Bob. Quickly Tom ran to London on Sunday.'
+    # "Then", "Why", "Never", "Quickly" open sentences or quotes; "Mrs" and "Sunday" are titles/calendar words
+    assert proper_names(text) == ["alice", "queen", "hatter", "bob", "tom", "london"]
+
+
+def test_names_fingerprint_matches_shared_characters_not_shared_vocabulary():
+    texts = [
+        "The old captain walked along the shore with Nemo and Aronnax.",
+        "Later that night Aronnax wrote while Nemo slept near the shore.",
+        "The old captain walked along the shore with his silent mate.",
+    ]
+    names = LexicalFingerprint(1 << 12, vocabulary="names").fit(texts).transform(texts)
+    words = LexicalFingerprint(1 << 12).fit(texts).transform(texts)
+    assert names[0] @ names[1] > 0.99 and names[0] @ names[2] == 0.0
+    assert words[0] @ words[2] > words[0] @ words[1]  # the content-word view ranks the other way

@@ -172,6 +172,38 @@ def test_bi_encoder_lexical_signature_roundtrip_and_effect(tiny_encoder_dir, tmp
     assert not torch.allclose(model.pair_logits(emb_a, emb_b), model.pair_logits(emb_a, swapped))
 
 
+def test_bi_encoder_names_signature_and_pooled_cosine(tiny_encoder_dir, tmp_path):
+    from bookmatch.text.lexical import LexicalFingerprint
+
+    torch.manual_seed(0)
+    model = BiEncoder.from_backbone(
+        str(tiny_encoder_dir), projection_dim=8, max_seq_length=48, classifier_hidden_dim=16,
+        lexical_buckets=512, lexical_top_k=16, name_top_k=4, pooled_cosine=True,
+    )
+    corpus = TEXTS + ["Captain Nemo steered the Nautilus past Vanikoro.", "Then Nemo and Aronnax left Vanikoro behind."]
+    model.fit_lexical(corpus)
+    n_style = len(STYLE_FEATURE_NAMES)
+    features = model.side_feature_array(corpus)
+    assert features.shape == (len(corpus), n_style + 32 + 8)
+    reference = LexicalFingerprint(512, vocabulary="names").fit(corpus).signatures(corpus, 4)
+    assert np.allclose(features[:, n_style + 32 :], reference)
+    assert model.classifier[0].in_features == 4 * model.config.hidden_size + 3 * n_style + 3
+
+    loaded = BiEncoder.from_pretrained(model.save_pretrained(tmp_path / "names"))
+    assert np.allclose(loaded.names.idf, model.names.idf)
+    emb_a, emb_b = model.encode_texts(corpus[-2:-1]), model.encode_texts(corpus[-1:])
+    assert torch.equal(model.pair_logits(emb_a, emb_b), loaded.pair_logits(loaded.encode_texts(corpus[-2:-1]), loaded.encode_texts(corpus[-1:])))
+    # changing only the names signature of one side changes the logits
+    other = model.encode_texts(corpus[:1])
+    swapped = emb_b._replace(style=torch.cat([emb_b.style[:, : n_style + 32], other.style[:, n_style + 32 :]], dim=1))
+    assert not torch.allclose(model.pair_logits(emb_a, emb_b), model.pair_logits(emb_a, swapped))
+    # the pooled cosine enters on its own: with the four vector blocks' weights zeroed the logits still move
+    with torch.no_grad():
+        model.classifier[0].weight[:, : 4 * model.config.hidden_size] = 0
+    scaled = emb_b._replace(pooled=emb_b.pooled + 3 * emb_a.pooled)
+    assert not torch.allclose(model.pair_logits(emb_a, emb_b), model.pair_logits(emb_a, scaled))
+
+
 def test_head_learning_rate_applies_to_new_heads_only(bi_encoder):
     from bookmatch.training.config import ContrastiveTrainConfig
     from bookmatch.training.trainer import _optimizer

@@ -33,6 +33,7 @@ def test_set_overrides_and_bad_keys():
 
     options = load_stage_options("cpu-small", sets=["cross.max_steps=3", "prepare.hard_negatives=false"])
     assert options["cross"]["max_steps"] == 3 and options["prepare"]["hard_negatives"] is False
+    assert options["contrastive"]["teacher"] == ""  # cpu-small skips the teacher (see the preset)
     with pytest.raises(ConfigError):
         load_stage_options("cpu-small", sets=["nostage.x=1"])
     result = CliRunner().invoke(main, ["pipeline", "--preset", "nope", "--out", "x"])
@@ -54,6 +55,8 @@ def test_tiny_pipeline_end_to_end_then_skips(corpus_dir, tiny_encoder_dir, tmp_p
         "--set", "prepare.hard_negatives=false", "--set", "prepare.max_chunks_per_book=12",
         "--set", "prepare.n_negative_per_book=4", "--set", "prepare.holdout_authors=",
         "--set", "prepare.train_ratio=0.4", "--set", "prepare.val_ratio=0.2",
+        # cpu-small trains no teacher; switch it on so the teacher stage and its gate run too
+        "--set", "contrastive.teacher=auto", "--set", "cross.cpu=true",
     ]
     for stage in ("cross", "contrastive"):
         args += ["--set", f"{stage}.model={model}", "--set", f"{stage}.max_steps=2", "--set", f"{stage}.eval_steps=2",

@@ -96,6 +96,8 @@ def cross(config_file, **values) -> None:
 @click.option("--side-features", default=None, help="Per-text feature set beside the pooled vector (style_v1, none).")
 @click.option("--lexical-buckets", type=int, default=None, help="Hash buckets of the per-side lexical signature (0: off).")
 @click.option("--lexical-top-k", type=int, default=None, help="Heaviest content-word buckets kept per text.")
+@click.option("--name-top-k", type=int, default=None, help="Heaviest proper-name buckets kept per text (0: no names signature).")
+@click.option("--pooled-cosine/--no-pooled-cosine", default=None, help="Give the classifier the pooled vectors' cosine.")
 @click.option("--topic-adversary/--no-topic-adversary", default=None, help="Gradient-reversal topic classifier on the pooled vectors.")
 @click.option("--independence-weight", type=float, default=None, help="Weight of the embedding/topic independence loss.")
 @click.option("--cached-contrastive/--no-cached-contrastive", default=None, help="GradCache for large contrastive batches.")

@@ -29,9 +29,12 @@ CONFIG_NAME = "bookmatch_config.json"
 WEIGHTS_NAME = "model.safetensors"
 LEGACY_WEIGHTS_NAME = "pytorch_model.bin"
 MODEL_TYPE = "bi_encoder"
-# Fixed standardisation of the lexical cosine (typical passage cosines lie in 0..0.5).
+# Fixed standardisation of the signature cosines (typical passage cosines lie in 0..0.5) and of the pooled
+# embeddings' cosine (mean-pooled sentence encoders put most passage pairs in 0.2..0.8).
 LEXICAL_COSINE_CENTER = 0.1
 LEXICAL_COSINE_SCALE = 0.1
+POOLED_COSINE_CENTER = 0.5
+POOLED_COSINE_SCALE = 0.2
 
 
 @dataclass
@@ -50,6 +53,12 @@ class BiEncoderConfig:
     # passages are the strongest same-book evidence, and a truncated, mean-pooled embedding dilutes them.
     lexical_buckets: int = 0
     lexical_top_k: int = 64
+    # A second signature over proper names (capitalised words not at a sentence start), same bucket count;
+    # 0 = off. Characters' names are what two passages of one novel share most reliably.
+    name_top_k: int = 0
+    # Feed the cosine of the two pooled vectors to the classifier as one scalar: the MLP otherwise has to
+    # learn a dot product from [u, v, |u-v|, u*v], which takes far more steps than a short run has.
+    pooled_cosine: bool = False
 
     def __post_init__(self) -> None:
         if self.pooling not in POOLING_MODES:
@@ -60,7 +69,7 @@ class BiEncoderConfig:
 class TextEmbeddings(NamedTuple):
     pooled: torch.Tensor  # (N, hidden) for the pair classifier
     projected: torch.Tensor  # (N, projection_dim), L2-normalised, for the contrastive space
-    style: torch.Tensor  # (N, n_side_features [+ 2 * lexical_top_k]): style features, then the lexical signature
+    style: torch.Tensor  # (N, n_side_features [+ 2 * lexical_top_k [+ 2 * name_top_k]]): style, then signatures
 
 
 class BiEncoder(nn.Module):
@@ -80,12 +89,17 @@ class BiEncoder(nn.Module):
         self.projection = nn.Sequential(nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, config.projection_dim))
         self.n_style = n_side = self.side_features.dim
         self.lexical: LexicalFingerprint | None = None
+        self.names: LexicalFingerprint | None = None
         if config.lexical_buckets > 0:
             self.lexical = LexicalFingerprint(config.lexical_buckets)
-            # a buffer, so the fitted IDF travels inside model.safetensors
+            # buffers, so the fitted IDFs travel inside model.safetensors
             self.register_buffer("lexical_idf", torch.ones(config.lexical_buckets))
+            if config.name_top_k > 0:
+                self.names = LexicalFingerprint(config.lexical_buckets, vocabulary="names")
+                self.register_buffer("names_idf", torch.ones(config.lexical_buckets))
+        n_scalars = (self.lexical is not None) + (self.names is not None) + bool(config.pooled_cosine)
         self.classifier = nn.Sequential(
-            nn.Linear(4 * hidden + 3 * n_side + (1 if self.lexical is not None else 0), config.classifier_hidden_dim),
+            nn.Linear(4 * hidden + 3 * n_side + n_scalars, config.classifier_hidden_dim),
             nn.GELU(),
             nn.Dropout(config.dropout),
             nn.Linear(config.classifier_hidden_dim, 2),
@@ -165,19 +179,29 @@ class BiEncoder(nn.Module):
         style = self.side_features.batch(list(texts))
         if self.lexical is None:
             return style
-        signatures = self.lexical.signatures(list(texts), self.config.lexical_top_k)
-        return np.concatenate([style.astype(np.float32).reshape(len(signatures), -1), signatures], axis=1)
+        texts = list(texts)
+        parts = [style.astype(np.float32).reshape(len(texts), -1), self.lexical.signatures(texts, self.config.lexical_top_k)]
+        if self.names is not None:
+            parts.append(self.names.signatures(texts, self.config.name_top_k))
+        return np.concatenate(parts, axis=1)
+
+    def _fingerprints(self):
+        if self.lexical is not None:
+            yield self.lexical, self.lexical_idf
+        if self.names is not None:
+            yield self.names, self.names_idf
 
     def fit_lexical(self, texts) -> None:
-        """Fit the lexical IDF on training texts (before the splits are featurised)."""
-        if self.lexical is not None:
-            self.lexical.fit(texts)
-            self.lexical_idf.copy_(torch.from_numpy(self.lexical.idf))
+        """Fit the signatures' IDF on training texts (before the splits are featurised)."""
+        texts = list(texts)
+        for fingerprint, idf in self._fingerprints():
+            fingerprint.fit(texts)
+            idf.copy_(torch.from_numpy(fingerprint.idf))
 
     def sync_lexical(self) -> None:
-        """Point the fingerprinter at the IDF buffer (after loading weights)."""
-        if self.lexical is not None:
-            self.lexical.idf = self.lexical_idf.detach().float().cpu().numpy()
+        """Point the fingerprinters at the IDF buffers (after loading weights)."""
+        for fingerprint, idf in self._fingerprints():
+            fingerprint.idf = idf.detach().float().cpu().numpy()
 
     # forward ---------------------------------------------------------------------------------------------------
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -188,14 +212,22 @@ class BiEncoder(nn.Module):
         return pooled, projected
 
     def classify(self, pooled_a, pooled_b, style_a, style_b) -> torch.Tensor:
-        # split before any cast: bucket ids in the lexical signature are not exact in bf16
-        lexical_a, lexical_b = style_a[..., self.n_style :], style_b[..., self.n_style :]
+        # split before any cast: bucket ids in the signatures are not exact in bf16
+        signatures_a, signatures_b = style_a[..., self.n_style :].float(), style_b[..., self.n_style :].float()
         style_a = style_a[..., : self.n_style].to(pooled_a.dtype)
         style_b = style_b[..., : self.n_style].to(pooled_a.dtype)
         features = [pooled_a, pooled_b, (pooled_a - pooled_b).abs(), pooled_a * pooled_b, style_a, style_b, (style_a - style_b).abs()]
-        if self.lexical is not None:
-            cosine = signature_cosine(lexical_a.float(), lexical_b.float())
-            features.append(((cosine - LEXICAL_COSINE_CENTER) / LEXICAL_COSINE_SCALE).unsqueeze(-1).to(pooled_a.dtype))
+        scalars = []
+        offset = 0
+        for width in (2 * self.config.lexical_top_k if self.lexical is not None else 0, 2 * self.config.name_top_k if self.names is not None else 0):
+            if width:
+                cosine = signature_cosine(signatures_a[..., offset : offset + width], signatures_b[..., offset : offset + width])
+                scalars.append((cosine - LEXICAL_COSINE_CENTER) / LEXICAL_COSINE_SCALE)
+                offset += width
+        if self.config.pooled_cosine:
+            cosine = nn.functional.cosine_similarity(pooled_a.float(), pooled_b.float(), dim=-1)
+            scalars.append((cosine - POOLED_COSINE_CENTER) / POOLED_COSINE_SCALE)
+        features += [scalar.unsqueeze(-1).to(pooled_a.dtype) for scalar in scalars]
         return self.classifier(torch.cat(features, dim=-1))
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -45,10 +45,46 @@ def content_words(text: str) -> list[str]:
     return words
 
 
-class LexicalFingerprint:
-    """Hashing-trick TF-IDF over content words, L2-normalised, as a dense float32 vector per text."""
+# Capitalised words that are titles or calendar words rather than names of people and places.
+NAME_STOP_WORDS = frozenset(
+    """mrs miss sir lady lord madam madame monsieur mme mlle dear god heaven sunday monday tuesday wednesday
+    thursday friday saturday january february march april june july august september october november
+    december english french german christian chapter""".split()
+)
 
-    def __init__(self, num_buckets: int = 4096, idf: Sequence[float] | None = None):
+_CAPITALISED = re.compile(r"\b([A-Z][a-z]{2,})\b")
+# a capitalised word right after these (and optional quotes/brackets) may only be a sentence start
+_SENTENCE_START = re.compile(r"(?:^|[.!?:;]['\"”’)]*)\s*['\"“‘(]*\s*$")
+_TITLE_BEFORE = re.compile(r"\b(?:Mr|Mrs|Dr|St|Mme|Mlle|Messrs|Capt|Col|Gen|Rev|Prof)\.\s*$")
+
+
+def proper_names(text: str) -> list[str]:
+    """Lower-cased capitalised words not at a sentence start: mostly names of characters and places.
+
+    Same-book passages share their characters' names; two books by one author rarely do, and a name seen
+    in no training book still matches itself through its hash bucket.
+    """
+    names = []
+    for match in _CAPITALISED.finditer(text):
+        start = match.start(1)
+        if _SENTENCE_START.search(text, max(0, start - 6), start) and not _TITLE_BEFORE.search(text, max(0, start - 9), start):
+            continue
+        name = match.group(1).lower()
+        if name not in NAME_STOP_WORDS and name not in STOP_WORDS:
+            names.append(name)
+    return names
+
+
+VOCABULARIES = {"content_words": content_words, "names": proper_names}
+
+
+class LexicalFingerprint:
+    """Hashing-trick TF-IDF over one vocabulary (content words or names), L2-normalised, one vector per text."""
+
+    def __init__(self, num_buckets: int = 4096, idf: Sequence[float] | None = None, vocabulary: str = "content_words"):
+        if vocabulary not in VOCABULARIES:
+            raise ValueError(f"unknown vocabulary {vocabulary!r}; choose one of {', '.join(VOCABULARIES)}")
+        self.words = VOCABULARIES[vocabulary]
         self.num_buckets = num_buckets
         self.idf = np.ones(num_buckets, dtype=np.float32) if idf is None else np.asarray(idf, dtype=np.float32)
         if self.idf.shape != (num_buckets,):
@@ -66,7 +102,7 @@ class LexicalFingerprint:
 
     def _counts(self, text: str) -> dict[int, int]:
         counts: dict[int, int] = {}
-        for word in content_words(text):
+        for word in self.words(text):
             bucket = self._bucket(word)
             counts[bucket] = counts.get(bucket, 0) + 1
         return counts

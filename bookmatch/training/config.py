@@ -77,6 +77,8 @@ class ContrastiveTrainConfig(TrainConfig):
     side_features: str = "style_v1"
     lexical_buckets: int = 4096  # lexical signature per side (0 = off); see BiEncoderConfig
     lexical_top_k: int = 64
+    name_top_k: int = 32  # names signature per side (0 = off; needs lexical_buckets)
+    pooled_cosine: bool = True  # the pooled vectors' cosine as one classifier input
     teacher: str = ""  # cross-encoder folder to distil from ('' = no distillation)
     distill_weight: float = 0.5
     distill_temperature: float = 2.0

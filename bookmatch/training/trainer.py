@@ -247,6 +247,8 @@ class ContrastiveTask(_Task):
             side_features=cfg.side_features,
             lexical_buckets=cfg.lexical_buckets,
             lexical_top_k=cfg.lexical_top_k,
+            name_top_k=cfg.name_top_k,
+            pooled_cosine=cfg.pooled_cosine,
         )
         train = data.splits["train"]
         self.bi_encoder.fit_lexical(dict.fromkeys(list(train["text1"]) + list(train["text2"])))
