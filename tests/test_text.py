@@ -384,3 +384,16 @@ def test_split_sentences_trusts_standardized_text_to_the_same_result():
     clean = standardize(raw)
     assert split_sentences(clean, standardized=True) == split_sentences(clean) == split_sentences(raw)
     assert get_splitter("regex", standardized=True)(clean) == split_sentences(clean)
+
+
+def test_reflow_fast_path_matches_reference_on_random_whitespace():
+    import random
+
+    from bookmatch.text.standardize import reflow_reference
+
+    rng = random.Random(0)
+    alphabet = ["a", "word", " ", "  ", "\n", "\n\n", "\n \n", "\t", "\x0c", "\x1c", "\r", "\n\n\n", "\xa0",
+                "\u3000", "\u2028", "\x85", "\x00", "caf\u00e9"]
+    for _ in range(20000):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 14)))
+        assert reflow(text) == reflow_reference(text), repr(text)

@@ -15,7 +15,7 @@ chunk: chunks overlap, and per-chunk regexes made chunking the slowest step of t
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 
@@ -48,8 +48,7 @@ _SYMBOL_TABLE = np.zeros(256, dtype=bool)
 _SYMBOL_TABLE[[ord(c) for c in SYMBOLS]] = True
 
 
-@dataclass(frozen=True)
-class Chunk:
+class Chunk(NamedTuple):  # a tuple, not a frozen dataclass: books make ~1,000 of these each, and it builds 2x faster
     text: str
     start_sentence: int
 
@@ -141,7 +140,7 @@ def _count_between(positions: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.
     return np.searchsorted(positions, hi) - np.searchsorted(positions, lo)
 
 
-def _prose_mask(sentences: Sequence[str], starts: np.ndarray, ends: np.ndarray, rules: ProseFilter) -> np.ndarray:
+def _prose_mask(sentences: Sequence[str], lengths: np.ndarray, starts: np.ndarray, ends: np.ndarray, rules: ProseFilter) -> np.ndarray:
     """`looks_like_english_prose(" ".join(sentences[s:e]))` for every window, from whole-book position arrays.
 
     Tokens are runs of characters above U+0020 (what `str.split()` gives on standardized text); a token is a
@@ -149,7 +148,6 @@ def _prose_mask(sentences: Sequence[str], starts: np.ndarray, ends: np.ndarray, 
     searches of token, stop-word and symbol positions between the window's character bounds.
     """
     joined = " ".join(sentences)
-    lengths = np.fromiter(map(len, sentences), dtype=np.int64, count=len(sentences))
     # One byte per character. Latin-1 text (ASCII included) maps exactly: its unprintable characters are known
     # and lowering only ASCII letters is enough (stop words, symbols and markers are ASCII). Other text is lowered
     # by str.lower, its characters beyond Latin-1 read as "?" (never a space, stop-word letter or symbol), unless
@@ -224,14 +222,14 @@ def make_chunk_records(
     if len(starts) == 0:
         return []
     ends = np.minimum(starts + chunk_size, len(sentences))
-    lengths = _prefix(np.fromiter(map(len, sentences), dtype=np.int64, count=len(sentences)) + 1)
-    chars = lengths[ends] - lengths[starts] - 1
+    lengths = np.fromiter(map(len, sentences), dtype=np.int64, count=len(sentences))
+    offsets = _prefix(lengths + 1)
+    chars = offsets[ends] - offsets[starts] - 1
     keep = (chars >= min_chars) & (chars <= max_chars)
     if english_filter and keep.any():
-        keep &= _prose_mask(sentences, starts, ends, rules)
+        keep &= _prose_mask(sentences, lengths, starts, ends, rules)
     return [
-        Chunk(text=" ".join(sentences[s:e]), start_sentence=int(s))
-        for s, e in zip(starts[keep].tolist(), ends[keep].tolist())
+        Chunk(" ".join(sentences[s:e]), s) for s, e in zip(starts[keep].tolist(), ends[keep].tolist())
     ]
 
 
