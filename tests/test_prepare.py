@@ -265,3 +265,35 @@ def test_record_store_round_trips_and_fetches_only_wanted_texts(tmp_path):
                      (records[39].path, 1): records[39].chunks[1]}
     with pytest.raises(RuntimeError, match="missing"):
         ChunkStore([tmp_path / "books.parquet"]).fetch({"no/such.txt": {0}})
+
+
+def test_text_table_spills_streamed_texts_and_takes_them_back_by_key(tmp_path):
+    import pyarrow as pa
+
+    from bookmatch.prepare.store import TextTable, text_key
+
+    rng = random.Random(2)
+    items = [(b, c, f"book {b} chunk {c} " + "x" * rng.randint(0, 50)) for b in range(30) for c in rng.sample(range(900), 5)]
+    rng.shuffle(items)  # the store streams in file order, not key order
+    table = TextTable(iter(items), tmp_path / "texts.arrow")
+    assert len(table) == len(items)
+    picks = rng.sample(items, 40)
+    got = table.take([text_key(b, c) for b, c, _ in picks])
+    assert isinstance(got, pa.Array) and got.to_pylist() == [t for _, _, t in picks]
+    b, c, text = items[7]
+    assert table.book_texts(b, [c]) == [text]
+    assert table.take([]).to_pylist() == []
+    with pytest.raises(KeyError):
+        table.take([text_key(999, 0)])
+    with pytest.raises(ValueError, match="twice"):
+        TextTable(iter(items[:3] + items[:1]), tmp_path / "dup.arrow")
+
+
+def test_centroids_embedded_in_blocks_equal_one_pass(tiny_encoder_dir):
+    from bookmatch.prepare.mining import embed_centroids
+
+    books = [["The sea was calm.", "A ship sailed past."], [], ["Alice ran home."], ["Rain fell.", "Wind blew.", "Night."]]
+    one_pass = embed_centroids(books, str(tiny_encoder_dir))
+    blocks = embed_centroids(books, str(tiny_encoder_dir), block_texts=1)
+    assert np.allclose(one_pass, blocks, atol=1e-5)
+    assert not one_pass[1].any() and np.allclose(np.linalg.norm(one_pass[[0, 2, 3]], axis=1), 1.0, atol=1e-5)

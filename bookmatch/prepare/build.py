@@ -9,9 +9,11 @@ from __future__ import annotations
 import logging
 import math
 import shutil
+import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from bookmatch.config import config_to_dict, save_config
 from bookmatch.prepare.config import PrepareConfig
@@ -20,7 +22,7 @@ from bookmatch.prepare.pairs import COLUMNS, NEG_TYPES, PairOptions, pair_column
 from bookmatch.prepare.records import BookRecord
 from bookmatch.prepare.scan import assign_book_ids
 from bookmatch.prepare.splits import SPLITS, assign_splits
-from bookmatch.prepare.store import ChunkStore
+from bookmatch.prepare.store import ChunkStore, TextTable, text_key
 from bookmatch.progress import Timer, summary_line
 from bookmatch.storage import atomic_directory, atomic_write_json
 
@@ -44,9 +46,11 @@ def split_counts(columns: dict[str, list]) -> dict[str, int]:
     return counts
 
 
-def write_dataset(columns: dict[str, dict[str, list]], target: Path, batch_rows: int = 2000) -> None:
-    """Save the splits as a DatasetDict at `target`, streaming rows through Arrow files in batches so the
-    peak memory is the texts plus one batch, not several full in-memory copies of every split."""
+def write_dataset(columns: dict[str, dict[str, list]], target: Path, texts: TextTable | None = None, batch_rows: int = 2000) -> None:
+    """Save the splits as a DatasetDict at `target`, streaming rows through Arrow files in batches.
+
+    With `texts`, the `text1`/`text2` columns hold `text_key`s and each batch takes its texts from the
+    memory-mapped table, so no split's texts are ever all in memory."""
     from datasets import Dataset, DatasetDict
     from datasets.arrow_writer import ArrowWriter
 
@@ -59,7 +63,10 @@ def write_dataset(columns: dict[str, dict[str, list]], target: Path, batch_rows:
         with ArrowWriter(features=features, path=str(path)) as writer:
             total = len(cols["label"])
             for start in range(0, total, batch_rows):
-                writer.write_batch({k: v[start : start + batch_rows] for k, v in cols.items()})
+                batch = {k: v[start : start + batch_rows] for k, v in cols.items()}
+                if texts is not None:
+                    batch["text1"], batch["text2"] = texts.take(batch["text1"]), texts.take(batch["text2"])
+                writer.write_batch(batch)
             writer.finalize()
         splits[name] = Dataset.from_file(str(path))
     dataset = DatasetDict(splits)
@@ -74,21 +81,33 @@ def mine_neighbours(
     kept: list[BookRecord],
     work_of: list[int],
     config: PrepareConfig,
-    fetch_texts: Callable[[dict[int, set[int]]], dict[tuple[int, int], str]],
+    spill: Callable[[dict[int, set[int]], str], TextTable],
 ) -> tuple[list[list[int]], int]:
     """(hard-negative books per book, number of chunks embedded)."""
     from bookmatch.prepare.mining import embed_centroids, embed_positions, hard_negative_books
 
     positions = [embed_positions(r.num_chunks, config.num_chunks_for_embed) for r in kept]
-    texts = fetch_texts(dict(enumerate(map(set, positions))))
-    samples = [[texts[(b, c)] for c in cs] for b, cs in enumerate(positions)]
-    del texts
+    table = spill(dict(enumerate(map(set, positions))), "mining")
+    samples = _BookSamples(table, positions)
     started = time.perf_counter()
     centroids = embed_centroids(samples, config.miner_model, config.embed_batch_size)
-    embedded = sum(len(s) for s in samples)
+    embedded = sum(map(len, positions))
     log.info(summary_line("embedded chunks", embedded, time.perf_counter() - started, "chunks"))
     neighbours = hard_negative_books(centroids, work_of, config.num_hard_negative_books, config.knn_backend, config.knn_block_size)
     return neighbours, embedded
+
+
+class _BookSamples(Sequence):
+    """Each book's mining sample, read from the text table only when the embedder reaches that book."""
+
+    def __init__(self, table: TextTable, positions: list[list[int]]) -> None:
+        self.table, self.positions = table, positions
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def __getitem__(self, book: int) -> list[str]:
+        return self.table.book_texts(book, self.positions[book])
 
 
 def build_dataset(
@@ -139,18 +158,46 @@ def build_dataset(
     work_of = [work_number[work_id_of_root[root]] for root in root_of]
     author_of = [r.folder_author.lower() or r.author.lower() for r in kept]
 
-    def fetch_texts(wanted: dict[int, set[int]]) -> dict[tuple[int, int], str]:
-        """{(kept book, chunk): text} for the wanted chunk positions of kept books."""
+    def chunk_texts(wanted: dict[int, set[int]]) -> Iterator[tuple[int, int, str]]:
+        """(kept book, chunk, text) for the wanted chunk positions of kept books, streamed."""
         if store is None:
-            return {(b, c): kept[b].chunks[c] for b, cs in wanted.items() for c in cs}
+            for b in sorted(wanted):
+                for c in sorted(wanted[b]):
+                    yield b, c, kept[b].chunks[c]
+            return
         by_path = {kept[b].path: {kept[b].chunk_ids[c] for c in cs} for b, cs in wanted.items()}
-        stored = store.fetch(by_path)
-        return {(b, c): stored[(kept[b].path, kept[b].chunk_ids[c])] for b, cs in wanted.items() for c in cs}
+        book_of_path = {kept[b].path: b for b in wanted}
+        chunk_of = {b: {kept[b].chunk_ids[c]: c for c in cs} for b, cs in wanted.items()}
+        for path, stored, text in store.iter_texts(by_path):
+            b = book_of_path[path]
+            yield b, chunk_of[b][stored], text
 
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Chosen texts go to memory-mapped Arrow files beside the output (same disk), removed when done.
+    spill_dir = Path(tempfile.mkdtemp(prefix=f".{out.name}.texts-", dir=out.parent))
+
+    def spill(wanted: dict[int, set[int]], name: str) -> TextTable:
+        table = TextTable(chunk_texts(wanted), spill_dir / f"{name}.arrow")
+        expected = sum(map(len, wanted.values()))
+        if len(table) != expected:
+            raise RuntimeError(f"{expected - len(table)} wanted chunk texts are missing from the chunk store")
+        return table
+
+    try:
+        return _pairs_and_save(records, grouping, skipped, books_found, config, out, timer, started, kept, work_of,
+                               work_ids, author_of, dropped_chunks, spill)
+    finally:
+        shutil.rmtree(spill_dir, ignore_errors=True)
+
+
+def _pairs_and_save(records, grouping, skipped, books_found, config, out, timer, started, kept, work_of, work_ids,
+                    author_of, dropped_chunks, spill) -> Path:
+    """Mining, splits, pairs and the atomic save (build_dataset's second half, inside its spill folder)."""
     neighbours, embedded = None, 0
     if config.hard_negatives and len(kept) > 1:
         with timer.stage("mining"):
-            neighbours, embedded = mine_neighbours(kept, work_of, config, fetch_texts)
+            neighbours, embedded = mine_neighbours(kept, work_of, config, spill)
 
     with timer.stage("splits"):
         work_authors: dict[int, list[str]] = {}
@@ -181,17 +228,15 @@ def build_dataset(
                 wanted.setdefault(b1, set()).add(c1)
                 wanted.setdefault(b2, set()).add(c2)
     with timer.stage("fetch_texts"):
-        texts = fetch_texts(wanted)
+        texts = spill(wanted, "pairs")
     with timer.stage("pairs"):
-        columns = {name: pair_columns(kept, split_rows, lambda b, c: texts[(b, c)]) for name, split_rows in rows.items()}
-        del texts
+        columns = {name: pair_columns(kept, split_rows, text_key) for name, split_rows in rows.items()}
         counts = {name: split_counts(cols) for name, cols in columns.items()}
 
     with timer.stage("save"):
-        out = Path(out)
         with atomic_directory(out) as tmp:
-            write_dataset(columns, tmp)
-            del columns
+            write_dataset(columns, tmp, texts)
+            del columns, texts
             manifest = {
                 "books_found": books_found,
                 "books_used": len(kept),

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 
+from collections.abc import Sequence
+
 import numpy as np
 
 log = logging.getLogger(__name__)
@@ -64,8 +66,18 @@ def _drop_self(scores: np.ndarray, indices: np.ndarray, k: int) -> tuple[np.ndar
     return out_scores, out_indices
 
 
-def embed_centroids(chunk_lists: list[list[str]], model_name: str, batch_size: int = 64, device: str | None = None) -> np.ndarray:
-    """One L2-normalised mean embedding per book (rows of zeros for books without chunks)."""
+def embed_centroids(
+    chunk_lists: Sequence[Sequence[str]],
+    model_name: str,
+    batch_size: int = 64,
+    device: str | None = None,
+    block_texts: int = 16384,
+) -> np.ndarray:
+    """One L2-normalised mean embedding per book (rows of zeros for books without chunks).
+
+    Books are read and embedded in blocks of about `block_texts` texts, so neither the texts nor their
+    embeddings are ever all in memory (`chunk_lists` may load each book's texts on access).
+    """
     from sentence_transformers import SentenceTransformer
 
     from bookmatch.errors import ModelLoadError
@@ -77,15 +89,23 @@ def embed_centroids(chunk_lists: list[list[str]], model_name: str, batch_size: i
         raise
     except Exception as err:
         raise ModelLoadError(f"cannot load miner model {model_name!r}: {err}; pass --miner-model with a sentence-transformers folder") from err
-    flat = [text for chunks in chunk_lists for text in chunks]
-    embeddings = model.encode(flat, batch_size=batch_size, convert_to_numpy=True, normalize_embeddings=True, show_progress_bar=False)
-    dim = embeddings.shape[1] if len(flat) else model.get_sentence_embedding_dimension()
-    centroids = np.zeros((len(chunk_lists), dim), dtype=np.float32)
-    offset = 0
-    for book, chunks in enumerate(chunk_lists):
-        if chunks:
-            centroids[book] = embeddings[offset : offset + len(chunks)].mean(axis=0)
-            offset += len(chunks)
+    # sentence-transformers 6 renamed get_sentence_embedding_dimension
+    dimension = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+    centroids = np.zeros((len(chunk_lists), dimension()), dtype=np.float32)
+    book = 0
+    while book < len(chunk_lists):
+        block: list[Sequence[str]] = []
+        while book + len(block) < len(chunk_lists) and (not block or sum(map(len, block)) < block_texts):
+            block.append(chunk_lists[book + len(block)])
+        flat = [text for chunks in block for text in chunks]
+        if flat:
+            embeddings = model.encode(flat, batch_size=batch_size, convert_to_numpy=True, normalize_embeddings=True, show_progress_bar=False)
+            offset = 0
+            for index, chunks in enumerate(block):
+                if chunks:
+                    centroids[book + index] = embeddings[offset : offset + len(chunks)].mean(axis=0)
+                    offset += len(chunks)
+        book += len(block)
     norms = np.linalg.norm(centroids, axis=1, keepdims=True)
     return centroids / np.maximum(norms, 1e-12)
 

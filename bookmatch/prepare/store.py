@@ -10,7 +10,7 @@ identical records.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -101,10 +101,10 @@ class ChunkStore:
     def __init__(self, files: Iterable[str | Path]) -> None:
         self.files = [Path(f) for f in files]
 
-    def fetch(self, wanted: dict[str, set[int]]) -> dict[tuple[str, int], str]:
+    def iter_texts(self, wanted: dict[str, set[int]]) -> Iterator[tuple[str, int, str]]:
+        """(book path, stored position, text) for every wanted chunk, in file order, one row group at a time."""
         import pyarrow.parquet as pq
 
-        texts: dict[tuple[str, int], str] = {}
         for file in self.files:
             for batch in pq.ParquetFile(str(file)).iter_batches(batch_size=ROWS_PER_GROUP, columns=["path", "chunks"]):
                 paths = batch.column("path").to_pylist()
@@ -114,9 +114,73 @@ class ChunkStore:
                     if not positions:
                         continue
                     book_chunks = chunks[row].values
-                    for position in positions:
-                        texts[(path, position)] = book_chunks[position].as_py()
+                    for position in sorted(positions):
+                        yield path, position, book_chunks[position].as_py()
+
+    def fetch(self, wanted: dict[str, set[int]]) -> dict[tuple[str, int], str]:
+        texts = {(path, position): text for path, position, text in self.iter_texts(wanted)}
         missing = sum(len(p) for p in wanted.values()) - len(texts)
         if missing:
             raise RuntimeError(f"{missing} wanted chunk texts are missing from {', '.join(map(str, self.files))}")
         return texts
+
+
+class TextTable:
+    """Chosen chunk texts spilled to an Arrow file and read back memory-mapped.
+
+    Keys are (book index, chunk index) pairs; `row(keys)` maps them to rows with two sorted int64 arrays (16 bytes
+    a text, where a dict of tuples costs ~150), and `texts` is a memory-mapped Arrow column: the page cache holds
+    the texts, not the heap, so the process stays small however many texts a large corpus chooses.
+    """
+
+    _BATCH = 4096
+
+    def __init__(self, items: Iterable[tuple[int, int, str]], path: str | Path) -> None:
+        import pyarrow as pa
+
+        self.path = Path(path)
+        schema = pa.schema([("text", pa.large_string())])
+        keys: list[int] = []
+        buffer: list[str] = []
+        with pa.OSFile(str(self.path), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
+            for book, chunk, text in items:
+                keys.append(text_key(book, chunk))
+                buffer.append(text)
+                if len(buffer) >= self._BATCH:
+                    writer.write_batch(pa.record_batch([pa.array(buffer, pa.large_string())], schema=schema))
+                    buffer = []
+            if buffer:
+                writer.write_batch(pa.record_batch([pa.array(buffer, pa.large_string())], schema=schema))
+        key_array = np.asarray(keys, dtype=np.int64)
+        self._order = np.argsort(key_array, kind="stable")
+        self._sorted_keys = key_array[self._order]
+        if len(self._sorted_keys) > 1 and (np.diff(self._sorted_keys) == 0).any():
+            raise ValueError("a chunk was spilled twice")
+        self.texts = pa.ipc.open_file(pa.memory_map(str(self.path))).read_all().column("text").combine_chunks()
+
+    def __len__(self) -> int:
+        return len(self._sorted_keys)
+
+    def rows(self, keys: Sequence[int]) -> np.ndarray:
+        """Row numbers of `text_key(book, chunk)` keys; KeyError for a key that was never spilled."""
+        query = np.asarray(keys, dtype=np.int64)
+        if len(query) == 0:
+            return np.zeros(0, dtype=np.int64)
+        found = np.minimum(np.searchsorted(self._sorted_keys, query), max(len(self._sorted_keys) - 1, 0))
+        if len(self._sorted_keys) == 0 or (self._sorted_keys[found] != query).any():
+            raise KeyError("chunk texts missing from the text table")
+        return self._order[found]
+
+    def take(self, keys: Sequence[int]):
+        """The texts of `keys` as an Arrow array (copied out of the map for this batch only)."""
+        import pyarrow as pa
+
+        return self.texts.take(pa.array(self.rows(keys), type=pa.int64()))
+
+    def book_texts(self, book: int, chunks: Sequence[int]) -> list[str]:
+        return self.take([text_key(book, c) for c in chunks]).to_pylist()
+
+
+def text_key(book: int, chunk: int) -> int:
+    """One int64 per (book index, chunk index)."""
+    return book * (1 << 32) + chunk
