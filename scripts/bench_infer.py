@@ -48,8 +48,16 @@ def build_models(root: Path, backbone: str, texts: list[str], max_seq_length: in
 
     if backbone == "tiny":
         backbone = str(build_tiny_encoder(root / "tiny_encoder", texts))
+    from bookmatch.training.config import ContrastiveTrainConfig
+
     torch.manual_seed(0)
-    BiEncoder.from_backbone(backbone, max_seq_length=max_seq_length).save_pretrained(root / "bi" / "final")
+    # the side features a trained model carries (training defaults): style, lexical and names signatures
+    defaults = ContrastiveTrainConfig()
+    bi = BiEncoder.from_backbone(backbone, max_seq_length=max_seq_length, lexical_buckets=defaults.lexical_buckets,
+                                 lexical_top_k=defaults.lexical_top_k, name_top_k=defaults.name_top_k,
+                                 pooled_cosine=defaults.pooled_cosine)
+    bi.fit_lexical(texts)
+    bi.save_pretrained(root / "bi" / "final")
     torch.manual_seed(1)
     CrossEncoder.from_backbone(backbone, max_seq_length=2 * max_seq_length).save_pretrained(root / "cross" / "final")
     return {"bi": root / "bi" / "final", "cross": root / "cross" / "final"}
