@@ -1,10 +1,13 @@
-"""Calibration: temperature scaling + decision threshold for P(same book), isotonic map for style similarity.
+"""Calibration: temperature scaling (with an offset) + decision threshold for P(same book), isotonic map for
+style similarity.
 
 Everything is fitted on a labelled validation split and written as plain JSON (no pickles) in the model's
 parent folder: `OUT/final/` -> `OUT/calibration.json` (+ `OUT/style_calibration.json` for a bi-encoder).
 
 For two classes, softmax(logits / T)[:, 1] == sigmoid((l1 - l0) / T), so everything works on the logit
-margin `l1 - l0`.
+margin `l1 - l0`. P(same book) = sigmoid((margin - offset) / T): the offset (Platt scaling's intercept) is
+fitted with T by default, because a temperature alone cannot move a model whose margins are shifted on new
+data, and ours are: training reads a passage's first window, inference reads the whole passage.
 """
 
 from __future__ import annotations
@@ -49,8 +52,8 @@ def logit_margin(logits: Any) -> np.ndarray:
     return array[:, 1] - array[:, 0]
 
 
-def probability_from_margin(margin: Sequence[float], temperature: float = 1.0) -> np.ndarray:
-    return sigmoid(np.asarray(margin, dtype=np.float64) / temperature)
+def probability_from_margin(margin: Sequence[float], temperature: float = 1.0, offset: float = 0.0) -> np.ndarray:
+    return sigmoid((np.asarray(margin, dtype=np.float64) - offset) / temperature)
 
 
 def binary_nll(labels: Sequence[int], probabilities: Sequence[float]) -> float:
@@ -59,22 +62,32 @@ def binary_nll(labels: Sequence[int], probabilities: Sequence[float]) -> float:
     return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
 
 
-def fit_temperature(margin: Sequence[float], labels: Sequence[int], bounds: tuple[float, float] = (0.01, 100.0)) -> float:
-    """The T > 0 minimising the NLL of sigmoid(margin / T); searched on log T (a 1-D convex-ish problem)."""
-    from scipy.optimize import minimize_scalar
+def fit_temperature(
+    margin: Sequence[float], labels: Sequence[int], fit_offset: bool = False, bounds: tuple[float, float] = (0.01, 100.0)
+) -> tuple[float, float]:
+    """(T, offset) minimising the NLL of sigmoid((margin - offset) / T), T > 0; offset stays 0 unless
+    `fit_offset`. Searched on log T, where the loss is smooth; with the offset it is a 2-parameter logistic
+    regression on the margin (convex in 1/T and offset/T)."""
+    from scipy.optimize import minimize, minimize_scalar
 
     m = np.asarray(margin, dtype=np.float64)
     y = np.asarray(labels, dtype=np.float64)
     if len(m) == 0 or len(np.unique(y)) < 2:
         raise InputError("temperature scaling needs labelled pairs of both classes in the calibration split")
 
-    def nll(log_t: float) -> float:
-        z = m / np.exp(log_t)
+    def nll(log_t: float, offset: float = 0.0) -> float:
+        z = (m - offset) / np.exp(log_t)
         # log(1 + e^-z) for y=1, log(1 + e^z) for y=0, written stably.
         return float(np.mean(y * np.logaddexp(0.0, -z) + (1 - y) * np.logaddexp(0.0, z)))
 
-    result = minimize_scalar(nll, bounds=(np.log(bounds[0]), np.log(bounds[1])), method="bounded", options={"xatol": 1e-6})
-    return float(np.exp(result.x))
+    log_bounds = (np.log(bounds[0]), np.log(bounds[1]))
+    log_t = minimize_scalar(nll, bounds=log_bounds, method="bounded", options={"xatol": 1e-6}).x
+    if not fit_offset:
+        return float(np.exp(log_t)), 0.0
+    spread = float(np.ptp(m)) or 1.0
+    result = minimize(lambda v: nll(v[0], v[1]), x0=[log_t, 0.0], method="L-BFGS-B",
+                      bounds=[log_bounds, (float(m.min()) - spread, float(m.max()) + spread)])
+    return float(np.exp(result.x[0])), float(result.x[1])
 
 
 def best_threshold(labels: Sequence[int], probabilities: Sequence[float], target: str = "accuracy") -> float:
@@ -138,13 +151,14 @@ def fit_style_calibration(cosines: Sequence[float], labels: Sequence[int]) -> St
 
 @dataclass(frozen=True)
 class Calibration:
-    """How raw logits become a decision: p = sigmoid((l1 - l0) / temperature), same book when p >= threshold."""
+    """How raw logits become a decision: p = sigmoid((l1 - l0 - offset) / temperature), same book when p >= threshold."""
 
     temperature: float = 1.0
     threshold: float = 0.5
+    offset: float = 0.0
 
     def probabilities(self, margin: Sequence[float]) -> np.ndarray:
-        return probability_from_margin(margin, self.temperature)
+        return probability_from_margin(margin, self.temperature, self.offset)
 
 
 def calibration_path(model_dir: str | os.PathLike) -> Path:
@@ -165,7 +179,7 @@ def load_calibration(model_dir: str | os.PathLike, model_kind: str | None = None
         return None
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-        calibration = Calibration(temperature=float(data["temperature"]), threshold=float(data["threshold"]))
+        calibration = Calibration(temperature=float(data["temperature"]), threshold=float(data["threshold"]), offset=float(data.get("offset", 0.0)))
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise InputError(f"calibration file {path} is unreadable ({err}); re-run `bookmatch calibrate` or delete it") from err
     fitted_for = data.get("model_kind")
@@ -264,6 +278,7 @@ class CalibrateConfig:
     batch_size: int = 64
     max_pairs: int | None = None
     device: str | None = None
+    fit_offset: bool = True  # Platt scaling (T and an offset); False: the temperature alone
 
 
 def calibrate(config: CalibrateConfig | str | os.PathLike, data_dir: str | os.PathLike | None = None, target: str | None = None, **options: Any) -> dict[str, Any]:
@@ -289,9 +304,9 @@ def calibrate(config: CalibrateConfig | str | os.PathLike, data_dir: str | os.Pa
     seconds = time.perf_counter() - start
     labels = np.asarray(pairs.labels)
 
-    temperature = fit_temperature(raw.margin, labels)
+    temperature, offset = fit_temperature(raw.margin, labels, fit_offset=config.fit_offset)
     before = probability_from_margin(raw.margin, 1.0)
-    after = probability_from_margin(raw.margin, temperature)
+    after = probability_from_margin(raw.margin, temperature, offset)
     threshold = best_threshold(labels, after, config.target)
     result: dict[str, Any] = {
         "model_kind": kind,
@@ -299,6 +314,7 @@ def calibrate(config: CalibrateConfig | str | os.PathLike, data_dir: str | os.Pa
         "source": pairs.source,
         "pairs": len(pairs),
         "temperature": temperature,
+        "offset": offset,
         "threshold": threshold,
         "target": config.target,
         "before": calibration_figures(labels, before, 0.5),

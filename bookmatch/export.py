@@ -3,7 +3,8 @@
 Modules: Transformer (the encoder, truncating at the model's max_seq_length) -> Pooling (the model's mode,
 mean by default) -> Dense(GELU) -> Dense(identity) -> Normalize, so `SentenceTransformer(out).encode(texts)`
 gives the bi-encoder's projected (contrastive) embedding. The pair classifier and style features are not part
-of it: sentence-transformers has no place for them.
+of it: sentence-transformers has no place for them. Nor has it windows: a text longer than max_seq_length is
+truncated there, as by a bi-encoder with `long_texts: truncate` (ours reads such a text whole by default).
 """
 
 from __future__ import annotations

@@ -7,7 +7,9 @@ Two-stage: the bi-encoder scores every pair; a pair under the prefilter threshol
 book" at once (stage "bi-encoder"); the rest go to the cross-encoder, whose calibrated probability and
 threshold decide (stage "cross-encoder").
 
-Texts longer than the model's `max_seq_length` tokens are truncated to it (the rest is not read).
+Long texts: the bi-encoder reads a text longer than its `max_seq_length` tokens whole, as consecutive windows
+whose pooled vectors it averages (up to `max_windows` windows; "truncate" models read the first window only);
+the cross-encoder truncates each pair to its `max_seq_length`. A text cut short is scored with a warning.
 """
 
 from __future__ import annotations
@@ -142,8 +144,11 @@ def load_cross_encoder(model_dir: str | os.PathLike, device: str | None = None):
         raise _load_failure(CROSS_ENCODER, model_dir, err) from err
 
 
+TRUNCATED = "are read"  # marks the truncation warning (counted in batch reports)
+
+
 def _truncation_warning(max_tokens: int) -> str:
-    return f"a text is longer than {max_tokens} tokens: only its first {max_tokens} are read (the model's max_seq_length)"
+    return f"a text is longer than {max_tokens} tokens: only its first {max_tokens} {TRUNCATED}"
 
 
 def _text_key(text: str) -> str:
@@ -169,8 +174,9 @@ class BiEncoderScorer:
         self.encoded_texts = 0  # how many texts went through the encoder (cache misses), for tests and benchmarks
 
     @property
-    def max_seq_length(self) -> int:
-        return int(self.model.config.max_seq_length)
+    def max_text_tokens(self) -> int:
+        """Tokens of one text the model reads (all its windows)."""
+        return self.model.text_token_limit()
 
     @property
     def tokenizer(self):
@@ -243,7 +249,8 @@ class CrossEncoderScorer:
         self.model = model
 
     @property
-    def max_seq_length(self) -> int:
+    def max_text_tokens(self) -> int:
+        # the pair shares max_seq_length; a text alone past it is surely cut
         config = getattr(self.model, "config", None)
         return int(getattr(config, "max_seq_length", 512) or 512)
 
@@ -375,7 +382,7 @@ class Matcher:
     def text_warnings(self, texts: Sequence[str]) -> list[list[str]]:
         """Per text: warnings about very short texts and texts the model will truncate."""
         out: list[list[str]] = [[] for _ in texts]
-        max_tokens = min(s.max_seq_length for s in self._scorers())
+        max_tokens = min(s.max_text_tokens for s in self._scorers())
         unsure = []
         for i, text in enumerate(texts):
             words = len(text.split())
@@ -488,7 +495,7 @@ class Matcher:
                         record.update(result.to_dict(style=style))
                         out.write(json.dumps(record, ensure_ascii=False) + "\n")
                         short += any("very short" in w for w in result.warnings)
-                        truncated += any("max_seq_length" in w for w in result.warnings)
+                        truncated += any(TRUNCATED in w for w in result.warnings)
                     scored += len(block)
                 out.flush()
                 os.fsync(out.fileno())

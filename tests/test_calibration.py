@@ -28,12 +28,32 @@ def _overconfident(n: int, seed: int, scale: float = 4.0):
 def test_temperature_lowers_nll_and_ece_on_held_out_data():
     fit_margin, fit_labels = _overconfident(3000, seed=1)
     test_margin, test_labels = _overconfident(3000, seed=2)
-    temperature = fit_temperature(fit_margin, fit_labels)
-    assert 3.0 < temperature < 5.0  # the logits were inflated 4x
+    temperature, offset = fit_temperature(fit_margin, fit_labels)
+    assert offset == 0.0 and 3.0 < temperature < 5.0  # the logits were inflated 4x
     raw = probability_from_margin(test_margin, 1.0)
     calibrated = probability_from_margin(test_margin, temperature)
     assert binary_nll(test_labels, calibrated) < binary_nll(test_labels, raw) - 0.1
     assert expected_calibration_error(test_labels, calibrated) < expected_calibration_error(test_labels, raw) / 2
+
+
+def test_offset_fixes_shifted_margins_and_matches_logistic_regression():
+    """Margins inflated 4x and shifted by +6: the temperature alone cannot undo the shift, T + offset can; the
+    fit equals a plain logistic regression on the margin (the reference)."""
+    from sklearn.linear_model import LogisticRegression
+
+    fit_margin, fit_labels = _overconfident(3000, seed=4)
+    test_margin, test_labels = _overconfident(3000, seed=5)
+    fit_margin, test_margin = fit_margin + 6.0, test_margin + 6.0
+    t_only, _ = fit_temperature(fit_margin, fit_labels)
+    temperature, offset = fit_temperature(fit_margin, fit_labels, fit_offset=True)
+    assert 3.0 < temperature < 5.0 and 4.5 < offset < 7.5
+    reference = LogisticRegression(C=1e9, tol=1e-10, max_iter=10_000).fit(fit_margin[:, None], fit_labels)
+    expected = reference.predict_proba(test_margin[:, None])[:, 1]
+    platt = probability_from_margin(test_margin, temperature, offset)
+    assert platt == pytest.approx(expected, abs=1e-3)
+    alone = probability_from_margin(test_margin, t_only)
+    assert expected_calibration_error(test_labels, platt) < expected_calibration_error(test_labels, alone) / 2
+    assert binary_nll(test_labels, platt) < binary_nll(test_labels, alone)
 
 
 def test_temperature_equals_softmax_of_scaled_logits():

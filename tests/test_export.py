@@ -34,9 +34,14 @@ def test_sentence_transformers_export_matches_projection(tiny_encoder_dir, tmp_p
     st = SentenceTransformer(str(out), device="cpu")
     assert st.max_seq_length == 64
     exported = torch.as_tensor(st.encode(TEXTS, convert_to_numpy=True))
-    reference = BiEncoder.from_pretrained(tmp_path / "bi" / "final").encode_texts(TEXTS).projected
+    loaded = BiEncoder.from_pretrained(tmp_path / "bi" / "final")
+    windows = loaded.encode_texts(TEXTS).projected
+    loaded.config.long_texts = "truncate"  # sentence-transformers reads one window
+    reference = loaded.encode_texts(TEXTS).projected
     assert exported.shape == reference.shape == (3, 16)
     assert torch.allclose(exported, reference, atol=1e-5)
+    # the texts that fit agree with our default too; the long one is read whole there, so it differs
+    assert torch.allclose(exported[:2], windows[:2], atol=1e-5) and not torch.allclose(exported[2], windows[2], atol=1e-3)
 
 
 def test_export_refuses_a_cross_encoder(tiny_encoder_dir, tmp_path):

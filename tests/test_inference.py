@@ -174,10 +174,16 @@ def test_empty_short_and_long_texts(models):
     assert short.exit_code == 0 and "very short texts are unreliable" in short.stderr
     assert 0.0 <= json.loads(short.stdout)["probability"] <= 1.0
 
+    # past max_seq_length (64) the bi-encoder reads the text whole, window by window: no warning
     long_text = " ".join(PASSAGES * 10)
     long = _invoke(base + ["--text1", long_text, "--text2", PASSAGES[0]])
-    assert long.exit_code == 0 and "only its first 64 are read" in long.stderr
-    assert "very short" not in long.stderr
+    assert long.exit_code == 0 and long.stderr == ""
+    # past max_windows windows it is cut, and says so
+    limit = Matcher.from_pretrained(models["bi"], device="cpu").bi.max_text_tokens
+    assert limit == 62 * 64 + 2
+    huge = _invoke(base + ["--text1", " ".join(PASSAGES * 200), "--text2", PASSAGES[0]])
+    assert huge.exit_code == 0 and f"only its first {limit} are read" in huge.stderr
+    assert "very short" not in huge.stderr
     clean = _invoke(base + ["--text1", PASSAGES[1], "--text2", PASSAGES[0]])
     assert clean.exit_code == 0 and clean.stderr == ""
 

@@ -93,6 +93,47 @@ def test_bi_encoder_forward_matches_encode_texts(bi_encoder):
     assert torch.allclose(out["logits"], bi_encoder.pair_logits(emb, flipped), atol=1e-5)
 
 
+def test_long_text_windows_average_every_token(bi_encoder):
+    """A text past max_seq_length: "windows" mean-pools over all its tokens, window by window; "truncate"
+    reads the first window; texts that fit are read the same way by both."""
+    long_text = " ".join(TEXTS) * 3
+    texts = [TEXTS[0], long_text]
+    bi_encoder.eval()
+    tokenizer, length = bi_encoder.tokenizer, bi_encoder.config.max_seq_length
+    ids = tokenizer(long_text, add_special_tokens=False)["input_ids"]
+    width = length - 2
+    assert len(ids) > 2 * width  # at least three windows, the last one short
+    # reference: encode each window alone, then the plain mean over every token of every window
+    states = []
+    with torch.no_grad():
+        for start in range(0, len(ids), width):
+            window = torch.tensor([[tokenizer.cls_token_id, *ids[start : start + width], tokenizer.sep_token_id]])
+            states.append(bi_encoder.encoder(input_ids=window, attention_mask=torch.ones_like(window)).last_hidden_state[0])
+    expected = torch.cat(states).mean(0)
+
+    windows = bi_encoder.encode_texts(texts, batch_size=2)
+    assert torch.allclose(windows.pooled[1], expected, atol=1e-5)
+    with torch.no_grad():
+        projected = torch.nn.functional.normalize(bi_encoder.projection(expected), dim=-1)
+    assert torch.allclose(windows.projected[1], projected, atol=1e-5)
+
+    bi_encoder.config.long_texts = "truncate"
+    try:
+        truncated = bi_encoder.encode_texts(texts)
+    finally:
+        bi_encoder.config.long_texts = "windows"
+    assert torch.allclose(truncated.pooled[1], states[0].mean(0), atol=1e-5)
+    assert torch.allclose(truncated.pooled[0], windows.pooled[0], atol=1e-5)
+    assert bi_encoder.text_token_limit() == width * bi_encoder.config.max_windows + 2
+
+    bi_encoder.config.max_windows = 2
+    try:
+        capped = bi_encoder.encode_texts(texts)
+    finally:
+        bi_encoder.config.max_windows = 64
+    assert torch.allclose(capped.pooled[1], torch.cat(states[:2]).mean(0), atol=1e-5)
+
+
 @pytest.mark.parametrize("legacy", [False, True])
 def test_bi_encoder_roundtrip(bi_encoder, tmp_path, legacy):
     out = bi_encoder.save_pretrained(tmp_path / "model")

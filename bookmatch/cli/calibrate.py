@@ -1,4 +1,4 @@
-"""`bookmatch calibrate`: temperature + threshold (and the style map) fitted on the validation split."""
+"""`bookmatch calibrate`: temperature + offset + threshold (and the style map) fitted on the validation split."""
 
 from __future__ import annotations
 
@@ -16,9 +16,10 @@ import click
 @click.option("--batch-size", type=int, default=None, help="Pairs per forward pass [default: 64].")
 @click.option("--max-pairs", type=int, default=None, help="Use at most this many pairs.")
 @click.option("--device", default=None, help="torch device [default: cuda if available, else cpu].")
+@click.option("--offset/--no-offset", "fit_offset", default=None, help="Fit an offset with the temperature (Platt scaling) [default: on].")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None, help="YAML with CalibrateConfig options.")
-def calibrate(model_dir, data_dir, pairs_file, split, target, batch_size, max_pairs, device, config_file):
-    """Fit temperature scaling and the decision threshold on labelled pairs.
+def calibrate(model_dir, data_dir, pairs_file, split, target, batch_size, max_pairs, device, fit_offset, config_file):
+    """Fit temperature scaling (with an offset) and the decision threshold on labelled pairs.
 
     Writes calibration.json (and style_calibration.json for a bi-encoder) in the model's parent folder:
     OUT/final/ -> OUT/calibration.json.
@@ -30,10 +31,10 @@ def calibrate(model_dir, data_dir, pairs_file, split, target, batch_size, max_pa
         CalibrateConfig,
         config_file,
         {"model_dir": model_dir, "data_dir": data_dir, "pairs_file": pairs_file, "split": split, "target": target,
-         "batch_size": batch_size, "max_pairs": max_pairs, "device": device},
+         "batch_size": batch_size, "max_pairs": max_pairs, "device": device, "fit_offset": fit_offset},
     )
     result = run_calibrate(config)
-    summary = {k: result[k] for k in ("model_kind", "pairs", "temperature", "threshold", "target")}
+    summary = {k: result[k] for k in ("model_kind", "pairs", "temperature", "offset", "threshold", "target")}
     summary["nll"] = {"before": result["before"]["nll"], "after": result["after"]["nll"]}
     summary["ece"] = {"before": result["before"]["ece"], "after": result["after"]["ece"]}
     summary["written"] = str(calibration_path(config.model_dir))

@@ -23,7 +23,7 @@ import click
 def evaluate(model_dir, data_dir, split, pairs_file, report_dir, cross_model_dir, mode, prefilter_threshold, batch_size, max_pairs, device, config_file):
     """Score labelled pairs; write metrics (PAN c@1, F0.5u, AUC, Brier, ECE...), by-kind figures, report.md, plots.
 
-    Texts longer than the model's max_seq_length tokens are truncated to it.
+    The bi-encoder reads long texts whole, window by window; the cross-encoder truncates at its max_seq_length.
     """
     from bookmatch.config import build_config
     from bookmatch.evaluation.evaluate import EvaluateConfig, evaluate as run_evaluate

@@ -10,7 +10,8 @@ import click
 
 from bookmatch.errors import InputError
 
-TRUNCATION_NOTE = "Texts longer than the model's max_seq_length tokens are truncated to it (only their start is read); very short texts are scored with a warning."
+TRUNCATION_NOTE = ("The bi-encoder reads a long text whole, in windows of max_seq_length tokens (up to its max_windows); "
+                   "the cross-encoder truncates a pair to its max_seq_length. Texts cut short and very short texts are scored with a warning.")
 
 
 def _warn(message: str) -> None:
@@ -69,7 +70,7 @@ def _run(matcher, text1, text2, file1, file2, input_path, output_path, batch_siz
         if report.short_texts:
             _warn(f"{report.short_texts} pair(s) hold very short texts: their scores are unreliable")
         if report.truncated_texts:
-            _warn(f"{report.truncated_texts} pair(s) hold texts longer than the model reads: truncated to max_seq_length")
+            _warn(f"{report.truncated_texts} pair(s) hold texts longer than the model reads: only their start was scored")
         click.echo(summary_line("infer: scored", report.scored, report.seconds, "pairs"), err=True)
         return
     text1, text2 = _read_pair(text1, text2, file1, file2)

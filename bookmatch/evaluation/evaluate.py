@@ -85,7 +85,7 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
         if bi_cal is not None:
             cal_p = bi_cal.probabilities(bi_raw.margin)
             calibrated = _Scores(cal_p, cal_p >= bi_cal.threshold, bi_cal.threshold)
-        calibration_info = None if bi_cal is None else {"temperature": bi_cal.temperature, "threshold": bi_cal.threshold}
+        calibration_info = None if bi_cal is None else {"temperature": bi_cal.temperature, "offset": bi_cal.offset, "threshold": bi_cal.threshold}
     else:
         cross_cal = load_calibration(config.cross_model_dir, CROSS_ENCODER)
         prefilter = config.prefilter_threshold if config.prefilter_threshold is not None else (bi_cal.threshold if bi_cal else 0.5)

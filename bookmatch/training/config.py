@@ -79,6 +79,7 @@ class ContrastiveTrainConfig(TrainConfig):
     lexical_top_k: int = 64
     name_top_k: int = 32  # names signature per side (0 = off; needs lexical_buckets)
     pooled_cosine: bool = True  # the pooled vectors' cosine as one classifier input
+    long_texts: str = "windows"  # at inference: "windows" reads a long text whole, window by window; or "truncate"
     teacher: str = ""  # cross-encoder folder to distil from ('' = no distillation)
     distill_weight: float = 0.5
     distill_temperature: float = 2.0

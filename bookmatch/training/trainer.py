@@ -249,6 +249,7 @@ class ContrastiveTask(_Task):
             lexical_top_k=cfg.lexical_top_k,
             name_top_k=cfg.name_top_k,
             pooled_cosine=cfg.pooled_cosine,
+            long_texts=cfg.long_texts,
         )
         train = data.splits["train"]
         self.bi_encoder.fit_lexical(dict.fromkeys(list(train["text1"]) + list(train["text2"])))
