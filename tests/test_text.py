@@ -363,18 +363,53 @@ def test_fast_chunk_filter_matches_reference_on_mixed_synthetic_text():
         lambda i: "Caf\u00e9 au lait and the na\u00efve \u00c6sop, as it was in the day.",
     ]
     latin1 = [rng.choices(kinds, weights=[8, 2, 1, 1, 1])[0](i) for i in range(600)]
-    # upper-case stop words count; a book with characters beyond Latin-1 takes the str.lower path; a no-break
-    # space or soft hyphen (unprintable) sends the whole book to the per-chunk reference
+    # upper-case stop words count; characters beyond Latin-1 read as "?"; a no-break space, a Unicode space,
+    # a control character, the Kelvin sign (lowercase "k") or a dotted capital I sends the whole book to the
+    # per-chunk reference
     shouting = [s.upper() if i % 5 == 0 else s for i, s in enumerate(latin1)]
-    greek = [s + (" \u03bb\u03cc\u03b3\u03bf\u03c2 \u0153uvre." if i % 7 == 0 else "") for i, s in enumerate(shouting)]
-    unprintable = [s + (" soft\u00adhyphen\u00a0here." if i == 300 else "") for i, s in enumerate(latin1)]
-    for sentences in (latin1, shouting, greek, unprintable):
+    greek = [s + (" \u03bb\u03cc\u03b3\u03bf\u03c2 \u0153uvre \u2014 soft\u00adhyphen." if i % 7 == 0 else "") for i, s in enumerate(shouting)]
+    traps = ["\u00a0", "\u2028", "\x01", "\u3000", "\u212a", "\u0130"]
+    with_traps = [[s + (f" THE{trap}AND here." if i == 300 else "") for i, s in enumerate(base)] for trap in traps for base in (latin1, greek)]
+    for sentences in (latin1, shouting, greek, *with_traps):
         for chunk_size, overlap in [(14, 4), (5, 0), (3, 2)]:
             kept = {c.start_sentence for c in make_chunk_records(sentences, chunk_size, overlap, min_chars=0)}
             every = make_chunk_records(sentences, chunk_size, overlap, min_chars=0, english_filter=False)
             assert 0 < len(kept) < len(every)
             for chunk in every:
                 assert (chunk.start_sentence in kept) == looks_like_english_prose(chunk.text), chunk.text
+
+
+def test_split_mismatch_set_is_every_character_the_byte_test_reads_differently():
+    from bookmatch.text.chunking import _SPLIT_MISMATCH
+
+    for code in range(0x110000):
+        if 0xD800 <= code < 0xE000:
+            continue
+        char = chr(code)
+        lowered = char.lower()
+        differs = char.isspace() != (code <= 32) or (
+            code >= 128 and (len(lowered) != 1 or lowered.isspace() or any(ord(c) < 128 for c in lowered))
+        )
+        assert bool(_SPLIT_MISMATCH.match(char)) == differs, hex(code)
+
+
+def test_fast_chunk_filter_defers_to_the_reference_where_bytes_would_read_differently():
+    # Each trap flips the decision if read byte-wide: stop words joined by a Unicode space are separate tokens
+    # to str.split (prose) but one token to the byte test; joined by a control character, the reverse; the
+    # Kelvin sign lowercases to "k" and completes a licence marker.
+    filler = ["Walsingham Thornton Oxford Charlesworth Greyfriars."] * 20
+    stop_run = ["the", "and", "of", "to", "in", "was", "he", "it", "that", "with"] * 6
+    cases = {
+        "\u3000": ("\u3000".join(stop_run) + ".", True),
+        "\u00a0": ("\u00a0".join(stop_run) + ".", True),
+        "\x01": ("\x01".join(stop_run) + ".", False),
+        "\u212a": (PROSE + " Read the electronic wor\u212a.", False),
+    }
+    for trap, (sentence, reference_says_prose) in cases.items():
+        sentences = filler[:3] + [sentence] + filler
+        assert looks_like_english_prose(" ".join(sentences[:5])) is reference_says_prose, repr(trap)
+        kept = {c.start_sentence for c in make_chunk_records(sentences, chunk_size=5, overlap=0, min_chars=0)}
+        assert (0 in kept) is reference_says_prose, repr(trap)
 
 
 def test_split_sentences_trusts_standardized_text_to_the_same_result():

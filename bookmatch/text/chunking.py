@@ -14,6 +14,7 @@ chunk: chunks overlap, and per-chunk regexes made chunking the slowest step of t
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Callable, NamedTuple, Sequence
 
@@ -39,11 +40,15 @@ SYMBOLS = "0123456789#=/[]|*<>_+@$%&{}~^\\"
 # Lowercased remnants of Gutenberg boilerplate ("pretext" must not match, hence the leading space).
 REMNANT_MARKERS = ("gutenberg", "small print!", " etext", "e-text", "electronic work")
 
-# Latin-1 characters str.isprintable() rejects: C0 and C1 controls, DEL, no-break space, soft hyphen.
-_UNPRINTABLE_LATIN1 = np.zeros(256, dtype=bool)
-_UNPRINTABLE_LATIN1[list(range(32)) + list(range(127, 161)) + [173]] = True
-_ASCII_LOWER = np.arange(256, dtype=np.uint8)
-_ASCII_LOWER[65:91] += 32
+# The characters for which the byte-wide test (a byte <= 32 is a space, bytes.lower, "?" beyond Latin-1)
+# and the reference (str.lower().split()) disagree: C0 controls that are not whitespace, whitespace above
+# U+0020, and the two characters whose lowercase is or holds ASCII (U+0130, U+212A). The test suite derives
+# this set from every code point.
+_SPLIT_MISMATCH_RANGES = ((0x00, 0x08), (0x0E, 0x1B), (0x85, 0x85), (0xA0, 0xA0), (0x130, 0x130), (0x1680, 0x1680),
+                          (0x2000, 0x200A), (0x2028, 0x2029), (0x202F, 0x202F), (0x205F, 0x205F), (0x212A, 0x212A),
+                          (0x3000, 0x3000))
+_SPLIT_MISMATCH = re.compile("[" + "".join(f"\\U{a:08x}-\\U{b:08x}" for a, b in _SPLIT_MISMATCH_RANGES) + "]")
+_SPLIT_CONSISTENT_LATIN1 = bytes(b for b in range(256) if not _SPLIT_MISMATCH.match(chr(b)))
 _SYMBOL_TABLE = np.zeros(256, dtype=bool)
 _SYMBOL_TABLE[[ord(c) for c in SYMBOLS]] = True
 
@@ -140,38 +145,38 @@ def _count_between(positions: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.
     return np.searchsorted(positions, hi) - np.searchsorted(positions, lo)
 
 
-def _prose_mask(sentences: Sequence[str], lengths: np.ndarray, starts: np.ndarray, ends: np.ndarray, rules: ProseFilter) -> np.ndarray:
-    """`looks_like_english_prose(" ".join(sentences[s:e]))` for every window, from whole-book position arrays.
+def _token_bounds(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Start and end (exclusive) of every token: runs of bytes above U+0020, as `str.split()` finds them."""
+    is_space = np.ones(len(codes) + 2, dtype=bool)
+    np.less_equal(codes, 32, out=is_space[1:-1])
+    edges = np.flatnonzero(is_space[1:] != is_space[:-1])  # alternate: start, end, start, end, ...
+    return edges[0::2], edges[1::2]
+
+
+def _prose_mask(joined: str, sentences: Sequence[str], lo: np.ndarray, hi: np.ndarray, starts: np.ndarray, ends: np.ndarray, rules: ProseFilter) -> np.ndarray:
+    """`looks_like_english_prose(joined[lo:hi])` for every window (sentences `starts..ends`), from whole-book
+    position arrays.
 
     Tokens are runs of characters above U+0020 (what `str.split()` gives on standardized text); a token is a
     stop word when its packed characters match a packed stop word. Per window, counts come from binary
     searches of token, stop-word and symbol positions between the window's character bounds.
     """
-    joined = " ".join(sentences)
-    # One byte per character. Latin-1 text (ASCII included) maps exactly: its unprintable characters are known
-    # and lowering only ASCII letters is enough (stop words, symbols and markers are ASCII). Other text is lowered
-    # by str.lower, its characters beyond Latin-1 read as "?" (never a space, stop-word letter or symbol), unless
-    # it holds unprintable characters or lowering changes its length: then the per-chunk reference decides.
+    # One byte per character, characters beyond Latin-1 read as "?" (never a space, stop-word letter or symbol),
+    # ASCII letters lowered. That agrees with the reference's str.lower().split() unless the text holds one of
+    # the few characters in _SPLIT_MISMATCH; then the per-chunk reference decides.
     try:
-        codes = np.frombuffer(joined.encode("latin-1"), dtype=np.uint8)
-        usable = not _UNPRINTABLE_LATIN1[codes].any()
-        codes = _ASCII_LOWER[codes]
+        raw = joined.encode("latin-1")
+        usable = not raw.translate(None, _SPLIT_CONSISTENT_LATIN1)  # what is left is a mismatching byte
     except UnicodeEncodeError:
-        lowered = joined.lower()
-        usable = len(lowered) == int(lengths.sum()) + len(sentences) - 1 and lowered.isprintable()
-        codes = np.frombuffer(lowered.encode("latin-1", "replace"), dtype=np.uint8) if usable else None
+        usable = _SPLIT_MISMATCH.search(joined) is None
+        raw = joined.encode("latin-1", "replace")  # one "?" per character beyond Latin-1
     if not usable:
         return np.array([looks_like_english_prose(" ".join(sentences[s:e]), rules.min_stopword_share,
                                                   rules.max_symbol_share) for s, e in zip(starts, ends)], dtype=bool)
-    char_start = np.zeros(len(sentences) + 1, dtype=np.int64)
-    np.cumsum(lengths + 1, out=char_start[1:])  # sentence i spans lowered[char_start[i] : char_start[i+1] - 1]
-    lo, hi = char_start[starts], char_start[ends] - 1
-
-    is_space = codes <= 32
-    before_is_space = np.concatenate(([True], is_space[:-1]))
-    after_is_space = np.concatenate((is_space[1:], [True]))
-    token_starts = np.flatnonzero(~is_space & before_is_space)
-    token_lengths = np.flatnonzero(~is_space & after_is_space) + 1 - token_starts
+    lowered_bytes = raw.lower()  # ASCII letters only: stop words, symbols and markers are ASCII
+    codes = np.frombuffer(lowered_bytes, dtype=np.uint8)  # byte i is character i, so positions carry over
+    token_starts, token_ends = _token_bounds(codes)
+    token_lengths = token_ends - token_starts
     short = token_lengths <= _STOP_WORD_MAX_LEN
     short_starts = token_starts[short]
     stop_positions = short_starts[_is_stop_key(_pack(codes, short_starts, token_lengths[short]))]
@@ -181,7 +186,6 @@ def _prose_mask(sentences: Sequence[str], lengths: np.ndarray, starts: np.ndarra
     stops = _count_between(stop_positions, lo, hi)
     symbols = _count_between(symbol_positions, lo, hi)
     remnants = np.zeros(len(lo), dtype=np.int64)
-    lowered_bytes = codes.tobytes()  # byte i is character i, so positions carry over
     for marker in _REMNANT_MARKER_BYTES:
         if marker in lowered_bytes:
             # Only markers that fit wholly inside the window count, as in the per-chunk check.
@@ -223,14 +227,17 @@ def make_chunk_records(
         return []
     ends = np.minimum(starts + chunk_size, len(sentences))
     lengths = np.fromiter(map(len, sentences), dtype=np.int64, count=len(sentences))
-    offsets = _prefix(lengths + 1)
-    chars = offsets[ends] - offsets[starts] - 1
-    keep = (chars >= min_chars) & (chars <= max_chars)
-    if english_filter and keep.any():
-        keep &= _prose_mask(sentences, lengths, starts, ends, rules)
-    return [
-        Chunk(" ".join(sentences[s:e]), s) for s, e in zip(starts[keep].tolist(), ends[keep].tolist())
-    ]
+    offsets = _prefix(lengths + 1)  # sentence i spans joined[offsets[i] : offsets[i + 1] - 1]
+    lo, hi = offsets[starts], offsets[ends] - 1
+    keep = (hi - lo >= min_chars) & (hi - lo <= max_chars)
+    if not keep.any():
+        return []
+    # one string for the book: windows are slices of it (a slice copies once; a join of 14 sentences
+    # measures and copies each)
+    joined = " ".join(sentences)
+    if english_filter:
+        keep &= _prose_mask(joined, sentences, lo, hi, starts, ends, rules)
+    return [Chunk(joined[a:b], s) for a, b, s in zip(lo[keep].tolist(), hi[keep].tolist(), starts[keep].tolist())]
 
 
 def make_chunks(
