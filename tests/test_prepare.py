@@ -267,17 +267,18 @@ def test_record_store_round_trips_and_fetches_only_wanted_texts(tmp_path):
         ChunkStore([tmp_path / "books.parquet"]).fetch({"no/such.txt": {0}})
 
 
-def test_text_table_spills_streamed_texts_and_takes_them_back_by_key(tmp_path):
+def test_text_table_spills_streamed_texts_and_takes_them_back_by_key(tmp_path, monkeypatch):
     import pyarrow as pa
 
     from bookmatch.prepare.store import TextTable, text_key
 
+    monkeypatch.setattr(TextTable, "_BATCH", 16)  # several record batches: takes cross batch boundaries
     rng = random.Random(2)
     items = [(b, c, f"book {b} chunk {c} " + "x" * rng.randint(0, 50)) for b in range(30) for c in rng.sample(range(900), 5)]
     rng.shuffle(items)  # the store streams in file order, not key order
     table = TextTable(iter(items), tmp_path / "texts.arrow")
-    assert len(table) == len(items)
-    picks = rng.sample(items, 40)
+    assert len(table) == len(items) and len(table._batches) == 10
+    picks = rng.sample(items, 40) + rng.sample(items, 5)  # out of order, from many batches, some twice
     got = table.take([text_key(b, c) for b, c, _ in picks])
     assert isinstance(got, pa.Array) and got.to_pylist() == [t for _, _, t in picks]
     b, c, text = items[7]
