@@ -204,6 +204,42 @@ def test_tokenized_split_matches_model_and_workers(synthetic_data, tiny_encoder_
     assert batch["input_ids_a"].shape[1] == max(len(one[i]["input_ids_a"]) for i in range(4))
 
 
+def test_random_training_windows_are_seeded_slices_of_the_whole_text(synthetic_data, tiny_encoder_dir):
+    """training_window "random": each side reads max_seq_length consecutive tokens of its text at an offset
+    drawn from (seed, row, side): the same with worker processes, different across seeds, and the first
+    window whenever the text fits."""
+    from datasets import load_from_disk
+
+    from bookmatch.models.bi_encoder import BiEncoder
+    from bookmatch.training.data import tokenize_bi_encoder_split, topic_ids, work_ids
+
+    model = BiEncoder.from_backbone(str(tiny_encoder_dir), projection_dim=8, max_seq_length=32)
+    split = load_from_disk(str(synthetic_data))["train"].select(range(20))
+    works, topics = work_ids(split, {}), topic_ids(split, None)
+    first = tokenize_bi_encoder_split(split, model, works, topics)
+    drawn = tokenize_bi_encoder_split(split, model, works, topics, window="random", seed=1)
+    assert drawn.to_list() == tokenize_bi_encoder_split(split, model, works, topics, window="random", seed=1, num_proc=2).to_list()
+    other_seed = tokenize_bi_encoder_split(split, model, works, topics, window="random", seed=2)
+    prefix, suffix = model.special_affixes()
+    moved = 0
+    for i in range(len(split)):
+        for side, column in (("a", "text1"), ("b", "text2")):
+            whole = model.tokenizer(split[i][column], add_special_tokens=False)["input_ids"]
+            ids = drawn[i][f"input_ids_{side}"]
+            body = ids[len(prefix) : len(ids) - len(suffix)]
+            assert ids[: len(prefix)] == prefix and ids[len(ids) - len(suffix) :] == suffix
+            assert len(ids) == min(len(whole) + len(prefix) + len(suffix), 32)
+            assert any(whole[k : k + len(body)] == body for k in range(len(whole) - len(body) + 1))
+            if len(whole) + len(prefix) + len(suffix) <= 32:
+                assert ids == first[i][f"input_ids_{side}"]
+            moved += ids != first[i][f"input_ids_{side}"]
+        assert drawn[i]["attention_mask_a"] == [1] * len(drawn[i]["input_ids_a"])
+    assert moved > 20  # most synthetic passages are longer than 32 tokens
+    assert drawn.to_list() != other_seed.to_list()
+    with pytest.raises(ValueError, match="unknown training window"):
+        tokenize_bi_encoder_split(split, model, works, topics, window="middle")
+
+
 def test_early_stopping(synthetic_data, tiny_encoder_dir, tmp_path):
     """With lr 0 the validation AUC never improves: patience 1 stops at the second evaluation."""
     from bookmatch.models.bi_encoder import BiEncoder

@@ -98,6 +98,8 @@ def cross(config_file, **values) -> None:
 @click.option("--lexical-top-k", type=int, default=None, help="Heaviest content-word buckets kept per text.")
 @click.option("--name-top-k", type=int, default=None, help="Heaviest proper-name buckets kept per text (0: no names signature).")
 @click.option("--pooled-cosine/--no-pooled-cosine", default=None, help="Give the classifier the pooled vectors' cosine.")
+@click.option("--training-window", type=click.Choice(["first", "random"]), default=None,
+              help="Which max-seq-length tokens of a longer training text are read: the first, or a window at a seeded random offset.")
 @click.option("--topic-adversary/--no-topic-adversary", default=None, help="Gradient-reversal topic classifier on the pooled vectors.")
 @click.option("--independence-weight", type=float, default=None, help="Weight of the embedding/topic independence loss.")
 @click.option("--cached-contrastive/--no-cached-contrastive", default=None, help="GradCache for large contrastive batches.")

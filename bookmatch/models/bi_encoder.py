@@ -193,7 +193,7 @@ class BiEncoder(nn.Module):
         texts = list(texts)
         if self.config.long_texts == "truncate":
             return self.tokenize(texts)["input_ids"], list(range(len(texts)))
-        prefix, suffix = self._special_affixes()
+        prefix, suffix = self.special_affixes()
         width = self.config.max_seq_length - len(prefix) - len(suffix)
         if width < 1:
             raise ValueError(f"max_seq_length {self.config.max_seq_length} leaves no room for text between the special tokens")
@@ -206,14 +206,26 @@ class BiEncoder(nn.Module):
                 owners.append(owner)
         return inputs, owners
 
+    def sampled_window_inputs(self, texts: Sequence[str], seeds: Sequence[Sequence[int]]) -> list[list[int]]:
+        """One model input per text: max_seq_length tokens from an offset drawn from that text's seed (uniform
+        over the offsets that keep the window inside the text; 0 for a text that fits)."""
+        prefix, suffix = self.special_affixes()
+        width = self.config.max_seq_length - len(prefix) - len(suffix)
+        pieces = self.tokenizer(list(texts), add_special_tokens=False, truncation=False, verbose=False)["input_ids"]
+        inputs = []
+        for ids, seed in zip(pieces, seeds):
+            start = int(np.random.default_rng(list(seed)).integers(max(len(ids) - width, 0) + 1))
+            inputs.append(prefix + ids[start : start + width] + suffix)
+        return inputs
+
     def text_token_limit(self) -> int:
         """How many tokens of a text (special tokens included) the model reads at inference."""
         if self.config.long_texts == "truncate":
             return self.config.max_seq_length
-        special = sum(map(len, self._special_affixes()))
+        special = sum(map(len, self.special_affixes()))
         return (self.config.max_seq_length - special) * self.config.max_windows + special
 
-    def _special_affixes(self) -> tuple[list[int], list[int]]:
+    def special_affixes(self) -> tuple[list[int], list[int]]:
         """The special tokens the tokenizer puts before and after one text ([CLS] / [SEP], <s> / </s>...)."""
         plain = self.tokenizer("word", add_special_tokens=False)["input_ids"]
         full = self.tokenizer("word")["input_ids"]

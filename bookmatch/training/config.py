@@ -80,6 +80,10 @@ class ContrastiveTrainConfig(TrainConfig):
     name_top_k: int = 32  # names signature per side (0 = off; needs lexical_buckets)
     pooled_cosine: bool = True  # the pooled vectors' cosine as one classifier input
     long_texts: str = "windows"  # at inference: "windows" reads a long text whole, window by window; or "truncate"
+    # Which max_seq_length tokens of a longer training text the encoder reads: "first", or "random" (an offset
+    # drawn per pair and side from the seed, so training sees every part of a passage, as whole-passage
+    # inference does). Validation always reads the first window.
+    training_window: str = "first"
     teacher: str = ""  # cross-encoder folder to distil from ('' = no distillation)
     distill_weight: float = 0.5
     distill_temperature: float = 2.0

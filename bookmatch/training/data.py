@@ -98,22 +98,37 @@ def texts_fingerprint(split) -> str:
     return digest.hexdigest()
 
 
+TRAINING_WINDOWS = ("first", "random")
+
+
 def tokenize_bi_encoder_split(
-    split, model, work: tuple[list[int], list[int]], topics: tuple[list[int], list[int]], batch_size: int = 1000, num_proc: int = 0
+    split, model, work: tuple[list[int], list[int]], topics: tuple[list[int], list[int]], batch_size: int = 1000,
+    num_proc: int = 0, window: str = "first", seed: int = 0,
 ):
-    """Token ids and side features of both sides, computed once and kept in memory (never in the data folder)."""
+    """Token ids and side features of both sides, computed once and kept in memory (never in the data folder).
+
+    `window`: "first" reads each text's first max_seq_length tokens; "random" a window at an offset drawn from
+    (seed, row, side), the same on every rank and after a resume.
+    """
+    if window not in TRAINING_WINDOWS:
+        raise ValueError(f"unknown training window {window!r}; choose one of {', '.join(TRAINING_WINDOWS)}")
+
+    def token_ids(texts: list[str], rows: list[int], side: int) -> list[list[int]]:
+        if window == "first":
+            return model.tokenize(texts)["input_ids"]
+        return model.sampled_window_inputs(texts, [(seed, row, side) for row in rows])
 
     def encode(rows: dict[str, list]) -> dict[str, list]:
-        a = model.tokenize(rows["text1"])
-        b = model.tokenize(rows["text2"])
+        a = token_ids(rows["text1"], rows["row"], 0)
+        b = token_ids(rows["text2"], rows["row"], 1)
         return {
-            "input_ids_a": a["input_ids"],
-            "attention_mask_a": a["attention_mask"],
-            "input_ids_b": b["input_ids"],
-            "attention_mask_b": b["attention_mask"],
+            "input_ids_a": a,
+            "attention_mask_a": [[1] * len(ids) for ids in a],
+            "input_ids_b": b,
+            "attention_mask_b": [[1] * len(ids) for ids in b],
             "style_a": model.side_feature_array(rows["text1"]).tolist(),
             "style_b": model.side_feature_array(rows["text2"]).tolist(),
-            "length": [max(len(x), len(y)) for x, y in zip(a["input_ids"], b["input_ids"])],
+            "length": [max(len(x), len(y)) for x, y in zip(a, b)],
         }
 
     split = split.select_columns(["text1", "text2", "label"])

@@ -197,7 +197,7 @@ class _Task:
     def build(self, data, rank: int, world_size: int) -> nn.Module:
         raise NotImplementedError
 
-    def tokenize(self, split):
+    def tokenize(self, split, train: bool = False):
         raise NotImplementedError
 
     def collator(self, pad_to_multiple_of: int | None):
@@ -221,7 +221,7 @@ class CrossTask(_Task):
             self.cross.model.gradient_checkpointing_enable()
         return CrossModule(self.cross)
 
-    def tokenize(self, split):
+    def tokenize(self, split, train: bool = False):
         return tokenize_cross_split(split, self.cross, num_proc=self.config.preprocess_workers)
 
     def collator(self, pad_to_multiple_of):
@@ -259,9 +259,11 @@ class ContrastiveTask(_Task):
         self.topics = topic_index(data.splits["train"]) if (cfg.topic_adversary or cfg.independence_weight > 0) else None
         return ContrastiveModule(self.bi_encoder, cfg, rank, world_size, len(self.topics or {}))
 
-    def tokenize(self, split):
+    def tokenize(self, split, train: bool = False):
         return tokenize_bi_encoder_split(
-            split, self.bi_encoder, work_ids(split, self.book_work), topic_ids(split, self.topics), num_proc=self.config.preprocess_workers
+            split, self.bi_encoder, work_ids(split, self.book_work), topic_ids(split, self.topics),
+            num_proc=self.config.preprocess_workers, window=self.config.training_window if train else "first",
+            seed=self.config.seed,
         )
 
     def collator(self, pad_to_multiple_of):
@@ -472,7 +474,7 @@ def run_training(task: _Task, on_step: Callable[[int], None] | None = None) -> P
     val_split = subsample(data.splits["validation"], config.eval_max_pairs, config.seed + 1)
     module = task.build(data, rank, world_size)
     # every process tokenizes its own in-memory copy (nothing is cached to disk, so nothing to share)
-    train_data = task.tokenize(train_split)
+    train_data = task.tokenize(train_split, train=True)
     val_data = task.tokenize(val_split)
     out.mkdir(parents=True, exist_ok=True)
     train_data = task.add_teacher_logits(train_split, train_data, accelerator, out)
