@@ -1,7 +1,7 @@
 """Benchmark `bookmatch prepare` on CPU and print the figures for BENCHMARKS.md.
 
     python scripts/bench_prepare.py --books ../shared/corpus/books                 # full run, no mining
-    python scripts/bench_prepare.py --books ../shared/corpus/books --mining --limit 40 --num-chunks-for-embed 16
+    python scripts/bench_prepare.py --books ../shared/corpus/books --mining --limit 40 --num-chunks-for-embed 16 --miner-precision no,auto
     python scripts/bench_prepare.py --books ../shared/corpus/books --memory 100,406
 
 Each measurement runs in a fresh subprocess so peak RSS (ru_maxrss of the process and its workers) belongs
@@ -80,19 +80,23 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--mining", action="store_true", help="Mine hard negatives (embeds chunks on CPU).")
     parser.add_argument("--num-chunks-for-embed", type=int, default=16)
+    parser.add_argument("--miner-precision", default="auto", help="Comma-separated miner precisions to compare, e.g. no,auto.")
     parser.add_argument("--memory", default="", help="Comma-separated book counts to compare peak RSS, e.g. 100,406.")
     args = parser.parse_args()
 
     scratch = Path(tempfile.mkdtemp(prefix="bench_prepare_"))
     try:
         counts = [int(c) for c in args.memory.split(",") if c] or [args.limit]
-        for count in counts:
-            books = subset(args.books, count, scratch)
-            config = {"books": str(books), "out": str(scratch / f"out_{count}"), "workers": args.workers,
-                      "hard_negatives": args.mining, "num_chunks_for_embed": args.num_chunks_for_embed}
+        precisions = [p for p in args.miner_precision.split(",") if p] if args.mining else ["auto"]
+        for count, precision in ((c, p) for c in counts for p in precisions):
+            books = subset(args.books, count, scratch) if not (scratch / f"books_{count}").exists() else scratch / f"books_{count}"
+            config = {"books": str(books), "out": str(scratch / f"out_{count}_{precision}"), "workers": args.workers,
+                      "hard_negatives": args.mining, "num_chunks_for_embed": args.num_chunks_for_embed,
+                      "miner_precision": precision}
             result = run_once(config)
             label = f"{result['books_used']} books used of {count or 'all'}"
-            print(f"prepare ({label}, workers={args.workers}, mining={'on' if args.mining else 'off'}): "
+            mining = f"on, miner precision {precision}" if args.mining else "off"
+            print(f"prepare ({label}, workers={args.workers}, mining={mining}): "
                   f"wall {result['wall_s']:.1f} s, pairs {result['pairs']}")
             print("  stage timings (s): " + ", ".join(f"{k} {v:.2f}" for k, v in result["timings"].items()))
             print(f"  peak RSS: main {result['peak_rss_main_mb']:.0f} MB (anonymous {result['peak_anon_main_mb']:.0f} MB, "

@@ -298,3 +298,14 @@ def test_centroids_embedded_in_blocks_equal_one_pass(tiny_encoder_dir):
     blocks = embed_centroids(books, str(tiny_encoder_dir), block_texts=1)
     assert np.allclose(one_pass, blocks, atol=1e-5)
     assert not one_pass[1].any() and np.allclose(np.linalg.norm(one_pass[[0, 2, 3]], axis=1), 1.0, atol=1e-5)
+
+
+def test_bf16_centroids_agree_with_fp32(tiny_encoder_dir):
+    """The miner's bf16 autocast (what "auto" picks on a CPU with native bf16) moves centroids by rounding only."""
+    from bookmatch.prepare.mining import embed_centroids
+
+    books = [["The sea was calm.", "A ship sailed past."], ["Alice ran home.", "The cat slept."], ["Rain fell.", "Wind blew."]]
+    fp32 = embed_centroids(books, str(tiny_encoder_dir), precision="no")
+    bf16 = embed_centroids(books, str(tiny_encoder_dir), precision="bf16")
+    assert bf16.dtype == np.float32 and not np.array_equal(fp32, bf16)  # it did run in bf16
+    assert ((fp32 * bf16).sum(axis=1) > 0.999).all()

@@ -260,7 +260,8 @@ def test_auto_precision_resolves_to_what_the_device_computes_natively(synthetic_
     import yaml
 
     from bookmatch.training.config import ContrastiveTrainConfig
-    from bookmatch.training.trainer import native_bf16, resolve_mixed_precision, train_contrastive
+    from bookmatch.precision import native_bf16, resolve_mixed_precision
+    from bookmatch.training.trainer import train_contrastive
 
     for value in ("no", "bf16", "fp16"):
         assert resolve_mixed_precision(value, use_cuda=False) == value

@@ -13,6 +13,8 @@ _CONFIG_OPTIONS = [
     click.option("--splitter", type=click.Choice(["regex", "spacy"]), default=None, help="Sentence splitter [regex]."),
     click.option("--hard-negatives/--no-hard-negatives", default=None, help="Mine nearest books as hard negatives [on]."),
     click.option("--miner-model", default=None, help="sentence-transformers model for mining [all-MiniLM-L6-v2]."),
+    click.option("--miner-precision", type=click.Choice(["auto", "no", "bf16", "fp16"]), default=None,
+                 help="Miner autocast: auto = bf16 where the device computes it natively, else fp32 [auto]."),
     click.option("--num-chunks-for-embed", type=int, default=None, help="Passages embedded per book for mining [80]."),
     click.option("--num-hard-negative-books", type=int, default=None, help="Nearest books kept per book [50]."),
     click.option("--knn-backend", type=click.Choice(["faiss", "torch"]), default=None, help="Exact k-NN backend [faiss]."),

@@ -22,6 +22,9 @@ class PrepareConfig:
     num_chunks_for_embed: int = 80
     num_hard_negative_books: int = 50
     embed_batch_size: int = 64
+    # The miner's precision: "auto" embeds under bf16 autocast where the device computes bf16 natively (1.6x the
+    # chunks/s of fp32 on the 2-core EPYC; centroids agree to cosine 0.99997), fp32 elsewhere; or no | bf16 | fp16.
+    miner_precision: str = "auto"
     knn_backend: str = "faiss"  # "faiss" or "torch" (blocked matmul); both are exact and agree
     knn_block_size: int = 4096
     # Pairs per book; None means "as many positives as negatives" so classes stay balanced.
@@ -62,6 +65,8 @@ class PrepareConfig:
             raise ConfigError(f"splitter must be 'regex' or 'spacy', not {self.splitter!r}")
         if not (0 < self.train_ratio and 0 <= self.val_ratio and self.train_ratio + self.val_ratio <= 1):
             raise ConfigError(f"need 0 < train_ratio, 0 <= val_ratio, train_ratio + val_ratio <= 1 (got {self.train_ratio}, {self.val_ratio})")
+        if self.miner_precision not in ("no", "bf16", "fp16", "auto"):
+            raise ConfigError(f"miner_precision must be one of no, bf16, fp16, auto, not {self.miner_precision!r}")
         if self.knn_backend not in ("faiss", "torch"):
             raise ConfigError(f"knn_backend must be 'faiss' or 'torch', not {self.knn_backend!r}")
         if self.max_chunks_per_book < 2 or self.n_negative_per_book < 0 or self.workers < 1:

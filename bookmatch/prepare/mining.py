@@ -72,12 +72,16 @@ def embed_centroids(
     batch_size: int = 64,
     device: str | None = None,
     block_texts: int = 16384,
+    precision: str = "no",
 ) -> np.ndarray:
     """One L2-normalised mean embedding per book (rows of zeros for books without chunks).
 
     Books are read and embedded in blocks of about `block_texts` texts, so neither the texts nor their
-    embeddings are ever all in memory (`chunk_lists` may load each book's texts on access).
+    embeddings are ever all in memory (`chunk_lists` may load each book's texts on access). `precision`:
+    no | bf16 | fp16 autocast, or auto (bf16 where the device computes it natively).
     """
+    from bookmatch.precision import autocast, resolve_mixed_precision
+
     from sentence_transformers import SentenceTransformer
 
     from bookmatch.errors import ModelLoadError
@@ -91,6 +95,8 @@ def embed_centroids(
         raise ModelLoadError(f"cannot load miner model {model_name!r}: {err}; pass --miner-model with a sentence-transformers folder") from err
     # sentence-transformers 6 renamed get_sentence_embedding_dimension
     dimension = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+    device_type = model.device.type
+    precision = resolve_mixed_precision(precision, use_cuda=device_type == "cuda")
     centroids = np.zeros((len(chunk_lists), dimension()), dtype=np.float32)
     book = 0
     while book < len(chunk_lists):
@@ -99,7 +105,9 @@ def embed_centroids(
             block.append(chunk_lists[book + len(block)])
         flat = [text for chunks in block for text in chunks]
         if flat:
-            embeddings = model.encode(flat, batch_size=batch_size, convert_to_numpy=True, normalize_embeddings=True, show_progress_bar=False)
+            with autocast(precision, device_type):
+                embeddings = model.encode(flat, batch_size=batch_size, convert_to_numpy=True, normalize_embeddings=True, show_progress_bar=False)
+            embeddings = embeddings.astype(np.float32, copy=False)
             offset = 0
             for index, chunks in enumerate(block):
                 if chunks:

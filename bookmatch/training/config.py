@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-MIXED_PRECISION = ("no", "bf16", "fp16", "auto")
+from bookmatch.precision import PRECISIONS as MIXED_PRECISION
 
 
 @dataclass

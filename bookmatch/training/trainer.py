@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from bookmatch.config import save_config
+from bookmatch.precision import resolve_mixed_precision
 from bookmatch.models.bi_encoder import BiEncoder
 from bookmatch.models.cross_encoder import CrossEncoder
 from bookmatch.progress import summary_line
@@ -390,22 +391,6 @@ def train_cross(config: CrossTrainConfig, on_step: Callable[[int], None] | None 
 def train_contrastive(config: ContrastiveTrainConfig, on_step: Callable[[int], None] | None = None) -> Path:
     """Train the bi-encoder (optionally distilled from `config.teacher`); returns OUT/final."""
     return run_training(ContrastiveTask(config), on_step)
-
-
-def native_bf16(use_cuda: bool) -> bool:
-    """Whether the device computes bf16 matmuls natively (elsewhere bf16 autocast is emulated and slower)."""
-    if use_cuda:
-        return torch.cuda.is_bf16_supported()
-    try:
-        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):  # a private oneDNN probe: absent in some builds
-        return False
-
-
-def resolve_mixed_precision(value: str, use_cuda: bool) -> str:
-    if value != "auto":
-        return value
-    return "bf16" if native_bf16(use_cuda) else "no"
 
 
 def _build_accelerator(config: TrainConfig, find_unused_parameters: bool = False):
