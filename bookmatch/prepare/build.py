@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Callable, Iterator
 
+import numpy as np
+
 from bookmatch.config import config_to_dict, save_config
 from bookmatch.prepare.config import PrepareConfig
 from bookmatch.prepare.dedup import common_shingles, drop_boilerplate_chunks, group_works
@@ -29,6 +31,7 @@ from bookmatch.storage import atomic_directory, atomic_write_json
 log = logging.getLogger(__name__)
 
 _SHARD_BYTES = 500 * 1024 * 1024
+_NO_HASHES = np.zeros(0, dtype=np.uint64)
 
 
 def pair_features():
@@ -122,6 +125,7 @@ def build_dataset(
     """Group works, drop boilerplate, mine, split, pair and save a DatasetDict with its manifest at `out`.
 
     Chunk texts come from `store` when the records carry none (spilled while scanning), else from the records.
+    The records are consumed: boilerplate chunks are dropped from them and their sentence hashes released.
     """
     timer = timer or Timer()
     started = time.perf_counter()
@@ -138,6 +142,10 @@ def build_dataset(
         dropped_chunks = sum(
             drop_boilerplate_chunks(r, common, config.chunk_size, config.boilerplate_max_fraction) for r in records
         )
+        del common
+        for record in records:
+            # No later stage reads the per-sentence hashes, and they are half of what a book holds in memory.
+            record.sentence_hashes = _NO_HASHES
     skipped = list(skipped)
     used = []
     for index, record in enumerate(records):
