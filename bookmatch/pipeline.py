@@ -82,10 +82,21 @@ def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
     from bookmatch.training.config import ContrastiveTrainConfig, CrossTrainConfig
     from bookmatch.training.trainer import train_contrastive, train_cross
 
+    options = config.stages
+    # Every stage's options are checked before any work: a bad value late in the list must not cost a prepare
+    # and a training run first. Paths and the teacher are filled in per stage below.
+    for stage_name, cls in (("prepare", PrepareConfig), ("cross", CrossTrainConfig), ("contrastive", ContrastiveTrainConfig),
+                            ("calibrate", CalibrateConfig), ("evaluate", EvaluateConfig)):
+        stage_options = dict(options.get(stage_name, {}))
+        if stage_name == "contrastive":
+            stage_options["teacher"] = ""
+        try:
+            build_config(cls, overrides=stage_options)
+        except (ValueError, TypeError) as err:  # ConfigError, or a config's own check of its values
+            raise ConfigError(f"{stage_name}: {err}") from None
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     save_config(config, out / "pipeline_config.yaml")
-    options = config.stages
     data_dir = out / "data" / "processed"
     teacher_dir = out / "models" / "book_matcher"
     student_dir = out / "models" / "book_matcher_contrastive"

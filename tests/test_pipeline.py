@@ -40,6 +40,31 @@ def test_set_overrides_and_bad_keys():
     assert result.exit_code != 0 and "unknown preset" in result.output
 
 
+def test_option_values_written_as_text_take_the_declared_types(tmp_path):
+    """YAML reads 1e-4 (no dot) as a string; --set values are YAML: numbers and booleans in text are converted
+    to the field's type, and a value that is neither fails with one line naming the stage and option, before
+    the pipeline writes anything."""
+    from bookmatch.config import ConfigError
+    from bookmatch.prepare.config import PrepareConfig
+    from bookmatch.training.config import ContrastiveTrainConfig
+
+    options = load_stage_options("cpu-small", sets=["contrastive.lr=1e-4", "contrastive.max_steps=7"])
+    built = build_config(ContrastiveTrainConfig, overrides={**options["contrastive"], "teacher": ""})
+    assert built.lr == 1e-4 and isinstance(built.lr, float) and built.max_steps == 7
+    yaml_file = tmp_path / "prepare.yaml"
+    yaml_file.write_text("seed: '5'\nhard_negatives: 'no'\nn_positive_per_book: '12'\nmin_shared_shingles: 2.0\n")
+    prepare = build_config(PrepareConfig, file=yaml_file)
+    assert (prepare.seed, prepare.hard_negatives, prepare.n_positive_per_book, prepare.min_shared_shingles) == (5, False, 12, 2)
+    with pytest.raises(ConfigError, match="option lr: expected float"):
+        build_config(ContrastiveTrainConfig, overrides={"lr": "fast"})
+    out = tmp_path / "run"
+    result = CliRunner().invoke(main, ["pipeline", "--out", str(out), "--set", "contrastive.lr=fast"])
+    assert result.exit_code == 2 and "contrastive: option lr: expected float" in result.output
+    assert not out.exists()
+    result = CliRunner().invoke(main, ["pipeline", "--out", str(out), "--set", "contrastive.mixed_precision=fp8"])
+    assert result.exit_code == 2 and "mixed_precision must be one of" in result.output and not out.exists()
+
+
 def test_tiny_pipeline_end_to_end_then_skips(corpus_dir, tiny_encoder_dir, tmp_path):
     books = tmp_path / "books"
     picked = 0
