@@ -25,6 +25,7 @@ import numpy as np
 
 from bookmatch.errors import InputError
 from bookmatch.evaluation.metrics import compute_metrics
+from bookmatch.precision import PRECISIONS
 from bookmatch.storage import atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -279,6 +280,11 @@ class CalibrateConfig:
     max_pairs: int | None = None
     device: str | None = None
     fit_offset: bool = True  # Platt scaling (T and an offset); False: the temperature alone
+    precision: str = "auto"  # encoders' autocast: auto (bf16 where native) | no | bf16 | fp16
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 
 
 def calibrate(config: CalibrateConfig | str | os.PathLike, data_dir: str | os.PathLike | None = None, target: str | None = None, **options: Any) -> dict[str, Any]:
@@ -298,7 +304,8 @@ def calibrate(config: CalibrateConfig | str | os.PathLike, data_dir: str | os.Pa
     pairs = load_labelled_pairs(config.data_dir, config.split, config.pairs_file, config.max_pairs)
     if len(set(pairs.labels)) < 2:
         raise InputError(f"{pairs.source} must hold both same-book and different-book pairs to calibrate")
-    scorer = load_scorer(config.model_dir, kind, config.device)
+    scorer = load_scorer(config.model_dir, kind, config.device, config.precision)
+    config = dataclasses.replace(config, precision=scorer.precision)  # saved resolved: what the scores were computed in
     start = time.perf_counter()
     raw = scorer.raw_scores(pairs.text1, pairs.text2, batch_size=config.batch_size, show_progress=True)
     seconds = time.perf_counter() - start

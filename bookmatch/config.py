@@ -93,7 +93,12 @@ def build_config(cls: type[C], file: str | os.PathLike | None = None, overrides:
         if key not in names:
             raise ConfigError(f"unknown option {key} for {cls.__name__}")
         values[key] = _coerce(key, value, hints[key], "")
-    return cls(**values)
+    try:
+        return cls(**values)
+    except ConfigError:
+        raise
+    except ValueError as err:  # a config's own check of its values (__post_init__): one line for the user
+        raise ConfigError(f"{cls.__name__}: {err}") from None
 
 
 def save_config(config: Any, path: str | os.PathLike) -> Path:

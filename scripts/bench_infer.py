@@ -2,9 +2,13 @@
 
 Same pairs for every row; the embedding cache is emptied before each timed run so batch mode gains only from
 batching and from encoding a repeated text once within the run (as it would on a fresh file). "One at a
-time" calls `Matcher.score` per pair with the model already loaded (no process start-up counted).
+time" calls `Matcher.score` per pair with the model already loaded (no process start-up counted): the strict
+baseline. With --cli-pairs N, the first N pairs are also scored the way a user without batch mode would, one
+`bookmatch infer contrastive --text1 .. --text2 ..` process per pair (start-up and model loading included),
+and compared with `bookmatch infer contrastive --input` on the same N pairs, also timed as a process.
 
-    python scripts/bench_infer.py [--pairs 64] [--minilm-pairs 24] [--repeats 3] [--batch-size 32] [--threads 1] [--no-minilm] [--no-tiny]
+    python scripts/bench_infer.py [--pairs 64] [--minilm-pairs 24] [--repeats 3] [--batch-size 32] [--threads 1]
+                                  [--precision auto] [--cli-pairs 0] [--no-minilm] [--no-tiny]
 
 One torch thread by default: on a shared machine several threads fight for cores and the figures swing;
 pass --threads 0 to keep torch's default.
@@ -72,7 +76,7 @@ def timed(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def bench(label: str, models: dict[str, Path], pairs, repeats: int, batch_size: int, tmp: Path) -> list[dict]:
+def bench(label: str, models: dict[str, Path], pairs, repeats: int, batch_size: int, tmp: Path, precision: str) -> list[dict]:
     from bookmatch.inference import Matcher
 
     source = tmp / "pairs.jsonl"
@@ -80,7 +84,8 @@ def bench(label: str, models: dict[str, Path], pairs, repeats: int, batch_size: 
     rows = []
     for mode in ("contrastive", "two-stage"):
         # prefilter 0 sends every pair to the cross-encoder: the worst case for two-stage throughput
-        matcher = Matcher.from_pretrained(models["bi"], cross_model=models["cross"] if mode == "two-stage" else None, device="cpu", prefilter_threshold=0.0 if mode == "two-stage" else None)
+        matcher = Matcher.from_pretrained(models["bi"], cross_model=models["cross"] if mode == "two-stage" else None, device="cpu",
+                                          prefilter_threshold=0.0 if mode == "two-stage" else None, precision=precision)
         matcher.score(*pairs[0])  # warm-up
 
         def batch_mode():
@@ -93,9 +98,31 @@ def bench(label: str, models: dict[str, Path], pairs, repeats: int, batch_size: 
                 matcher.score(a, b)
 
         batch_s, single_s = timed(batch_mode, repeats), timed(one_at_a_time, repeats)
-        rows.append({"model": label, "mode": mode, "pairs": len(pairs), "batch_pairs_per_s": len(pairs) / batch_s, "single_pairs_per_s": len(pairs) / single_s, "ratio": single_s / batch_s})
-        print(f"{label:>8} {mode:>12} {len(pairs):>6} {rows[-1]['batch_pairs_per_s']:>12.1f} {rows[-1]['single_pairs_per_s']:>12.1f} {rows[-1]['ratio']:>7.2f}x", flush=True)
+        rows.append({"model": label, "mode": mode, "precision": matcher.bi.precision, "pairs": len(pairs), "batch_pairs_per_s": len(pairs) / batch_s,
+                     "single_pairs_per_s": len(pairs) / single_s, "ratio": single_s / batch_s})
+        print(f"{label:>8} {mode:>12} {matcher.bi.precision:>5} {len(pairs):>6} {rows[-1]['batch_pairs_per_s']:>12.1f} {rows[-1]['single_pairs_per_s']:>12.1f} {rows[-1]['ratio']:>7.2f}x", flush=True)
     return rows
+
+
+def bench_cli(label: str, models: dict[str, Path], pairs, tmp: Path, precision: str, threads: int) -> dict:
+    """One `bookmatch infer` process per pair against one batch-mode process, wall clock of whole processes."""
+    import subprocess
+
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads)) if threads > 0 else dict(os.environ)
+    base = [sys.executable, "-m", "bookmatch", "infer", "contrastive", "--model", str(models["bi"]), "--device", "cpu", "--precision", precision]
+    source = tmp / "cli_pairs.jsonl"
+    source.write_text("".join(json.dumps({"text1": a, "text2": b}) + "\n" for a, b in pairs), encoding="utf-8")
+    start = time.perf_counter()
+    for a, b in pairs:
+        subprocess.run(base + ["--text1", a, "--text2", b], env=env, check=True, capture_output=True)
+    per_pair_s = time.perf_counter() - start
+    start = time.perf_counter()
+    subprocess.run(base + ["--input", str(source), "--output", str(tmp / "cli_scores.jsonl")], env=env, check=True, capture_output=True)
+    batch_s = time.perf_counter() - start
+    row = {"model": label, "mode": "contrastive, CLI processes", "pairs": len(pairs), "batch_pairs_per_s": len(pairs) / batch_s,
+           "single_pairs_per_s": len(pairs) / per_pair_s, "ratio": per_pair_s / batch_s}
+    print(f"{label:>8} {'CLI/process':>12} {precision:>5} {len(pairs):>6} {row['batch_pairs_per_s']:>12.2f} {row['single_pairs_per_s']:>12.2f} {row['ratio']:>7.2f}x", flush=True)
+    return row
 
 
 def main() -> None:
@@ -106,6 +133,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-seq-length", type=int, default=256)
+    parser.add_argument("--precision", default="auto", help="Encoders' autocast: auto | no | bf16 | fp16 (both modes alike).")
+    parser.add_argument("--cli-pairs", type=int, default=0, help="Also time one CLI process per pair on this many pairs (0: skip).")
     parser.add_argument("--no-minilm", action="store_true", help="Skip the all-MiniLM-L6-v2 backbone.")
     parser.add_argument("--no-tiny", action="store_true", help="Skip the tiny random backbone.")
     args = parser.parse_args()
@@ -118,7 +147,7 @@ def main() -> None:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s); batch size {args.batch_size}, median of {args.repeats}; pairs from {CORPUS_PAIRS if CORPUS_PAIRS.exists() else 'synthetic text'}")
-    print(f"{'model':>8} {'mode':>12} {'pairs':>6} {'batch/s':>12} {'single/s':>12} {'ratio':>8}")
+    print(f"{'model':>8} {'mode':>12} {'prec':>5} {'pairs':>6} {'batch/s':>12} {'single/s':>12} {'ratio':>8}")
     backbones = [] if args.no_tiny else [("tiny", "tiny", args.pairs)]
     if not args.no_minilm:
         try:
@@ -131,7 +160,9 @@ def main() -> None:
             pairs = load_pairs(n_pairs)
             tmp = Path(tmp_name) / label
             models = build_models(tmp, backbone, [t for pair in pairs for t in pair], args.max_seq_length)
-            bench(label, models, pairs, args.repeats, args.batch_size, tmp)
+            bench(label, models, pairs, args.repeats, args.batch_size, tmp, args.precision)
+            if args.cli_pairs > 0:
+                bench_cli(label, models, pairs[: args.cli_pairs], tmp, args.precision, args.threads)
 
 
 if __name__ == "__main__":

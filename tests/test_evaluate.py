@@ -57,6 +57,9 @@ def _invoke(args):
 
 
 def test_calibrate_then_evaluate_dataset(models, dataset_dir, tmp_path):
+    from bookmatch.precision import resolve_mixed_precision
+
+    native_precision = resolve_mixed_precision("auto", use_cuda=False)
     calibration = models["bi"].parent / "calibration.json"
     style = models["bi"].parent / "style_calibration.json"
     try:
@@ -66,6 +69,8 @@ def test_calibrate_then_evaluate_dataset(models, dataset_dir, tmp_path):
         assert written["target"] == "f1" and written["pairs"] == 40 and written["temperature"] > 0
         # temperature minimises NLL on the fitted split: never worse than T = 1
         assert written["after"]["nll"] <= written["before"]["nll"] + 1e-9
+        # the precision the scores were computed in is saved resolved (calibrate and evaluate default to auto)
+        assert written["config"]["precision"] == native_precision
         knots = json.loads(style.read_text())
         assert np.all(np.diff(knots["x"]) >= 0) and np.all(np.diff(knots["y"]) >= 0)
 
@@ -77,6 +82,7 @@ def test_calibrate_then_evaluate_dataset(models, dataset_dir, tmp_path):
         style.unlink(missing_ok=True)
 
     metrics = json.loads((report / "metrics.json").read_text())
+    assert metrics["precision"] == native_precision
     for setting in ("uncalibrated", "calibrated"):
         for name in ("accuracy", "precision", "recall", "f1", "auc", "average_precision", "brier", "ece", "c_at_1", "f05u"):
             assert name in metrics[setting]

@@ -39,7 +39,7 @@ def _invoke(args, input=None):
 
 
 def test_api_single_cli_and_batch_agree(models, tmp_path):
-    matcher = Matcher.from_pretrained(models["bi"], device="cpu")
+    matcher = Matcher.from_pretrained(models["bi"], device="cpu", precision="no")
     pairs = _pairs()
     api = [r.probability for r in matcher.score_many(pairs, batch_size=4)]
     one_by_one = [matcher.score(a, b).probability for a, b in pairs]
@@ -53,7 +53,7 @@ def test_api_single_cli_and_batch_agree(models, tmp_path):
     reference = torch.softmax(model.pair_logits(emb_a, emb_b), dim=-1)[:, 1].numpy()
     assert api == pytest.approx(reference.tolist(), abs=1e-5)
 
-    single = _invoke(["infer", "contrastive", "--model", str(models["bi"]), "--device", "cpu", "--text1", pairs[0][0], "--text2", pairs[0][1], "--style-sim"])
+    single = _invoke(["infer", "contrastive", "--model", str(models["bi"]), "--device", "cpu", "--precision", "no", "--text1", pairs[0][0], "--text2", pairs[0][1], "--style-sim"])
     assert single.exit_code == 0, single.output
     out = json.loads(single.stdout)
     assert out["probability"] == pytest.approx(api[0], abs=1e-5)
@@ -62,7 +62,7 @@ def test_api_single_cli_and_batch_agree(models, tmp_path):
     assert "style_similarity" in out and out["stage"] == "bi-encoder"
 
     source = _write_jsonl(tmp_path / "pairs.jsonl", [{"id": f"p{i}", "text1": a, "text2": b} for i, (a, b) in enumerate(pairs)])
-    batch = _invoke(["infer", "contrastive", "--model", str(models["bi"]), "--device", "cpu", "--input", str(source), "--output", str(tmp_path / "scores.jsonl"), "--batch-size", "3"])
+    batch = _invoke(["infer", "contrastive", "--model", str(models["bi"]), "--device", "cpu", "--precision", "no", "--input", str(source), "--output", str(tmp_path / "scores.jsonl"), "--batch-size", "3"])
     assert batch.exit_code == 0, batch.output
     assert "infer: scored: 20 pairs" in batch.stderr
     rows = [json.loads(line) for line in (tmp_path / "scores.jsonl").read_text().splitlines()]
@@ -71,11 +71,11 @@ def test_api_single_cli_and_batch_agree(models, tmp_path):
 
 
 def test_repeated_texts_are_encoded_once(models):
-    matcher = Matcher.from_pretrained(models["bi"], device="cpu", cache_size=0)
+    matcher = Matcher.from_pretrained(models["bi"], device="cpu", precision="no", cache_size=0)
     pairs = _pairs()  # 20 pairs over 6 distinct passages
     matcher.score_many(pairs)
     assert matcher.bi.encoded_texts == len(PASSAGES)
-    cached = Matcher.from_pretrained(models["bi"], device="cpu", cache_size=100)
+    cached = Matcher.from_pretrained(models["bi"], device="cpu", precision="no", cache_size=100)
     cached.score_many(pairs[:10])
     before = cached.bi.encoded_texts
     cached.score_many(pairs)  # every text is now in the LRU cache
@@ -83,17 +83,17 @@ def test_repeated_texts_are_encoded_once(models):
 
 
 def test_threshold_flag_then_calibration_file_then_half(models, tmp_path):
-    assert Matcher.from_pretrained(models["bi"], device="cpu").threshold == 0.5
+    assert Matcher.from_pretrained(models["bi"], device="cpu", precision="no").threshold == 0.5
     calibration = models["bi"].parent / "calibration.json"
     atomic_write_json(calibration, {"temperature": 2.0, "threshold": 0.37})
     try:
-        matcher = Matcher.from_pretrained(models["bi"], device="cpu")
+        matcher = Matcher.from_pretrained(models["bi"], device="cpu", precision="no")
         assert matcher.threshold == 0.37
         result = matcher.score(*_pairs()[0])
         margin = matcher.bi.raw_scores([_pairs()[0][0]], [_pairs()[0][1]]).margin
         assert result.probability == pytest.approx(float(probability_from_margin(margin, 2.0)[0]), abs=1e-6)
         assert result.same_book == (result.probability >= 0.37)
-        assert Matcher.from_pretrained(models["bi"], device="cpu", threshold=0.9).threshold == 0.9
+        assert Matcher.from_pretrained(models["bi"], device="cpu", precision="no", threshold=0.9).threshold == 0.9
     finally:
         calibration.unlink()
 
@@ -102,7 +102,7 @@ def test_style_similarity_uses_isotonic_knots(models):
     style_file = models["bi"].parent / "style_calibration.json"
     atomic_write_json(style_file, {"x": [-1.0, 0.0, 1.0], "y": [0.0, 0.2, 1.0]})
     try:
-        matcher = Matcher.from_pretrained(models["bi"], device="cpu")
+        matcher = Matcher.from_pretrained(models["bi"], device="cpu", precision="no")
         a, b = _pairs()[0]
         cosine = matcher.bi.raw_scores([a], [b]).cosine[0]
         assert matcher.score(a, b).style_similarity == pytest.approx(float(np.interp(cosine, [-1, 0, 1], [0, 0.2, 1])), abs=1e-6)
@@ -112,10 +112,10 @@ def test_style_similarity_uses_isotonic_knots(models):
 
 def test_two_stage_routes_by_prefilter(models, tmp_path):
     pairs = _pairs()
-    contrastive = Matcher.from_pretrained(models["bi"], device="cpu")
+    contrastive = Matcher.from_pretrained(models["bi"], device="cpu", precision="no")
     bi_p = np.array([r.probability for r in contrastive.score_many(pairs)])
     prefilter = float(np.median(bi_p))
-    matcher = Matcher.from_pretrained(models["bi"], cross_model=models["cross"], device="cpu", prefilter_threshold=prefilter, cross_threshold=0.5)
+    matcher = Matcher.from_pretrained(models["bi"], cross_model=models["cross"], device="cpu", precision="no", prefilter_threshold=prefilter, cross_threshold=0.5)
     results = matcher.score_many(pairs)
     import torch
 
@@ -129,14 +129,14 @@ def test_two_stage_routes_by_prefilter(models, tmp_path):
     assert not any(r.same_book for r in results if r.stage == "bi-encoder")
 
     i = int(np.flatnonzero(by_cross)[0])
-    cli = _invoke(["infer", "two-stage", "--bi-model", str(models["bi"]), "--cross-model", str(models["cross"]), "--device", "cpu",
+    cli = _invoke(["infer", "two-stage", "--bi-model", str(models["bi"]), "--cross-model", str(models["cross"]), "--device", "cpu", "--precision", "no",
                    "--prefilter-threshold", str(prefilter), "--text1", pairs[i][0], "--text2", pairs[i][1]])
     assert cli.exit_code == 0, cli.output
     out = json.loads(cli.stdout)
     assert out["stage"] == "cross-encoder" and out["probability"] == pytest.approx(probability[i], abs=1e-5)
 
     source = _write_jsonl(tmp_path / "pairs.jsonl", [{"text1": a, "text2": b} for a, b in pairs])
-    batch = _invoke(["infer", "two-stage", "--bi-model", str(models["bi"]), "--cross-model", str(models["cross"]), "--device", "cpu",
+    batch = _invoke(["infer", "two-stage", "--bi-model", str(models["bi"]), "--cross-model", str(models["cross"]), "--device", "cpu", "--precision", "no",
                      "--prefilter-threshold", str(prefilter), "--input", str(source), "--output", str(tmp_path / "out.jsonl")])
     assert batch.exit_code == 0, batch.output
     rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
@@ -250,3 +250,32 @@ def test_files_with_latin1_bytes_and_missing_output(models, tmp_path):
     assert missing.exit_code == InputError.exit_code and missing.stderr.startswith("error: cannot read")
     no_output = _invoke(base + ["--input", str(first)])
     assert no_output.exit_code == InputError.exit_code and "--input needs --output" in no_output.stderr
+
+
+def test_bf16_autocast_scores_track_fp32_and_auto_resolves_to_the_native_choice(models):
+    import torch
+
+    from bookmatch.precision import autocast, native_bf16
+
+    pairs = _pairs()
+    fp32 = Matcher.from_pretrained(models["bi"], cross_model=models["cross"], device="cpu", precision="no")
+    bf16 = Matcher.from_pretrained(models["bi"], cross_model=models["cross"], device="cpu", precision="bf16")
+    assert (fp32.bi.precision, bf16.bi.precision, bf16.cross.precision) == ("no", "bf16", "bf16")
+    texts = [a for a, _ in pairs]
+    exact, rounded = fp32.bi.embed(texts), bf16.bi.embed(texts)
+    assert not torch.equal(exact.pooled, rounded.pooled)  # autocast really ran in bf16
+    for name in ("pooled", "projected"):
+        cosine = torch.nn.functional.cosine_similarity(getattr(exact, name), getattr(rounded, name), dim=-1)
+        assert cosine.min() > 0.995, name
+    assert torch.equal(exact.style, rounded.style)  # signatures and style features never see autocast
+    exact_logits = fp32.cross.model.predict_logits(pairs)
+    with autocast("bf16", "cpu"):
+        rounded_logits = bf16.cross.model.predict_logits(pairs)
+    assert (exact_logits - rounded_logits).abs().max() < 0.05 * exact_logits.abs().max()
+    assert bf16.cross.raw_scores([a for a, _ in pairs], [b for _, b in pairs]).margin == pytest.approx(
+        (rounded_logits[:, 1] - rounded_logits[:, 0]).double().numpy(), abs=1e-6)
+
+    auto = Matcher.from_pretrained(models["bi"], device="cpu")
+    assert auto.bi.precision == ("bf16" if native_bf16(use_cuda=False) else "no")
+    with pytest.raises(InputError, match="precision"):
+        Matcher.from_pretrained(models["bi"], device="cpu", precision="fp8")

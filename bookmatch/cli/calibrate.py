@@ -6,6 +6,8 @@ import json
 
 import click
 
+from bookmatch.cli.options import precision_option
+
 
 @click.command()
 @click.option("--model", "model_dir", required=True, type=click.Path(file_okay=False), help="The model's final/ folder (bi-encoder or cross-encoder).")
@@ -17,8 +19,9 @@ import click
 @click.option("--max-pairs", type=int, default=None, help="Use at most this many pairs.")
 @click.option("--device", default=None, help="torch device [default: cuda if available, else cpu].")
 @click.option("--offset/--no-offset", "fit_offset", default=None, help="Fit an offset with the temperature (Platt scaling) [default: on].")
+@precision_option(None)
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None, help="YAML with CalibrateConfig options.")
-def calibrate(model_dir, data_dir, pairs_file, split, target, batch_size, max_pairs, device, fit_offset, config_file):
+def calibrate(model_dir, data_dir, pairs_file, split, target, batch_size, max_pairs, device, fit_offset, precision, config_file):
     """Fit temperature scaling (with an offset) and the decision threshold on labelled pairs.
 
     Writes calibration.json (and style_calibration.json for a bi-encoder) in the model's parent folder:
@@ -31,7 +34,7 @@ def calibrate(model_dir, data_dir, pairs_file, split, target, batch_size, max_pa
         CalibrateConfig,
         config_file,
         {"model_dir": model_dir, "data_dir": data_dir, "pairs_file": pairs_file, "split": split, "target": target,
-         "batch_size": batch_size, "max_pairs": max_pairs, "device": device, "fit_offset": fit_offset},
+         "batch_size": batch_size, "max_pairs": max_pairs, "device": device, "fit_offset": fit_offset, "precision": precision},
     )
     result = run_calibrate(config)
     summary = {k: result[k] for k in ("model_kind", "pairs", "temperature", "offset", "threshold", "target")}

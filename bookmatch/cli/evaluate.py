@@ -6,6 +6,8 @@ import json
 
 import click
 
+from bookmatch.cli.options import precision_option
+
 
 @click.command()
 @click.option("--model", "model_dir", required=True, type=click.Path(file_okay=False), help="The bi-encoder's final/ folder.")
@@ -19,8 +21,9 @@ import click
 @click.option("--batch-size", type=int, default=None, help="[default: 64]")
 @click.option("--max-pairs", type=int, default=None, help="Evaluate at most this many pairs.")
 @click.option("--device", default=None, help="torch device [default: cuda if available, else cpu].")
+@precision_option(None)
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None, help="YAML with EvaluateConfig options.")
-def evaluate(model_dir, data_dir, split, pairs_file, report_dir, cross_model_dir, mode, prefilter_threshold, batch_size, max_pairs, device, config_file):
+def evaluate(model_dir, data_dir, split, pairs_file, report_dir, cross_model_dir, mode, prefilter_threshold, batch_size, max_pairs, device, precision, config_file):
     """Score labelled pairs; write metrics (PAN c@1, F0.5u, AUC, Brier, ECE...), by-kind figures, report.md, plots.
 
     The bi-encoder reads long texts whole, window by window; the cross-encoder truncates at its max_seq_length.
@@ -33,7 +36,7 @@ def evaluate(model_dir, data_dir, split, pairs_file, report_dir, cross_model_dir
         config_file,
         {"model_dir": model_dir, "data_dir": data_dir, "split": split, "pairs_file": pairs_file, "report_dir": report_dir,
          "cross_model_dir": cross_model_dir, "mode": mode, "prefilter_threshold": prefilter_threshold,
-         "batch_size": batch_size, "max_pairs": max_pairs, "device": device},
+         "batch_size": batch_size, "max_pairs": max_pairs, "device": device, "precision": precision},
     )
     metrics = run_evaluate(config)
     best = metrics["calibrated"] or metrics["uncalibrated"]

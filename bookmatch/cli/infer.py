@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from bookmatch.cli.options import precision_option
 from bookmatch.errors import InputError
 
 TRUNCATION_NOTE = ("The bi-encoder reads a long text whole, in windows of max_seq_length tokens (up to its max_windows); "
@@ -92,6 +93,7 @@ def _common(func):
         click.option("--skip-bad-lines", is_flag=True, help="Batch mode: skip lines that are not JSON or lack a field, instead of stopping."),
         click.option("--style-sim", is_flag=True, help="Also report style_similarity."),
         click.option("--device", default=None, help="torch device [default: cuda if available, else cpu]."),
+        precision_option("auto"),
     ]
     for option in reversed(options):
         func = option(func)
@@ -107,11 +109,11 @@ def infer():
 @click.option("--model", "model_dir", required=True, type=click.Path(file_okay=False), help="The bi-encoder's final/ folder.")
 @click.option("--threshold", type=float, default=None, help="Decision threshold [default: calibration.json beside the model, else 0.5].")
 @_common
-def contrastive(model_dir, threshold, text1, text2, file1, file2, input_path, output_path, batch_size, skip_bad_lines, style_sim, device):
+def contrastive(model_dir, threshold, text1, text2, file1, file2, input_path, output_path, batch_size, skip_bad_lines, style_sim, device, precision):
     """Bi-encoder only. Prints JSON: same_book, confidence, probability[, style_similarity]."""
     from bookmatch.inference import Matcher
 
-    matcher = Matcher.from_pretrained(model_dir, device=device, threshold=threshold)
+    matcher = Matcher.from_pretrained(model_dir, device=device, threshold=threshold, precision=precision)
     _run(matcher, text1, text2, file1, file2, input_path, output_path, batch_size, skip_bad_lines, style_sim)
 
 
@@ -121,9 +123,9 @@ def contrastive(model_dir, threshold, text1, text2, file1, file2, input_path, ou
 @click.option("--prefilter-threshold", type=float, default=None, help="Bi-encoder probability below which the answer is 'different book' at once [default: the bi-encoder's calibrated threshold, else 0.5].")
 @click.option("--cross-threshold", type=float, default=None, help="Cross-encoder decision threshold [default: its calibration.json, else 0.5].")
 @_common
-def two_stage(bi_model_dir, cross_model_dir, prefilter_threshold, cross_threshold, text1, text2, file1, file2, input_path, output_path, batch_size, skip_bad_lines, style_sim, device):
+def two_stage(bi_model_dir, cross_model_dir, prefilter_threshold, cross_threshold, text1, text2, file1, file2, input_path, output_path, batch_size, skip_bad_lines, style_sim, device, precision):
     """Bi-encoder prefilter, cross-encoder decision. Output names the deciding stage."""
     from bookmatch.inference import Matcher
 
-    matcher = Matcher.from_pretrained(bi_model_dir, cross_model=cross_model_dir, device=device, prefilter_threshold=prefilter_threshold, cross_threshold=cross_threshold)
+    matcher = Matcher.from_pretrained(bi_model_dir, cross_model=cross_model_dir, device=device, prefilter_threshold=prefilter_threshold, cross_threshold=cross_threshold, precision=precision)
     _run(matcher, text1, text2, file1, file2, input_path, output_path, batch_size, skip_bad_lines, style_sim)

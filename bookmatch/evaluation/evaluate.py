@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -17,6 +18,7 @@ from bookmatch.errors import InputError
 from bookmatch.evaluation import plots
 from bookmatch.evaluation.metrics import compute_metrics, metrics_by_kind
 from bookmatch.evaluation.report import render_report
+from bookmatch.precision import PRECISIONS
 from bookmatch.storage import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -37,6 +39,11 @@ class EvaluateConfig:
     max_pairs: int | None = None
     prefilter_threshold: float | None = None  # two-stage, calibrated setting: default the bi-encoder's threshold
     device: str | None = None
+    precision: str = "auto"  # encoders' autocast: auto (bf16 where native) | no | bf16 | fp16
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 
 
 @dataclass
@@ -72,8 +79,9 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
     labels = np.asarray(pairs.labels, dtype=np.int64)
     kinds = list(pairs.kinds)
 
-    bi = BiEncoderScorer(load_bi_encoder(config.model_dir, config.device))
-    cross = CrossEncoderScorer(load_cross_encoder(config.cross_model_dir, config.device)) if config.mode == "two-stage" else None
+    bi = BiEncoderScorer(load_bi_encoder(config.model_dir, config.device), precision=config.precision)
+    cross = CrossEncoderScorer(load_cross_encoder(config.cross_model_dir, config.device), config.precision) if config.mode == "two-stage" else None
+    config = dataclasses.replace(config, precision=bi.precision)  # saved resolved: what the scores were computed in
     start = time.perf_counter()
     bi_raw = bi.raw_scores(pairs.text1, pairs.text2, batch_size=config.batch_size, show_progress=True)
     bi_cal = load_calibration(config.model_dir, BI_ENCODER)
@@ -114,6 +122,7 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
         "model_dir": str(config.model_dir),
         "cross_model_dir": config.cross_model_dir,
         "mode": config.mode,
+        "precision": config.precision,
         "source": pairs.source,
         "pairs": len(pairs),
         "positives": int(labels.sum()),
