@@ -21,6 +21,7 @@ printed as well). MFU = FLOPs per step / step time / (--peak-tflops * 1e12); 989
 
   python scripts/bench_train.py --device cuda --size base,large --seq-len 512 --batch-pairs 32 --json-out bench_train.json
   python scripts/bench_train.py --device cpu --size tiny --seq-len 64 --steps 3      # smoke test
+  python scripts/bench_train.py --device cpu --size minilm --seq-len 128 --batch-pairs 16   # cpu-small's step
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 SIZES = {
     # name: (hidden, layers, heads, intermediate, vocab)
     "tiny": (64, 2, 2, 128, 1000),
+    "minilm": (384, 6, 12, 1536, 30522),  # all-MiniLM-L6-v2's shape: the cpu-small backbone
     "base": (768, 12, 12, 3072, 50265),
     "large": (1024, 24, 16, 4096, 50265),
 }
@@ -71,7 +73,7 @@ class Result:
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cuda")
-    parser.add_argument("--size", default="base,large", help="comma list of tiny, base, large")
+    parser.add_argument("--size", default="base,large", help="comma list of tiny, minilm, base, large")
     parser.add_argument("--paths", default="ours,st", help="comma list of ours, st")
     parser.add_argument("--seq-len", type=int, default=512)
     parser.add_argument("--batch-pairs", type=int, default=32, help="pairs per step (2x sequences)")
