@@ -205,7 +205,7 @@ class _Task:
         raise NotImplementedError
 
     def save_final(self, module: nn.Module, path: Path, state_dict: dict[str, torch.Tensor] | None = None) -> None:
-        """Save the servable model; `state_dict` (keys of the training module) is given under ZeRO-3."""
+        """Save the servable model; `state_dict` (keys of the training module) is given under DeepSpeed."""
         raise NotImplementedError
 
     def add_teacher_logits(self, train_split, tokenized, accelerator, out: Path):
@@ -408,13 +408,26 @@ def _build_accelerator(config: TrainConfig, find_unused_parameters: bool = False
         # TF32 matmuls: ~2x faster fp32 work on Ampere+ for a precision loss far below training noise
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+    handlers = [DistributedDataParallelKwargs(find_unused_parameters=find_unused_parameters)]
+    if _deepspeed_launch_without_gpu():
+        # accelerate chooses no process-group backend for DeepSpeed on a machine without a GPU, and then counts
+        # one process per rank (every rank its own main process); naming gloo gives it the true ranks
+        from accelerate.utils import InitProcessGroupKwargs
+
+        handlers.append(InitProcessGroupKwargs(backend="gloo"))
     return Accelerator(
         mixed_precision=config.mixed_precision,
         gradient_accumulation_steps=config.grad_accum,
         cpu=config.cpu,
         step_scheduler_with_optimizer=False,
-        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=find_unused_parameters)],
+        kwargs_handlers=handlers,
     )
+
+
+def _deepspeed_launch_without_gpu() -> bool:
+    """A rank started by `accelerate launch --use_deepspeed` (its environment says so) on a machine with no GPU."""
+    launched = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true" and int(os.environ.get("LOCAL_RANK", -1)) != -1
+    return launched and not torch.cuda.is_available()
 
 
 def _zero_stage(accelerator) -> int:
@@ -512,8 +525,10 @@ def run_training(task: _Task, on_step: Callable[[int], None] | None = None) -> P
     scheduler = get_linear_schedule_with_warmup(optimizer, _warmup_steps(config, total_steps), total_steps)
     deepspeed_plugin = getattr(accelerator.state, "deepspeed_plugin", None)
     if deepspeed_plugin is not None:
-        # our loaders are not passed to prepare(), so DeepSpeed cannot infer the micro-batch size ("auto")
+        # our loaders are not passed to prepare(), so DeepSpeed cannot infer the micro-batch size ("auto"); and
+        # under DeepSpeed the engine clips (accelerator.clip_grad_norm_ defers to it), so it gets our norm
         deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = config.batch_size
+        deepspeed_plugin.deepspeed_config["gradient_clipping"] = config.max_grad_norm
     if config.compile:
         module = torch.compile(module)
     model, optimizer = accelerator.prepare(module, optimizer)
@@ -545,8 +560,13 @@ def run_training(task: _Task, on_step: Callable[[int], None] | None = None) -> P
 
     def save_final() -> None:
         accelerator.wait_for_everyone()
-        # ZeRO-3 shards the weights themselves: every rank takes part in gathering them for the save
-        state_dict = accelerator.get_state_dict(model) if _zero_stage(accelerator) == 3 else None
+        state_dict = None
+        if getattr(accelerator.state, "deepspeed_plugin", None) is not None:
+            # ZeRO-3 shards the weights themselves: every rank takes part in gathering them. Under ZeRO-1/2 each
+            # weight is a view into one flat buffer, which safetensors refuses to save: each gets its own copy.
+            state_dict = accelerator.get_state_dict(model)
+            if state_dict is not None:
+                state_dict = {name: tensor.detach().cpu().clone() for name, tensor in state_dict.items()}
         if accelerator.is_main_process:
             task.save_final(accelerator.unwrap_model(model), final_dir, state_dict)
         accelerator.wait_for_everyone()
