@@ -67,3 +67,40 @@ def test_zero2_on_two_cpu_processes_matches_ddp(data_dir, tiny_encoder_dir, tmp_
         assert torch.allclose(wa[key], wb[key], rtol=1e-3, atol=1e-4), key
     # the runs moved (the losses fell between evaluations), so agreeing at every evaluation means something
     assert a["history"][-1]["train_loss"] < a["history"][0]["train_loss"] - 0.1
+
+
+@pytest.mark.slow
+def test_zero2_resume_after_kill_matches_uninterrupted(data_dir, tiny_encoder_dir, tmp_path):  # noqa: F811
+    """The spot-GPU path (sky/train_contrastive.yaml): ZeRO-2 killed with SIGKILL at step 6, then --resume.
+
+    The evaluations after the kill (steps 8 and 12) are the proof: they see the resumed weights, optimizer shards
+    and data position; final/ is the best evaluation's weights, which may predate the kill.
+    """
+    config = _zero2_on_two_cpu_processes(tmp_path)
+
+    def launch(out: Path, *extra: str, kill_at: int | None = None) -> subprocess.CompletedProcess:
+        env = _env()
+        if kill_at is not None:
+            env["BOOKMATCH_TEST_KILL_AT_STEP"] = str(kill_at)
+        args = [a for a in _args("contrastive", data_dir, tiny_encoder_dir, out) if a != "--cpu"]
+        command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config), "-m", "bookmatch", *args, *extra]
+        return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+    straight = launch(tmp_path / "straight")
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    assert launch(tmp_path / "interrupted", kill_at=6).returncode != 0
+    assert not (tmp_path / "interrupted" / "train_summary.json").exists()
+    resumed = launch(tmp_path / "interrupted", "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from" in resumed.stderr
+
+    a = json.loads((tmp_path / "straight" / "train_summary.json").read_text())
+    b = json.loads((tmp_path / "interrupted" / "train_summary.json").read_text())
+    assert [h["step"] for h in a["history"]] == [h["step"] for h in b["history"]] == [4, 8, 12]
+    for ha, hb in zip(a["history"], b["history"]):
+        for key in ("val_loss", "val_auc", "train_loss"):
+            assert hb[key] == pytest.approx(ha[key], rel=1e-5, abs=1e-6), (ha["step"], key)
+    wa = load_file(str(tmp_path / "straight" / "final" / "model.safetensors"))
+    wb = load_file(str(tmp_path / "interrupted" / "final" / "model.safetensors"))
+    for key in wa:
+        assert torch.allclose(wa[key], wb[key], rtol=1e-5, atol=1e-6), key
