@@ -104,3 +104,17 @@ def test_zero2_resume_after_kill_matches_uninterrupted(data_dir, tiny_encoder_di
     wb = load_file(str(tmp_path / "interrupted" / "final" / "model.safetensors"))
     for key in wa:
         assert torch.allclose(wa[key], wb[key], rtol=1e-5, atol=1e-6), key
+
+
+def test_zero2_bf16_final_weights_are_the_fp32_masters(data_dir, tiny_encoder_dir, tmp_path):  # noqa: F811
+    """Under DeepSpeed bf16 the module computes in bf16; final/ must hold the optimizer's fp32 master weights."""
+    args = [a for a in _args("contrastive", data_dir, tiny_encoder_dir, tmp_path / "zero2") if a != "--cpu"]
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(_zero2_on_two_cpu_processes(tmp_path)),
+              "-m", "bookmatch", *args, "--max-steps", "4", "--bf16"]
+    run = subprocess.run(launch, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    weights = load_file(str(tmp_path / "zero2" / "final" / "model.safetensors"))
+    assert {str(w.dtype) for w in weights.values()} == {"torch.float32"}
+    # bf16-rounded copies would survive a round trip through bf16 unchanged; the masters do not
+    beyond_bf16 = [name for name, w in weights.items() if not torch.equal(w, w.bfloat16().float())]
+    assert len(beyond_bf16) > 0.8 * len(weights)

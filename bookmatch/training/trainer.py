@@ -424,6 +424,20 @@ def _build_accelerator(config: TrainConfig, find_unused_parameters: bool = False
     )
 
 
+def _deepspeed_fp32_weights(module: nn.Module) -> dict[str, torch.Tensor]:
+    """Under DeepSpeed bf16/fp16 the module holds 16-bit weights; the fp32 master weights live in the optimizer's
+    partitions. Gathers them (a collective: every rank calls this) so final/ keeps full precision."""
+    from deepspeed.utils import safe_get_full_fp32_param
+
+    weights = {}
+    for name, param in module.named_parameters():
+        if param.dtype == torch.float32:
+            continue
+        full = safe_get_full_fp32_param(param)  # None for a frozen weight: it has no master copy
+        weights[name] = (param if full is None else full).detach().float().cpu().clone()
+    return weights
+
+
 def _deepspeed_launch_without_gpu() -> bool:
     """A rank started by `accelerate launch --use_deepspeed` (its environment says so) on a machine with no GPU."""
     launched = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true" and int(os.environ.get("LOCAL_RANK", -1)) != -1
@@ -567,6 +581,7 @@ def run_training(task: _Task, on_step: Callable[[int], None] | None = None) -> P
             state_dict = accelerator.get_state_dict(model)
             if state_dict is not None:
                 state_dict = {name: tensor.detach().cpu().clone() for name, tensor in state_dict.items()}
+                state_dict.update(_deepspeed_fp32_weights(accelerator.unwrap_model(model)))
         if accelerator.is_main_process:
             task.save_final(accelerator.unwrap_model(model), final_dir, state_dict)
         accelerator.wait_for_everyone()
