@@ -597,3 +597,9 @@ def test_training_yamls_run(loaded: dict, workspace: Workspace, prepared: Path, 
     out = Path(workspace.localize(task["envs"][out_var]))
     assert (out / "final").is_dir()
     assert _read_json(out / "train_summary.json")["complete"] is True
+    # --auto-precision in the YAML reaches the trainer: bf16 on an H100/H200, what this CPU computes natively here
+    import yaml
+
+    from bookmatch.precision import resolve_mixed_precision
+
+    assert yaml.safe_load((out / "config.yaml").read_text(encoding="utf-8"))["mixed_precision"] == resolve_mixed_precision("auto", use_cuda=False)
