@@ -25,7 +25,7 @@ import numpy as np
 
 from bookmatch.errors import InputError
 from bookmatch.evaluation.metrics import compute_metrics
-from bookmatch.precision import PRECISIONS
+from bookmatch.precision import check_precision
 from bookmatch.storage import atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -283,8 +283,7 @@ class CalibrateConfig:
     precision: str = "auto"  # encoders' autocast: auto (bf16 where native) | no | bf16 | fp16
 
     def __post_init__(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        check_precision(self.precision)
 
 
 def calibrate(config: CalibrateConfig | str | os.PathLike, data_dir: str | os.PathLike | None = None, target: str | None = None, **options: Any) -> dict[str, Any]:

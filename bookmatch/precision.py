@@ -23,10 +23,15 @@ def native_bf16(use_cuda: bool) -> bool:
         return False
 
 
+def check_precision(value: str, name: str = "precision") -> None:
+    """ValueError naming the option unless `value` is one of PRECISIONS (configs call this in __post_init__)."""
+    if value not in PRECISIONS:
+        raise ValueError(f"{name} must be one of {', '.join(PRECISIONS)}, got {value!r}")
+
+
 def resolve_mixed_precision(value: str, use_cuda: bool) -> str:
     """"auto" -> "bf16" where native, else "no"; any other value as given."""
-    if value not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {value!r}")
+    check_precision(value)
     if value != "auto":
         return value
     return "bf16" if native_bf16(use_cuda) else "no"

@@ -18,7 +18,7 @@ from bookmatch.errors import InputError
 from bookmatch.evaluation import plots
 from bookmatch.evaluation.metrics import compute_metrics, metrics_by_kind
 from bookmatch.evaluation.report import render_report
-from bookmatch.precision import PRECISIONS
+from bookmatch.precision import check_precision
 from bookmatch.storage import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -42,8 +42,7 @@ class EvaluateConfig:
     precision: str = "auto"  # encoders' autocast: auto (bf16 where native) | no | bf16 | fp16
 
     def __post_init__(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        check_precision(self.precision)
 
 
 @dataclass

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bookmatch.precision import PRECISIONS as MIXED_PRECISION
+from bookmatch.precision import check_precision
 
 
 @dataclass
@@ -49,8 +49,7 @@ class TrainConfig:
     head_lr: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.mixed_precision not in MIXED_PRECISION:
-            raise ValueError(f"mixed_precision must be one of {', '.join(MIXED_PRECISION)}, got {self.mixed_precision!r}")
+        check_precision(self.mixed_precision, "mixed_precision")
         for name in ("batch_size", "grad_accum", "eval_steps", "save_steps", "epochs"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

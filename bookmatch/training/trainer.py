@@ -444,11 +444,6 @@ def _deepspeed_launch_without_gpu() -> bool:
     return launched and not torch.cuda.is_available()
 
 
-def _zero_stage(accelerator) -> int:
-    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
-    return int(plugin.zero_stage) if plugin is not None else 0
-
-
 def _optimizer(module: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     head_lr = config.head_lr or config.lr
     groups: dict[tuple[bool, bool], list] = {}
@@ -579,9 +574,10 @@ def run_training(task: _Task, on_step: Callable[[int], None] | None = None) -> P
             # ZeRO-3 shards the weights themselves: every rank takes part in gathering them. Under ZeRO-1/2 each
             # weight is a view into one flat buffer, which safetensors refuses to save: each gets its own copy.
             state_dict = accelerator.get_state_dict(model)
+            # a collective too: every rank gathers, whether or not get_state_dict handed it the weights
+            fp32_weights = _deepspeed_fp32_weights(accelerator.unwrap_model(model))
             if state_dict is not None:
-                state_dict = {name: tensor.detach().cpu().clone() for name, tensor in state_dict.items()}
-                state_dict.update(_deepspeed_fp32_weights(accelerator.unwrap_model(model)))
+                state_dict = {name: tensor.detach().cpu().clone() for name, tensor in state_dict.items()} | fp32_weights
         if accelerator.is_main_process:
             task.save_final(accelerator.unwrap_model(model), final_dir, state_dict)
         accelerator.wait_for_everyone()
