@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Launch a `bookmatch` command under `accelerate launch` on every node of a SkyPilot cluster.
 #
-#   scripts/launch_accelerate.sh [--deepspeed] [--dry-run] -- train contrastive --data D --model M --out O
+#   scripts/launch_accelerate.sh [--deepspeed | --zero3] [--dry-run] -- train contrastive --data D --model M --out O
 #
 # The topology comes from the environment SkyPilot sets on each node: SKYPILOT_NUM_NODES,
 # SKYPILOT_NODE_RANK, SKYPILOT_NODE_IPS (one IP per line; the first is the rendezvous host) and
@@ -12,21 +12,24 @@
 #
 # --deepspeed  use configs/accelerate/deepspeed_zero2.yaml (+ configs/deepspeed/zero2.json) instead of
 #              configs/accelerate/multi_gpu.yaml
+# --zero3      DeepSpeed ZeRO stage 3 (weights sharded too): configs/accelerate/deepspeed_zero3.yaml + zero3.json
 # --dry-run    print the command, one argument per line, instead of running it
 # Config files are looked up under BOOKMATCH_HOME (default: the folder above this script; /opt/bookmatch
 # in the Docker images).
 set -euo pipefail
 
 usage() {
-    sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//' >&2
     exit 2
 }
 
 use_deepspeed=0
+zero_stage=2
 dry_run=0
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --deepspeed) use_deepspeed=1; shift ;;
+        --zero3) use_deepspeed=1; zero_stage=3; shift ;;
         --dry-run) dry_run=1; shift ;;
         --) shift; break ;;
         -h|--help) usage ;;
@@ -63,7 +66,7 @@ if (( gpus_per_node == 0 )); then
     cmd=(accelerate launch --cpu --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no)
 else
     if (( use_deepspeed )); then
-        config_file="$home/configs/accelerate/deepspeed_zero2.yaml"
+        config_file="$home/configs/accelerate/deepspeed_zero${zero_stage}.yaml"
     else
         config_file="$home/configs/accelerate/multi_gpu.yaml"
     fi
@@ -81,7 +84,7 @@ else
         # The accelerate config names its DeepSpeed JSON relative to the project folder; SkyPilot runs
         # commands elsewhere (~/sky_workdir), so the launcher passes the absolute path.
         cmd+=(--use_deepspeed --deepspeed_multinode_launcher standard
-              --deepspeed_config_file "$home/configs/deepspeed/zero2.json")
+              --deepspeed_config_file "$home/configs/deepspeed/zero${zero_stage}.json")
     fi
 fi
 cmd+=(-m bookmatch "$@")

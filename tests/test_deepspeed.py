@@ -27,25 +27,28 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _zero2_on_two_cpu_processes(tmp_path: Path) -> Path:
-    """The shipped ZeRO-2 accelerate config with only the machine shape changed: what a GPU node would launch."""
-    config = yaml.safe_load((REPO / "configs" / "accelerate" / "deepspeed_zero2.yaml").read_text(encoding="utf-8"))
+def _zero_on_two_cpu_processes(tmp_path: Path, stage: int = 2) -> Path:
+    """The shipped ZeRO accelerate config with only the machine shape changed: what a GPU node would launch."""
+    config = yaml.safe_load((REPO / "configs" / "accelerate" / f"deepspeed_zero{stage}.yaml").read_text(encoding="utf-8"))
     config["num_processes"] = 2
-    config["deepspeed_config"]["deepspeed_config_file"] = str(REPO / "configs" / "deepspeed" / "zero2.json")
-    path = tmp_path / "zero2_cpu.yaml"
+    config["deepspeed_config"]["deepspeed_config_file"] = str(REPO / "configs" / "deepspeed" / f"zero{stage}.json")
+    path = tmp_path / f"zero{stage}_cpu.yaml"
     path.write_text(yaml.safe_dump(config), encoding="utf-8")
     return path
 
 
-def test_zero2_on_two_cpu_processes_matches_ddp(data_dir, tiny_encoder_dir, tmp_path):  # noqa: F811
+@pytest.mark.parametrize("stage", [2, 3])
+def test_zero_on_two_cpu_processes_matches_ddp(stage, data_dir, tiny_encoder_dir, models, tmp_path):  # noqa: F811
+    """Distilling from a teacher too: under ZeRO-3 the teacher must load whole (it is never wrapped by an engine)."""
     args = [a for a in _args("contrastive", data_dir, tiny_encoder_dir, tmp_path / "OUT") if a != "--cpu"]
+    args += ["--teacher", str(models["cross"])]
     ddp_args = [a.replace(str(tmp_path / "OUT"), str(tmp_path / "ddp")) for a in args]
     zero_args = [a.replace(str(tmp_path / "OUT"), str(tmp_path / "zero2")) for a in args]
 
     ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "bookmatch", *ddp_args, "--cpu"],
                          cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
     assert ddp.returncode == 0, ddp.stderr[-3000:]
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(_zero2_on_two_cpu_processes(tmp_path)), "-m", "bookmatch", *zero_args]
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(_zero_on_two_cpu_processes(tmp_path, stage)), "-m", "bookmatch", *zero_args]
     zero = subprocess.run(launch, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
     assert zero.returncode == 0, zero.stderr[-3000:]
 
@@ -57,7 +60,7 @@ def test_zero2_on_two_cpu_processes_matches_ddp(data_dir, tiny_encoder_dir, tmp_
     b = json.loads((tmp_path / "zero2" / "train_summary.json").read_text())
     assert a["global_step"] == b["global_step"] == 12
     for ha, hb in zip(a["history"], b["history"]):
-        for key in ("val_loss", "val_auc", "train_loss", "train_contrastive_global"):
+        for key in ("val_loss", "val_auc", "train_loss", "train_contrastive_global", "train_distill_loss"):
             assert hb[key] == pytest.approx(ha[key], rel=1e-3, abs=1e-4), (ha["step"], key)
 
     wa = load_file(str(tmp_path / "ddp" / "final" / "model.safetensors"))
@@ -70,13 +73,14 @@ def test_zero2_on_two_cpu_processes_matches_ddp(data_dir, tiny_encoder_dir, tmp_
 
 
 @pytest.mark.slow
-def test_zero2_resume_after_kill_matches_uninterrupted(data_dir, tiny_encoder_dir, tmp_path):  # noqa: F811
+@pytest.mark.parametrize("stage", [2, 3])
+def test_zero_resume_after_kill_matches_uninterrupted(stage, data_dir, tiny_encoder_dir, tmp_path):  # noqa: F811
     """The spot-GPU path (sky/train_contrastive.yaml): ZeRO-2 killed with SIGKILL at step 6, then --resume.
 
     The evaluations after the kill (steps 8 and 12) are the proof: they see the resumed weights, optimizer shards
     and data position; final/ is the best evaluation's weights, which may predate the kill.
     """
-    config = _zero2_on_two_cpu_processes(tmp_path)
+    config = _zero_on_two_cpu_processes(tmp_path, stage)
 
     def launch(out: Path, *extra: str, kill_at: int | None = None) -> subprocess.CompletedProcess:
         env = _env()
@@ -106,10 +110,11 @@ def test_zero2_resume_after_kill_matches_uninterrupted(data_dir, tiny_encoder_di
         assert torch.allclose(wa[key], wb[key], rtol=1e-5, atol=1e-6), key
 
 
-def test_zero2_bf16_final_weights_are_the_fp32_masters(data_dir, tiny_encoder_dir, tmp_path):  # noqa: F811
+@pytest.mark.parametrize("stage", [2, 3])
+def test_zero_bf16_final_weights_are_the_fp32_masters(stage, data_dir, tiny_encoder_dir, tmp_path):  # noqa: F811
     """Under DeepSpeed bf16 the module computes in bf16; final/ must hold the optimizer's fp32 master weights."""
     args = [a for a in _args("contrastive", data_dir, tiny_encoder_dir, tmp_path / "zero2") if a != "--cpu"]
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(_zero2_on_two_cpu_processes(tmp_path)),
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(_zero_on_two_cpu_processes(tmp_path, stage)),
               "-m", "bookmatch", *args, "--max-steps", "4", "--bf16"]
     run = subprocess.run(launch, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
@@ -118,3 +123,17 @@ def test_zero2_bf16_final_weights_are_the_fp32_masters(data_dir, tiny_encoder_di
     # bf16-rounded copies would survive a round trip through bf16 unchanged; the masters do not
     beyond_bf16 = [name for name, w in weights.items() if not torch.equal(w, w.bfloat16().float())]
     assert len(beyond_bf16) > 0.8 * len(weights)
+
+
+def test_zero3_init_flag_true_is_one_clear_line(data_dir, tiny_encoder_dir, tmp_path):  # noqa: F811
+    config_path = _zero_on_two_cpu_processes(tmp_path, 3)
+    config = yaml.safe_load(config_path.read_text(encoding="utf-8"))
+    config["deepspeed_config"]["zero3_init_flag"] = True
+    config_path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    args = [a for a in _args("contrastive", data_dir, tiny_encoder_dir, tmp_path / "OUT") if a != "--cpu"]
+    run = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config_path), "-m", "bookmatch", *args],
+                         cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+    assert run.returncode != 0
+    assert "error: zero3_init_flag: true is not supported" in run.stderr
+    # the launcher reports its failed children with a traceback of its own; the ranks print none
+    assert "/bookmatch/" not in run.stderr and "[rank0]: Traceback" not in run.stderr

@@ -303,6 +303,17 @@ def test_launch_line_for_two_nodes_of_eight_gpus() -> None:
     assert args.training_script_args == ["train", "contrastive", "--data", "/vol/d"]
 
 
+def test_launch_line_for_zero3() -> None:
+    env = {"SKYPILOT_NUM_NODES": "1", "SKYPILOT_NODE_RANK": "0", "SKYPILOT_NODE_IPS": "10.0.0.1",
+           "SKYPILOT_NUM_GPUS_PER_NODE": "8", "BOOKMATCH_HOME": str(REPO)}
+    argv = render_launch(env, "--zero3", "--", "train", "contrastive")
+    assert option(argv, "--config_file") == str(REPO / "configs" / "accelerate" / "deepspeed_zero3.yaml")
+    args = accelerate_view(argv)
+    assert args.use_deepspeed and args.deepspeed_config_file == str(REPO / "configs" / "deepspeed" / "zero3.json")
+    assert args.num_processes == 8
+    assert json.loads((REPO / "configs" / "deepspeed" / "zero3.json").read_text())["zero_optimization"]["stage"] == 3
+
+
 def accelerate_view(argv: list[str]):
     """The launch arguments as `accelerate launch` resolves them (parser + its config-file merge), no launch."""
     from accelerate.commands.launch import _validate_launch_command, launch_command_parser

@@ -12,6 +12,7 @@ its loss; the loop knows steps, evaluation, early stopping, checkpoints and exac
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -424,6 +425,34 @@ def _build_accelerator(config: TrainConfig, find_unused_parameters: bool = False
     )
 
 
+@contextlib.contextmanager
+def _whole_models(accelerator):
+    """Build and load models whole on every rank, even under ZeRO-3.
+
+    accelerate registers its DeepSpeed config with transformers even when `zero3_init_flag` is false, and under
+    ZeRO-3 `from_pretrained` then partitions the encoder at load, in the training dtype, while our heads are
+    built whole in fp32: DeepSpeed refuses the mix under bf16, and the teacher (never wrapped by an engine)
+    could not run partitioned. Our encoders fit on one device, so every rank builds them whole and the engine
+    partitions the prepared model (its fp32 masters then come from the unrounded pretrained weights).
+    """
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    if plugin is None:
+        yield
+        return
+    if plugin.is_zero3_init_enabled():
+        from bookmatch.config import ConfigError
+
+        raise ConfigError("zero3_init_flag: true is not supported (bookmatch builds each model whole on every rank, then "
+                          "DeepSpeed partitions it); set zero3_init_flag: false in the accelerate config")
+    from transformers.integrations import unset_hf_deepspeed_config
+
+    unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        plugin.set_deepspeed_weakref()
+
+
 def _deepspeed_fp32_weights(module: nn.Module) -> dict[str, torch.Tensor]:
     """Under DeepSpeed bf16/fp16 the module holds 16-bit weights; the fp32 master weights live in the optimizer's
     partitions. Gathers them (a collective: every rank calls this) so final/ keeps full precision."""
@@ -504,12 +533,14 @@ def run_training(task: _Task, on_step: Callable[[int], None] | None = None) -> P
     data = load_pair_data(config.data)
     train_split = subsample(data.splits["train"], config.sample, config.seed)
     val_split = subsample(data.splits["validation"], config.eval_max_pairs, config.seed + 1)
-    module = task.build(data, rank, world_size)
+    with _whole_models(accelerator):
+        module = task.build(data, rank, world_size)
     # every process tokenizes its own in-memory copy (nothing is cached to disk, so nothing to share)
     train_data = task.tokenize(train_split, train=True)
     val_data = task.tokenize(val_split)
     out.mkdir(parents=True, exist_ok=True)
-    train_data = task.add_teacher_logits(train_split, train_data, accelerator, out)
+    with _whole_models(accelerator):
+        train_data = task.add_teacher_logits(train_split, train_data, accelerator, out)
     pad_multiple = 8 if accelerator.device.type == "cuda" else None
     collate = task.collator(pad_multiple)
 
