@@ -1,0 +1,155 @@
+"""The stock sentence-transformers recipe on our data: the baseline bookmatch's bi-encoder must beat.
+
+Fine-tunes a SentenceTransformer (default all-MiniLM-L6-v2) with MultipleNegativesRankingLoss on the positive
+pairs of a `bookmatch prepare` train split, with sentence-transformers' own trainer and no-duplicates batches,
+then scores pairs by the cosine of the two embeddings (what a user of the stock recipe would threshold) and
+prints ROC AUC on the validation and test splits and, when given, a labelled pairs file (overall and per
+`kind`). The untrained model is scored too (zero-shot). Budget defaults match the cpu-small preset: 300 steps
+of 16 pairs (32 texts, as our step), 128 tokens in training.
+
+    python scripts/baseline_st.py --data RUN/data/processed [--pairs ../shared/corpus/validation_pairs.jsonl] \
+        [--model sentence-transformers/all-MiniLM-L6-v2] [--steps 300] [--batch-size 16] [--lr 5e-5] \
+        [--train-seq-length 128] [--eval-seq-length 128,256] [--test-pairs 1000] [--out DIR] [--json-out FILE]
+
+`--lr` defaults to the trainer's own default (5e-5); `--eval-seq-length` lists the reading lengths to score at
+(256 is the model's own default: the first 256 tokens of each text). bf16 autocast where the CPU computes it
+natively (as our cpu-small training does).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def auc_table(model, sets: dict[str, list[dict]], seq_lengths: list[int], batch_size: int = 32) -> dict[str, float]:
+    """ROC AUC of the embeddings' cosine, per set, per `kind` where rows carry one, per reading length."""
+    import numpy as np
+    from sklearn.metrics import roc_auc_score
+
+    results = {}
+    for seq_length in seq_lengths:
+        model.max_seq_length = seq_length
+        for name, rows in sets.items():
+            texts = sorted({r["text1"] for r in rows} | {r["text2"] for r in rows})
+            vectors = model.encode(texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True)
+            index = {t: i for i, t in enumerate(texts)}
+            cosine = np.array([vectors[index[r["text1"]]] @ vectors[index[r["text2"]]] for r in rows])
+            labels = np.array([int(r["label"]) for r in rows])
+            results[f"{name}@{seq_length}"] = float(roc_auc_score(labels, cosine))
+            kind_of = [r.get("kind") or r.get("neg_type") for r in rows]
+            for kind in sorted({k for k, r in zip(kind_of, rows) if k and int(r["label"]) == 0}):
+                keep = np.array([int(r["label"]) == 1 or k == kind for k, r in zip(kind_of, rows)])
+                results[f"{name}/{kind}@{seq_length}"] = float(roc_auc_score(labels[keep], cosine[keep]))
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", required=True, help="A `bookmatch prepare` output (DatasetDict folder).")
+    parser.add_argument("--pairs", default=None, help="Labelled JSONL pairs (text1, text2, label[, kind]) to score too.")
+    parser.add_argument("--model", default="sentence-transformers/all-MiniLM-L6-v2")
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--batch-size", type=int, default=16, help="Pairs per step (MNRL: 2x texts).")
+    parser.add_argument("--lr", type=float, default=5e-5)
+    parser.add_argument("--warmup-ratio", type=float, default=0.1)
+    parser.add_argument("--train-seq-length", type=int, default=128)
+    parser.add_argument("--eval-seq-length", default="128,256")
+    parser.add_argument("--test-pairs", type=int, default=1000, help="Score the first N test pairs (0: all).")
+    parser.add_argument("--precision", default="auto", choices=["auto", "no", "bf16"])
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default).")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--out", default=None, help="Where the trainer writes (default: a temporary folder).")
+    parser.add_argument("--json-out", default=None)
+    args = parser.parse_args()
+
+    import tempfile
+
+    import torch
+    from datasets import Dataset, load_from_disk
+    from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+    from sentence_transformers.losses import MultipleNegativesRankingLoss
+    from sentence_transformers.training_args import BatchSamplers
+
+    from bookmatch.models.resolve import resolve_model_path
+    from bookmatch.precision import autocast, resolve_mixed_precision
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    precision = resolve_mixed_precision(args.precision, use_cuda=False)
+    data = load_from_disk(args.data)
+    test = data["test"].to_list()
+    if args.test_pairs:
+        test = test[: args.test_pairs]
+    sets = {"validation": data["validation"].to_list(), "test": test}
+    if args.pairs:
+        sets["pairs"] = [json.loads(line) for line in Path(args.pairs).read_text(encoding="utf-8").splitlines() if line.strip()]
+    seq_lengths = [int(x) for x in args.eval_seq_length.split(",")]
+
+    positives = data["train"].filter(lambda row: row["label"] == 1)
+    need = args.steps * args.batch_size
+    order = list(range(len(positives)))
+    random.Random(args.seed).shuffle(order)
+    epochs = -(-need // len(order))
+    train = Dataset.from_dict({
+        "anchor": [positives[i]["text1"] for i in order],
+        "positive": [positives[i]["text2"] for i in order],
+    })
+    print(f"{len(train)} positive training pairs; {args.steps} steps x {args.batch_size} pairs = {need} "
+          f"({epochs} epoch{'s' if epochs > 1 else ''}); precision {precision}", flush=True)
+
+    model = SentenceTransformer(resolve_model_path(args.model), device="cpu")
+    results: dict[str, dict[str, float]] = {}
+    start = time.perf_counter()
+    with autocast(precision, "cpu"):
+        results["zero-shot"] = auc_table(model, sets, seq_lengths)
+    print(f"zero-shot scored in {time.perf_counter() - start:.0f} s", flush=True)
+
+    model.max_seq_length = args.train_seq_length
+    out = args.out or tempfile.mkdtemp(prefix="baseline_st_")
+    training_args = SentenceTransformerTrainingArguments(
+        output_dir=out,
+        max_steps=args.steps,
+        num_train_epochs=epochs,
+        per_device_train_batch_size=args.batch_size,
+        learning_rate=args.lr,
+        warmup_steps=int(args.warmup_ratio * args.steps),
+        bf16=precision == "bf16",
+        use_cpu=True,
+        batch_sampler=BatchSamplers.NO_DUPLICATES,
+        save_strategy="no",
+        logging_steps=50,
+        seed=args.seed,
+        report_to=[],
+        dataloader_drop_last=True,
+    )
+    trainer = SentenceTransformerTrainer(model=model, args=training_args, train_dataset=train,
+                                         loss=MultipleNegativesRankingLoss(model))
+    start = time.perf_counter()
+    trainer.train()
+    train_seconds = time.perf_counter() - start
+    print(f"trained {args.steps} steps in {train_seconds:.0f} s", flush=True)
+    model.eval()
+    with autocast(precision, "cpu"):
+        results["fine-tuned"] = auc_table(model, sets, seq_lengths)
+
+    keys = list(results["zero-shot"])
+    print(f"\n{'set@tokens':<40} {'zero-shot':>10} {'fine-tuned':>11}")
+    for key in keys:
+        print(f"{key:<40} {results['zero-shot'][key]:>10.3f} {results['fine-tuned'][key]:>11.3f}")
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps({"args": vars(args), "precision": precision, "train_seconds": train_seconds,
+                                                   "auc": results}, indent=2), encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
