@@ -68,8 +68,8 @@ def test_zero_on_two_cpu_processes_matches_ddp(stage, data_dir, tiny_encoder_dir
     assert wa.keys() == wb.keys()
     for key in wa:
         assert torch.allclose(wa[key], wb[key], rtol=1e-3, atol=1e-4), key
-    # the runs moved (the losses fell between evaluations), so agreeing at every evaluation means something
-    assert a["history"][-1]["train_loss"] < a["history"][0]["train_loss"] - 0.1
+    # the runs moved (every evaluation saw other weights), so agreeing at each one means something
+    assert len({h["val_loss"] for h in a["history"]}) == len({h["train_loss"] for h in a["history"]}) == 3
 
 
 @pytest.mark.slow
