@@ -31,25 +31,26 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def auc_table(model, sets: dict[str, list[dict]], seq_lengths: list[int], batch_size: int = 32) -> dict[str, float]:
-    """ROC AUC of the embeddings' cosine, per set, per `kind` where rows carry one, per reading length."""
+def auc_table(model, sets: dict, seq_lengths: list[int], batch_size: int = 32) -> dict[str, float]:
+    """ROC AUC of the embeddings' cosine per set (`LabelledPairs`), and per negative kind against all positives
+    (as `bookmatch evaluate` reports it), per reading length."""
     import numpy as np
-    from sklearn.metrics import roc_auc_score
+
+    from bookmatch.evaluation.metrics import compute_metrics, metrics_by_kind
 
     results = {}
     for seq_length in seq_lengths:
         model.max_seq_length = seq_length
-        for name, rows in sets.items():
-            texts = sorted({r["text1"] for r in rows} | {r["text2"] for r in rows})
+        for name, pairs in sets.items():
+            texts = sorted(set(pairs.text1) | set(pairs.text2))
             vectors = model.encode(texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True)
             index = {t: i for i, t in enumerate(texts)}
-            cosine = np.array([vectors[index[r["text1"]]] @ vectors[index[r["text2"]]] for r in rows])
-            labels = np.array([int(r["label"]) for r in rows])
-            results[f"{name}@{seq_length}"] = float(roc_auc_score(labels, cosine))
-            kind_of = [r.get("kind") or r.get("neg_type") for r in rows]
-            for kind in sorted({k for k, r in zip(kind_of, rows) if k and int(r["label"]) == 0}):
-                keep = np.array([int(r["label"]) == 1 or k == kind for k, r in zip(kind_of, rows)])
-                results[f"{name}/{kind}@{seq_length}"] = float(roc_auc_score(labels[keep], cosine[keep]))
+            cosine = np.array([vectors[index[a]] @ vectors[index[b]] for a, b in zip(pairs.text1, pairs.text2)])
+            score = (cosine + 1) / 2  # into [0, 1], as the metrics expect; AUC is unchanged by it
+            results[f"{name}@{seq_length}"] = float(compute_metrics(pairs.labels, score)["auc"])
+            for kind, figures in metrics_by_kind(pairs.labels, score, pairs.kinds).items():
+                if figures["auc_against"] == "all positives":
+                    results[f"{name}/{kind}@{seq_length}"] = float(figures["auc"])
     return results
 
 
@@ -80,6 +81,7 @@ def main() -> None:
     from sentence_transformers.losses import MultipleNegativesRankingLoss
     from sentence_transformers.training_args import BatchSamplers
 
+    from bookmatch.calibration import load_labelled_pairs
     from bookmatch.models.resolve import resolve_model_path
     from bookmatch.precision import autocast, resolve_mixed_precision
 
@@ -87,12 +89,12 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     precision = resolve_mixed_precision(args.precision, use_cuda=False)
     data = load_from_disk(args.data)
-    test = data["test"].to_list()
-    if args.test_pairs:
-        test = test[: args.test_pairs]
-    sets = {"validation": data["validation"].to_list(), "test": test}
+    sets = {
+        "validation": load_labelled_pairs(args.data, "validation"),
+        "test": load_labelled_pairs(args.data, "test", max_pairs=args.test_pairs or None),
+    }
     if args.pairs:
-        sets["pairs"] = [json.loads(line) for line in Path(args.pairs).read_text(encoding="utf-8").splitlines() if line.strip()]
+        sets["pairs"] = load_labelled_pairs(pairs_file=args.pairs)
     seq_lengths = [int(x) for x in args.eval_seq_length.split(",")]
 
     positives = data["train"].filter(lambda row: row["label"] == 1)

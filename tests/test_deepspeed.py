@@ -1,4 +1,4 @@
-"""DeepSpeed ZeRO-2 through accelerate with the shipped configs, on 2 CPU processes (gloo), trains as DDP does."""
+"""DeepSpeed ZeRO-2 and ZeRO-3 through accelerate with the shipped configs, on 2 CPU processes (gloo), train as DDP does."""
 
 from __future__ import annotations
 
@@ -27,44 +27,49 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _zero_on_two_cpu_processes(tmp_path: Path, stage: int = 2) -> Path:
-    """The shipped ZeRO accelerate config with only the machine shape changed: what a GPU node would launch."""
+def _zero_on_two_cpu_processes(tmp_path: Path, stage: int, **deepspeed_config) -> Path:
+    """The shipped ZeRO accelerate config with only the machine shape changed (and `deepspeed_config` entries,
+    where given): what a GPU node would launch."""
     config = yaml.safe_load((REPO / "configs" / "accelerate" / f"deepspeed_zero{stage}.yaml").read_text(encoding="utf-8"))
     config["num_processes"] = 2
     config["deepspeed_config"]["deepspeed_config_file"] = str(REPO / "configs" / "deepspeed" / f"zero{stage}.json")
+    config["deepspeed_config"].update(deepspeed_config)
     path = tmp_path / f"zero{stage}_cpu.yaml"
     path.write_text(yaml.safe_dump(config), encoding="utf-8")
     return path
 
 
+def _launch(config: Path, data: Path, model: Path, out: Path, *extra: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """`accelerate launch --config_file CONFIG -m bookmatch train contrastive ...` (the resume tests' arguments)."""
+    args = [a for a in _args("contrastive", data, model, out) if a != "--cpu"]
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config), "-m", "bookmatch", *args, *extra]
+    return subprocess.run(command, cwd=REPO, env=env or _env(), capture_output=True, text=True, timeout=300)
+
+
 @pytest.mark.parametrize("stage", [2, 3])
 def test_zero_on_two_cpu_processes_matches_ddp(stage, data_dir, tiny_encoder_dir, models, tmp_path):  # noqa: F811
     """Distilling from a teacher too: under ZeRO-3 the teacher must load whole (it is never wrapped by an engine)."""
-    args = [a for a in _args("contrastive", data_dir, tiny_encoder_dir, tmp_path / "OUT") if a != "--cpu"]
-    args += ["--teacher", str(models["cross"])]
-    ddp_args = [a.replace(str(tmp_path / "OUT"), str(tmp_path / "ddp")) for a in args]
-    zero_args = [a.replace(str(tmp_path / "OUT"), str(tmp_path / "zero2")) for a in args]
-
-    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "bookmatch", *ddp_args, "--cpu"],
+    teacher = ["--teacher", str(models["cross"])]
+    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "bookmatch",
+                          *_args("contrastive", data_dir, tiny_encoder_dir, tmp_path / "ddp"), *teacher],
                          cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
     assert ddp.returncode == 0, ddp.stderr[-3000:]
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(_zero_on_two_cpu_processes(tmp_path, stage)), "-m", "bookmatch", *zero_args]
-    zero = subprocess.run(launch, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+    zero = _launch(_zero_on_two_cpu_processes(tmp_path, stage), data_dir, tiny_encoder_dir, tmp_path / "zero", *teacher)
     assert zero.returncode == 0, zero.stderr[-3000:]
 
     # DeepSpeed really ran, on both ranks: a ZeRO checkpoint holds one optimizer shard per rank
-    shards = sorted(p.name for p in (tmp_path / "zero2" / "checkpoint-8").rglob("zero_pp_rank_*_optim_states.pt"))
+    shards = sorted(p.name for p in (tmp_path / "zero" / "checkpoint-8").rglob("zero_pp_rank_*_optim_states.pt"))
     assert shards == ["zero_pp_rank_0_mp_rank_00_optim_states.pt", "zero_pp_rank_1_mp_rank_00_optim_states.pt"]
 
     a = json.loads((tmp_path / "ddp" / "train_summary.json").read_text())
-    b = json.loads((tmp_path / "zero2" / "train_summary.json").read_text())
+    b = json.loads((tmp_path / "zero" / "train_summary.json").read_text())
     assert a["global_step"] == b["global_step"] == 12
     for ha, hb in zip(a["history"], b["history"]):
         for key in ("val_loss", "val_auc", "train_loss", "train_contrastive_global", "train_distill_loss"):
             assert hb[key] == pytest.approx(ha[key], rel=1e-3, abs=1e-4), (ha["step"], key)
 
     wa = load_file(str(tmp_path / "ddp" / "final" / "model.safetensors"))
-    wb = load_file(str(tmp_path / "zero2" / "final" / "model.safetensors"))
+    wb = load_file(str(tmp_path / "zero" / "final" / "model.safetensors"))
     assert wa.keys() == wb.keys()
     for key in wa:
         assert torch.allclose(wa[key], wb[key], rtol=1e-3, atol=1e-4), key
@@ -75,7 +80,7 @@ def test_zero_on_two_cpu_processes_matches_ddp(stage, data_dir, tiny_encoder_dir
 @pytest.mark.slow
 @pytest.mark.parametrize("stage", [2, 3])
 def test_zero_resume_after_kill_matches_uninterrupted(stage, data_dir, tiny_encoder_dir, tmp_path):  # noqa: F811
-    """The spot-GPU path (sky/train_contrastive.yaml): ZeRO-2 killed with SIGKILL at step 6, then --resume.
+    """The spot-GPU path (sky/train_contrastive.yaml): ZeRO killed with SIGKILL at step 6, then --resume.
 
     The evaluations after the kill (steps 8 and 12) are the proof: they see the resumed weights, optimizer shards
     and data position; final/ is the best evaluation's weights, which may predate the kill.
@@ -86,9 +91,7 @@ def test_zero_resume_after_kill_matches_uninterrupted(stage, data_dir, tiny_enco
         env = _env()
         if kill_at is not None:
             env["BOOKMATCH_TEST_KILL_AT_STEP"] = str(kill_at)
-        args = [a for a in _args("contrastive", data_dir, tiny_encoder_dir, out) if a != "--cpu"]
-        command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config), "-m", "bookmatch", *args, *extra]
-        return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        return _launch(config, data_dir, tiny_encoder_dir, out, *extra, env=env)
 
     straight = launch(tmp_path / "straight")
     assert straight.returncode == 0, straight.stderr[-3000:]
@@ -113,12 +116,9 @@ def test_zero_resume_after_kill_matches_uninterrupted(stage, data_dir, tiny_enco
 @pytest.mark.parametrize("stage", [2, 3])
 def test_zero_bf16_final_weights_are_the_fp32_masters(stage, data_dir, tiny_encoder_dir, tmp_path):  # noqa: F811
     """Under DeepSpeed bf16 the module computes in bf16; final/ must hold the optimizer's fp32 master weights."""
-    args = [a for a in _args("contrastive", data_dir, tiny_encoder_dir, tmp_path / "zero2") if a != "--cpu"]
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(_zero_on_two_cpu_processes(tmp_path, stage)),
-              "-m", "bookmatch", *args, "--max-steps", "4", "--bf16"]
-    run = subprocess.run(launch, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+    run = _launch(_zero_on_two_cpu_processes(tmp_path, stage), data_dir, tiny_encoder_dir, tmp_path / "zero", "--max-steps", "4", "--bf16")
     assert run.returncode == 0, run.stderr[-3000:]
-    weights = load_file(str(tmp_path / "zero2" / "final" / "model.safetensors"))
+    weights = load_file(str(tmp_path / "zero" / "final" / "model.safetensors"))
     assert {str(w.dtype) for w in weights.values()} == {"torch.float32"}
     # bf16-rounded copies would survive a round trip through bf16 unchanged; the masters do not
     beyond_bf16 = [name for name, w in weights.items() if not torch.equal(w, w.bfloat16().float())]
@@ -126,13 +126,7 @@ def test_zero_bf16_final_weights_are_the_fp32_masters(stage, data_dir, tiny_enco
 
 
 def test_zero3_init_flag_true_is_one_clear_line(data_dir, tiny_encoder_dir, tmp_path):  # noqa: F811
-    config_path = _zero_on_two_cpu_processes(tmp_path, 3)
-    config = yaml.safe_load(config_path.read_text(encoding="utf-8"))
-    config["deepspeed_config"]["zero3_init_flag"] = True
-    config_path.write_text(yaml.safe_dump(config), encoding="utf-8")
-    args = [a for a in _args("contrastive", data_dir, tiny_encoder_dir, tmp_path / "OUT") if a != "--cpu"]
-    run = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config_path), "-m", "bookmatch", *args],
-                         cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+    run = _launch(_zero_on_two_cpu_processes(tmp_path, 3, zero3_init_flag=True), data_dir, tiny_encoder_dir, tmp_path / "zero")
     assert run.returncode != 0
     assert "error: zero3_init_flag: true is not supported" in run.stderr
     # the launcher reports its failed children with a traceback of its own; the ranks print none

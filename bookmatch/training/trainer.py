@@ -426,7 +426,7 @@ def _build_accelerator(config: TrainConfig, find_unused_parameters: bool = False
 
 
 @contextlib.contextmanager
-def _whole_models(accelerator):
+def _whole_models(plugin):
     """Build and load models whole on every rank, even under ZeRO-3.
 
     accelerate registers its DeepSpeed config with transformers even when `zero3_init_flag` is false, and under
@@ -434,8 +434,8 @@ def _whole_models(accelerator):
     built whole in fp32: DeepSpeed refuses the mix under bf16, and the teacher (never wrapped by an engine)
     could not run partitioned. Our encoders fit on one device, so every rank builds them whole and the engine
     partitions the prepared model (its fp32 masters then come from the unrounded pretrained weights).
+    `plugin`: the accelerator's DeepSpeed plugin, None without DeepSpeed.
     """
-    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
     if plugin is None:
         yield
         return
@@ -533,13 +533,13 @@ def run_training(task: _Task, on_step: Callable[[int], None] | None = None) -> P
     data = load_pair_data(config.data)
     train_split = subsample(data.splits["train"], config.sample, config.seed)
     val_split = subsample(data.splits["validation"], config.eval_max_pairs, config.seed + 1)
-    with _whole_models(accelerator):
+    deepspeed_plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    with _whole_models(deepspeed_plugin):  # the model, and the teacher its logits come from
         module = task.build(data, rank, world_size)
-    # every process tokenizes its own in-memory copy (nothing is cached to disk, so nothing to share)
-    train_data = task.tokenize(train_split, train=True)
-    val_data = task.tokenize(val_split)
-    out.mkdir(parents=True, exist_ok=True)
-    with _whole_models(accelerator):
+        # every process tokenizes its own in-memory copy (nothing is cached to disk, so nothing to share)
+        train_data = task.tokenize(train_split, train=True)
+        val_data = task.tokenize(val_split)
+        out.mkdir(parents=True, exist_ok=True)
         train_data = task.add_teacher_logits(train_split, train_data, accelerator, out)
     pad_multiple = 8 if accelerator.device.type == "cuda" else None
     collate = task.collator(pad_multiple)
@@ -563,7 +563,6 @@ def run_training(task: _Task, on_step: Callable[[int], None] | None = None) -> P
 
     optimizer = _optimizer(module, config)
     scheduler = get_linear_schedule_with_warmup(optimizer, _warmup_steps(config, total_steps), total_steps)
-    deepspeed_plugin = getattr(accelerator.state, "deepspeed_plugin", None)
     if deepspeed_plugin is not None:
         # our loaders are not passed to prepare(), so DeepSpeed cannot infer the micro-batch size ("auto"); and
         # under DeepSpeed the engine clips (accelerator.clip_grad_norm_ defers to it), so it gets our norm
@@ -601,7 +600,7 @@ def run_training(task: _Task, on_step: Callable[[int], None] | None = None) -> P
     def save_final() -> None:
         accelerator.wait_for_everyone()
         state_dict = None
-        if getattr(accelerator.state, "deepspeed_plugin", None) is not None:
+        if deepspeed_plugin is not None:
             # ZeRO-3 shards the weights themselves: every rank takes part in gathering them. Under ZeRO-1/2 each
             # weight is a view into one flat buffer, which safetensors refuses to save: each gets its own copy.
             state_dict = accelerator.get_state_dict(model)
