@@ -11,11 +11,21 @@ import pytest
 from bookmatch.prepare.dedup import common_shingles, drop_boilerplate_chunks, group_works, shared_shingle_counts
 from bookmatch.prepare.mining import hard_negative_books, knn_faiss, knn_torch
 from bookmatch.prepare.pairs import COLUMNS, PairOptions, build_split_pairs
-from bookmatch.prepare.records import BookRecord, sentence_hash, sentence_hashes
-from bookmatch.prepare.splits import assign_splits
+from bookmatch.prepare.records import BookRecord, sentence_hash, sentence_hashes, word_gram_shingles
+from bookmatch.prepare.splits import assign_splits, is_holdout_author
 from bookmatch.prepare.topics import GENERAL, chunk_topic
 
-VOCAB = [f"w{i}" for i in range(3000)]
+def letters_word(index: int) -> str:
+    """A distinct made-up word of letters only (word-gram shingles ignore digits)."""
+    word = "w"
+    while True:
+        index, digit = divmod(index, 26)
+        word += chr(ord("a") + digit)
+        if index == 0:
+            return word
+
+
+VOCAB = [letters_word(i) for i in range(3000)]
 CHUNK = 4
 
 
@@ -29,6 +39,7 @@ def make_record(path: str, sentences: list[str], topics: list[str] | None = None
     return BookRecord(
         path=path, author=path.split("/")[0], title=path.split("/")[1], chunks=chunks, chunk_starts=starts,
         chunk_topics=topics or [GENERAL] * len(chunks), sentence_hashes=sentence_hashes(sentences, 6),
+        gram_shingles=word_gram_shingles(" ".join(sentences), 8, 4),
         book_id=path.replace(" ", "_").lower().removesuffix(".txt"),
     )
 
@@ -60,10 +71,39 @@ def test_group_works_finds_copies_and_contained_parts_but_not_distinct_books():
         # shares a few quoted sentences with the complete edition: not enough to be the same text
         make_record("C/quotes.txt", fake_sentences(rng, 200) + whole[:5]),
     ]
-    grouping = group_works(records, containment_threshold=0.5, min_shared_shingles=20)
+    grouping = group_works(records, containment_threshold=0.5, min_shared_shingles=20, large_overlap_shingles=100)
     assert grouping.groups == [[0, 1, 2]]
-    assert grouping.work_of == [0, 0, 0, 3, 4]
+    assert grouping.work_of == grouping.copy_of == [0, 0, 0, 3, 4]
     assert grouping.containment[(0, 1)] == 1.0
+
+
+def test_word_gram_shingles_survive_line_numbers_and_punctuation_and_sample_the_same_runs():
+    text = " ".join(fake_sentences(random.Random(5), 300))
+    # verse line numbers, re-punctuation and re-capitalisation of the same words
+    renumbered = " ".join(f"{w.upper()}, 120" if i % 7 == 0 else f"--{w}" if i % 11 == 0 else w
+                          for i, w in enumerate(text.split()))
+    full, again = word_gram_shingles(text, 8, 1), word_gram_shingles(renumbered, 8, 1)
+    assert len(np.intersect1d(full, again)) / len(full) > 0.98
+    sampled = word_gram_shingles(text, 8, 16)
+    assert np.isin(sampled, full).all() and (sampled % 16 == 0).all()
+    assert 0.04 < len(sampled) / len(full) < 0.09  # about one in 16
+    assert np.array_equal(sampled, np.unique(sampled))
+    assert len(word_gram_shingles("too few words here", 8, 1)) == 0
+
+
+def test_books_sharing_a_story_are_one_work_but_shared_advertisements_are_not_evidence():
+    rng = random.Random(3)
+    story = fake_sentences(rng, 250)  # ~2,750 words printed in two anthologies
+    adverts = fake_sentences(rng, 150)  # a publisher's catalogue at the end of four series books
+    anthology_a = make_record("Ed/anthology_a.txt", fake_sentences(rng, 900) + story + fake_sentences(rng, 900))
+    anthology_b = make_record("Other/anthology_b.txt", fake_sentences(rng, 700) + story)
+    series = [make_record(f"S/series_{i}.txt", fake_sentences(rng, 800) + adverts) for i in range(4)]
+    records = [anthology_a, anthology_b, *series]
+    grouping = group_works(records, containment_threshold=0.5, min_shared_shingles=20, large_overlap_shingles=125)
+    assert grouping.copy_of == [0, 1, 2, 3, 4, 5]  # neither pair is mostly inside the other
+    assert grouping.groups == [[0, 1]]
+    # without the advertisement rule the series books would share enough to merge
+    assert len(np.intersect1d(series[0].gram_shingles, series[1].gram_shingles)) >= 125
 
 
 def test_boilerplate_chunks_are_dropped_by_works_not_copies():
@@ -309,3 +349,13 @@ def test_bf16_centroids_agree_with_fp32(tiny_encoder_dir):
     bf16 = embed_centroids(books, str(tiny_encoder_dir), precision="bf16")
     assert bf16.dtype == np.float32 and not np.array_equal(fp32, bf16)  # it did run in bf16
     assert ((fp32 * bf16).sum(axis=1) > 0.999).all()
+
+
+def test_holdout_authors_match_whole_names_not_editors_or_parts_of_words():
+    holdout = ["hawthorne", "london", "h. g. wells"]
+    assert is_holdout_author("Hawthorne, Nathaniel", holdout)
+    assert is_holdout_author("Jack London", holdout) and is_holdout_author("H. G. Wells", holdout)
+    assert not is_holdout_author("Edited by Julian Hawthorne", holdout)
+    assert not is_holdout_author("Voltaire; translated by Hawthorne", holdout)
+    assert not is_holdout_author("Londonderry, Marchioness of", holdout)
+    assert not is_holdout_author("Carolyn Wells", holdout)

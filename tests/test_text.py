@@ -127,6 +127,16 @@ def test_parse_header_reads_fields_first_line_and_old_style():
     assert (flat.title, flat.author, flat.ebook_id) == ("A Quiet House and Other Stories", "Jane Example", 12345)
     assert parse_header("The Project Gutenberg EBook of Kim, by Rudyard Kipling\n\nbody") == BookMeta(
         title="Kim", author="Rudyard Kipling")
+    # a field name inside a title, on the first line and in the Title field, is part of the title
+    titled = parse_header("The Project Gutenberg EBook of Stories By English Authors: London, by Various\n\n"
+                          "Title: Stories By English Authors: London\n\nAuthor: Various\n\n*** START OF THIS ***\nbody")
+    assert (titled.title, titled.author) == ("Stories By English Authors: London", "Various")
+
+
+def test_a_closing_transcribers_note_is_cut_even_when_indented():
+    body = "\n\n".join(f"Paragraph {i} of the story, which goes on for a while." for i in range(200))
+    stripped = strip_boilerplate(body + "\n\n    Transcriber's Notes:\n\n    Obvious typos were silently corrected.\n")
+    assert stripped.endswith("Paragraph 199 of the story, which goes on for a while.")
 
 
 def test_licence_without_body_comes_back_empty():
@@ -432,3 +442,16 @@ def test_reflow_fast_path_matches_reference_on_random_whitespace():
     for _ in range(20000):
         text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 14)))
         assert reflow(text) == reflow_reference(text), repr(text)
+
+
+def test_a_few_stray_legacy_bytes_in_a_utf8_file_garble_only_themselves():
+    from bookmatch.text.decode import decode_bytes
+
+    good = "Le café était plein. Zoë a dit « bonjour » à René — naïve. " * 200
+    data = good.encode("utf-8") + b"Un caf\xe9 de plus.\n"  # one Latin-1 byte among ~1,400 UTF-8 characters
+    text = decode_bytes(data)
+    assert text == good + "Un café de plus.\n"
+    english = "A plain English book. " * 50 + "A na\xefve caf\xe9 in it."  # a Latin-1 file with two accents
+    assert decode_bytes(english.encode("latin-1")) == english
+    mostly_latin1 = ("Été à la forêt, où l'on a vu des élèves. " * 80).encode("latin-1")
+    assert decode_bytes(mostly_latin1) == "Été à la forêt, où l'on a vu des élèves. " * 80

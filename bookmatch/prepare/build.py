@@ -135,17 +135,17 @@ def build_dataset(
     with timer.stage("dedup"):
         grouping = group_works(
             records, config.containment_threshold, config.min_shared_shingles, config.max_books_per_shingle,
-            config.partial_containment_threshold, config.partial_min_shared_shingles,
+            config.large_overlap_shingles, config.boilerplate_min_works,
         )
     with timer.stage("boilerplate"):
-        common = common_shingles(records, grouping.work_of, config.boilerplate_min_works)
+        common = common_shingles(records, grouping.copy_of, config.boilerplate_min_works)
         dropped_chunks = sum(
             drop_boilerplate_chunks(r, common, config.chunk_size, config.boilerplate_max_fraction) for r in records
         )
         del common
         for record in records:
             # No later stage reads the per-sentence hashes, and they are half of what a book holds in memory.
-            record.sentence_hashes = _NO_HASHES
+            record.sentence_hashes = record.gram_shingles = _NO_HASHES
     skipped = list(skipped)
     used = []
     for index, record in enumerate(records):

@@ -39,18 +39,21 @@ class PrepareConfig:
     holdout_authors: str = ""
     train_ratio: float = 0.8
     val_ratio: float = 0.1
-    # Duplicate works: sentences of at least `shingle_min_words` words are the shingles; two books are one
-    # work when the smaller shares >= `containment_threshold` of its shingles with the larger.
-    shingle_min_words: int = 6
+    # Duplicate works (prepare/dedup.py): shingles are runs of `gram_words` words (letters only), one run in
+    # `gram_keep_one_in` kept, by hash, so every book keeps the same runs. Copies: the smaller book shares
+    # >= `containment_threshold` of its shingles (and >= `min_shared_shingles`) with the larger. Shared text:
+    # >= `large_overlap_shingles` shingles in common (about 125 x 16 = 2,000 words: a story, a long poem),
+    # not counting shingles held by `boilerplate_min_works` or more copy-groups (publishers' advertisements).
+    gram_words: int = 8
+    gram_keep_one_in: int = 16
     containment_threshold: float = 0.5
     min_shared_shingles: int = 20
-    # Verse and re-punctuated editions split into sentences differently, so a poem inside a collected edition
-    # can show as little as ~0.3 containment; a large absolute overlap at a lower share is the same text too.
-    partial_containment_threshold: float = 0.25
-    partial_min_shared_shingles: int = 100
+    large_overlap_shingles: int = 125
     # A shingle in more books than this is too common to say anything about duplication (and costs
     # quadratic candidate pairs), so the inverted index skips it.
     max_books_per_shingle: int = 50
+    # Sentences of at least `shingle_min_words` words are hashed for boilerplate detection.
+    shingle_min_words: int = 6
     # Boilerplate: a sentence found in at least this many distinct works is boilerplate; a chunk made of
     # more than `boilerplate_max_fraction` such sentences is dropped.
     boilerplate_min_works: int = 3
@@ -69,6 +72,8 @@ class PrepareConfig:
             raise ConfigError(f"miner_precision must be one of no, bf16, fp16, auto, not {self.miner_precision!r}")
         if self.knn_backend not in ("faiss", "torch"):
             raise ConfigError(f"knn_backend must be 'faiss' or 'torch', not {self.knn_backend!r}")
+        if self.gram_words < 1 or self.gram_keep_one_in < 1:
+            raise ConfigError(f"gram_words and gram_keep_one_in must be >= 1 (got {self.gram_words}, {self.gram_keep_one_in})")
         if self.max_chunks_per_book < 2 or self.n_negative_per_book < 0 or self.workers < 1:
             raise ConfigError("max_chunks_per_book must be >= 2, n_negative_per_book >= 0, workers >= 1")
 

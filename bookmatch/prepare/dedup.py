@@ -1,10 +1,15 @@
 """Duplicate works and boilerplate chunks.
 
-Two books are one *work* when the smaller one's sentence shingles are largely contained in the larger
-(|A∩B| / min(|A|,|B|)): identical files under two folders, a volume inside its "Complete" edition, a tale
-inside an anthology. Candidates come from an inverted index (shingle -> books, built by one sort), which
-also yields the exact intersection sizes, so it scales to tens of thousands of books without quadratic
-comparison; groups are the connected components (union-find).
+Two books are one *work* when they share text: the smaller one's word-gram shingles are largely contained in
+the larger (|A∩B| / min(|A|,|B|): identical files under two folders, a volume inside its "Complete"
+edition), or they share a large amount of text that few other books hold (two anthologies printing the
+same stories). Whole works go to one split and never form a negative pair. Candidates come from an
+inverted index (shingle -> books, built by one sort), which also yields the exact intersection sizes, so it
+scales to tens of thousands of books without quadratic comparison; works are the connected components
+(union-find).
+
+Boilerplate is counted in sentences: a sentence in several works (front matter, advertisements) marks the
+chunks made of it for removal.
 """
 
 from __future__ import annotations
@@ -20,8 +25,9 @@ from bookmatch.prepare.records import BookRecord
 @dataclass
 class WorkGrouping:
     work_of: list[int]  # book index -> work index (the smallest book index in its group)
+    copy_of: list[int]  # the same by the copies rule alone (see group_works)
     groups: list[list[int]]  # groups of >= 2 book indices, sorted
-    containment: dict[tuple[int, int], float]  # evidence for each merged pair, for the manifest/inspection
+    containment: dict[tuple[int, int], float]  # shingle containment of each merged pair, for the manifest
 
 
 class _UnionFind:
@@ -83,44 +89,61 @@ def group_works(
     containment_threshold: float = 0.5,
     min_shared_shingles: int = 20,
     max_books_per_shingle: int = 50,
-    partial_containment_threshold: float = 1.0,
-    partial_min_shared_shingles: int = 0,
+    large_overlap_shingles: int = 125,
+    common_min_works: int = 3,
 ) -> WorkGrouping:
-    """Books are one work when the smaller is mostly inside the larger (`containment_threshold`, at least
-    `min_shared_shingles` shared), or when a large overlap (`partial_min_shared_shingles`) is still a fair
-    share of it (`partial_containment_threshold`)."""
-    shingle_sets = [r.shingles() for r in records]
+    """Group books into works by their word-gram shingles (`BookRecord.gram_shingles`).
+
+    Two rules, applied in order:
+    1. *copies*: the smaller book is mostly inside the larger (`containment_threshold` of its shingles, at
+       least `min_shared_shingles`): identical files, a volume inside its "Complete" edition;
+    2. *shared text*: the two share at least `large_overlap_shingles` shingles that no more than these
+       copy-groups hold, whatever share of the books that is: two anthologies printing the same stories, a
+       poem inside a collected edition in another translation. Shingles held by `common_min_works` or more
+       copy-groups (a publisher's front matter and advertisements) are not evidence of shared text.
+    `copy_of` keeps the first grouping, which boilerplate detection counts works by.
+    """
+    shingle_sets = [r.gram_shingles for r in records]
     counts = shared_shingle_counts(shingle_sets, max_books_per_shingle)
     union = _UnionFind(len(records))
     evidence: dict[tuple[int, int], float] = {}
     for (a, b), shared in sorted(counts.items()):
-        if shared < min_shared_shingles:
-            continue
-        smaller = min(len(shingle_sets[a]), len(shingle_sets[b]))
-        containment = shared / smaller
-        mostly_inside = containment >= containment_threshold
-        large_overlap = shared >= partial_min_shared_shingles and containment >= partial_containment_threshold
-        if mostly_inside or large_overlap:
+        containment = shared / max(1, min(len(shingle_sets[a]), len(shingle_sets[b])))
+        if shared >= min_shared_shingles and containment >= containment_threshold:
             union.union(a, b)
             evidence[(a, b)] = round(containment, 4)
+    copy_of = [union.find(i) for i in range(len(records))]
+
+    common = shingles_in_many_works(shingle_sets, copy_of, common_min_works)
+    distinctive = [np.setdiff1d(s, common, assume_unique=True) for s in shingle_sets]
+    for (a, b), shared in sorted(shared_shingle_counts(distinctive, max_books_per_shingle).items()):
+        if shared >= large_overlap_shingles and union.find(a) != union.find(b):
+            union.union(a, b)
+            evidence[(a, b)] = round(counts[(a, b)] / max(1, min(len(shingle_sets[a]), len(shingle_sets[b]))), 4)
     work_of = [union.find(i) for i in range(len(records))]
     members: dict[int, list[int]] = {}
     for book, work in enumerate(work_of):
         members.setdefault(work, []).append(book)
     groups = sorted(g for g in members.values() if len(g) > 1)
-    return WorkGrouping(work_of=work_of, groups=groups, containment=evidence)
+    return WorkGrouping(work_of=work_of, copy_of=copy_of, groups=groups, containment=evidence)
 
 
-def common_shingles(records: list[BookRecord], work_of: list[int], min_works: int) -> np.ndarray:
-    """Sorted shingles found in at least `min_works` distinct works: front matter, stock phrases, boilerplate."""
+def shingles_in_many_works(shingle_sets: list[np.ndarray], work_of: list[int], min_works: int) -> np.ndarray:
+    """Sorted shingles found in at least `min_works` distinct works (copies of one work count once)."""
     work_sets: dict[int, list[np.ndarray]] = {}
-    for index, record in enumerate(records):
-        work_sets.setdefault(work_of[index], []).append(record.shingles())
+    for index, shingles in enumerate(shingle_sets):
+        work_sets.setdefault(work_of[index], []).append(shingles)
     per_work = [np.unique(np.concatenate(sets)) for _, sets in sorted(work_sets.items())]
     if not per_work:
         return np.zeros(0, dtype=np.uint64)
     hashes, counts = np.unique(np.concatenate(per_work), return_counts=True)
     return hashes[counts >= min_works]
+
+
+def common_shingles(records: list[BookRecord], work_of: list[int], min_works: int) -> np.ndarray:
+    """Sorted sentence hashes found in at least `min_works` distinct works: front matter, stock phrases,
+    boilerplate."""
+    return shingles_in_many_works([r.sentence_shingles() for r in records], work_of, min_works)
 
 
 def drop_boilerplate_chunks(record: BookRecord, common: np.ndarray, chunk_size: int, max_fraction: float) -> int:

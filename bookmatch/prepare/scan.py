@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from bookmatch.errors import InputError
-from bookmatch.prepare.records import BookRecord, sentence_hashes
+from bookmatch.prepare.records import BookRecord, sentence_hashes, word_gram_shingles
 from bookmatch.prepare.topics import chunk_topic
 
 
@@ -27,6 +27,8 @@ class ChunkingOptions:
     max_chunks_per_book: int
     splitter: str
     shingle_min_words: int
+    gram_words: int
+    gram_keep_one_in: int
     seed: int
 
 
@@ -82,6 +84,7 @@ def load_book_record(path: Path, root: Path, options: ChunkingOptions) -> BookRe
         chunk_starts=[int(chunks[i].start_sentence) for i in keep],
         chunk_topics=[chunk_topic(t) for t in texts],
         sentence_hashes=sentence_hashes(sentences, options.shingle_min_words),
+        gram_shingles=word_gram_shingles(book.text, options.gram_words, options.gram_keep_one_in),
     )
 
 

@@ -38,6 +38,8 @@ def chunking_options(config: PrepareConfig) -> ChunkingOptions:
         max_chunks_per_book=config.max_chunks_per_book,
         splitter=config.splitter,
         shingle_min_words=config.shingle_min_words,
+        gram_words=config.gram_words,
+        gram_keep_one_in=config.gram_keep_one_in,
         seed=config.seed,
     )
 

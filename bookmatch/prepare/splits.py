@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 import hashlib
+import re
 
 SPLITS = ("train", "validation", "test")
 
 
 def _order_key(seed: int, work_key: str) -> str:
     return hashlib.sha1(f"{seed}:{work_key}".encode("utf-8")).hexdigest()
+
+
+# Who edited, translated or illustrated a book is not its author: "Edited by Julian Hawthorne" is no Hawthorne book.
+_CONTRIBUTOR = re.compile(r"\b(?:edited|translated|illustrated|compiled|selected|introduced|arranged)\s+by\b.*", re.IGNORECASE)
+
+
+def is_holdout_author(author: str, holdout: list[str]) -> bool:
+    """Whether a holdout name is a whole word (or words) of `author`, contributors' names left out."""
+    author = _CONTRIBUTOR.sub("", author).lower()
+    return any(re.search(rf"(?<!\w){re.escape(name)}(?!\w)", author) for name in holdout)
 
 
 def assign_splits(
@@ -20,13 +31,13 @@ def assign_splits(
     seed: int,
 ) -> dict[int, str]:
     """{work: split}. `work_keys` gives each work a stable name (its first book id) to hash; a work with any
-    book whose author string contains a holdout name (case-insensitive) goes to test."""
+    book by a holdout author (`is_holdout_author`, case-insensitive: a surname matches every author of that
+    surname) goes to test."""
     holdout = [name.lower() for name in holdout_authors if name]
     split_of: dict[int, str] = {}
     free = []
     for work, key in work_keys.items():
-        authors = [a.lower() for a in work_authors.get(work, [])]
-        if any(name in author for name in holdout for author in authors):
+        if any(is_holdout_author(author, holdout) for author in work_authors.get(work, [])):
             split_of[work] = "test"
         else:
             free.append(work)

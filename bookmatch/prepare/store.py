@@ -3,7 +3,7 @@ pairs (or in the mining sample) are read back. Main-process memory then follows 
 not of the corpus.
 
 One Parquet row per book: path, author, title, chunks (list of texts), chunk_starts, chunk_topics,
-sentence_hashes. Shard folders and the single-machine work folder use the same file, so both paths read
+sentence_hashes, gram_shingles. Shard folders and the single-machine work folder use the same file, so both paths read
 identical records.
 """
 
@@ -17,7 +17,7 @@ import numpy as np
 from bookmatch.prepare.records import BookRecord
 
 ROWS_PER_GROUP = 16
-_META_COLUMNS = ["path", "author", "title", "chunk_starts", "chunk_topics", "sentence_hashes"]
+_META_COLUMNS = ["path", "author", "title", "chunk_starts", "chunk_topics", "sentence_hashes", "gram_shingles"]
 
 
 def _schema():
@@ -27,6 +27,7 @@ def _schema():
         ("path", pa.string()), ("author", pa.string()), ("title", pa.string()),
         ("chunks", pa.list_(pa.large_string())), ("chunk_starts", pa.list_(pa.int64())),
         ("chunk_topics", pa.list_(pa.string())), ("sentence_hashes", pa.list_(pa.uint64())),
+        ("gram_shingles", pa.list_(pa.uint64())),
     ])
 
 
@@ -56,7 +57,7 @@ class RecordWriter:
         if len(self._pending) >= ROWS_PER_GROUP:
             self._flush()
         return BookRecord(record.path, record.author, record.title, None, record.chunk_starts,
-                          record.chunk_topics, record.sentence_hashes)
+                          record.chunk_topics, record.sentence_hashes, gram_shingles=record.gram_shingles)
 
     def _flush(self) -> None:
         import pyarrow as pa
@@ -69,6 +70,7 @@ class RecordWriter:
             "chunks": [r.chunks for r in rows], "chunk_starts": [r.chunk_starts for r in rows],
             "chunk_topics": [r.chunk_topics for r in rows],
             "sentence_hashes": [np.asarray(r.sentence_hashes, dtype=np.uint64) for r in rows],
+            "gram_shingles": [np.asarray(r.gram_shingles, dtype=np.uint64) for r in rows],
         }, schema=_schema()))
         self._pending = []
 
@@ -91,15 +93,16 @@ def read_records(path: str | Path, with_texts: bool = False) -> list[BookRecord]
         data = batch.to_pydict() if with_texts else {n: batch.column(n) for n in columns}
         for row in range(batch.num_rows):
             if with_texts:
-                hashes = np.asarray(data["sentence_hashes"][row], dtype=np.uint64)
                 get = lambda name: data[name][row]  # noqa: E731
+                as_hashes = lambda name: np.asarray(data[name][row], dtype=np.uint64)  # noqa: E731
             else:
-                hashes = np.asarray(data["sentence_hashes"][row].values.to_numpy(zero_copy_only=False), dtype=np.uint64)
                 get = lambda name: data[name][row].as_py()  # noqa: E731
+                as_hashes = lambda name: np.asarray(data[name][row].values.to_numpy(zero_copy_only=False), dtype=np.uint64)  # noqa: E731
             records.append(BookRecord(
                 path=get("path"), author=get("author"), title=get("title"),
                 chunks=get("chunks") if with_texts else None,
-                chunk_starts=get("chunk_starts"), chunk_topics=get("chunk_topics"), sentence_hashes=hashes,
+                chunk_starts=get("chunk_starts"), chunk_topics=get("chunk_topics"),
+                sentence_hashes=as_hashes("sentence_hashes"), gram_shingles=as_hashes("gram_shingles"),
             ))
     return records
 

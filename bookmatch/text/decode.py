@@ -41,6 +41,18 @@ def _sniff_binary(data: bytes, source: str) -> None:
         raise UnreadableText(f"{_where(source)}binary data (NUL bytes), not text")
 
 
+def _cp1252_bytes(err: UnicodeDecodeError) -> tuple[str, int]:
+    return err.object[err.start : err.end].decode("cp1252", errors="replace"), err.end
+
+
+codecs.register_error("bookmatch-cp1252", _cp1252_bytes)
+# A UTF-8 file may hold a few stray legacy bytes (an edit in another editor): decoding the whole file as a legacy
+# encoding would garble every correct character, so up to this share of bad bytes among the non-ASCII
+# characters, only the bad bytes are read as cp1252.
+_MAX_STRAY_BYTE_SHARE = 0.01
+_MIN_STRAY_BYTES = 8
+
+
 def _decode_utf8(data: bytes) -> str | None:
     try:
         return data.decode("utf-8")
@@ -48,7 +60,12 @@ def _decode_utf8(data: bytes) -> str | None:
         # A file cut inside its last multi-byte character: keep everything before the broken tail.
         if err.reason == "unexpected end of data" and err.end == len(data) and len(data) - err.start < 4:
             return data[: err.start].decode("utf-8")
-        return None
+    replaced = data.decode("utf-8", errors="replace")
+    stray = replaced.count("\ufffd") - data.count("\ufffd".encode("utf-8"))
+    non_ascii = sum(1 for ch in replaced if ord(ch) > 127) - stray
+    if stray <= max(_MIN_STRAY_BYTES, _MAX_STRAY_BYTE_SHARE * non_ascii):
+        return data.decode("utf-8", errors="bookmatch-cp1252")
+    return None
 
 
 def _decode_legacy(data: bytes) -> str:

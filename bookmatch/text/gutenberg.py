@@ -59,18 +59,27 @@ _CREDIT = re.compile(
 _CREDIT_PARAGRAPHS_CHECKED = 12
 _CREDIT_MAX_CHARS = 1200
 
-# Header fields: a value runs to a blank line, the next field name, or the end of the header.
+# Header fields. A field starts a line and its value runs to the next line that starts a field, a blank line
+# or the end of the header; a title may hold a field name ("Stories By English Authors: London"). Headers
+# re-flowed onto one line are read with the looser pattern: a field name anywhere, ending at the next one.
 _FIELD_NAMES = r"(?:Title|Author|Authors|Translator|Translated\s+by|Editor|Illustrator|Release\s+Date|Posting\s+Date|Last\s+Updated|Language|Character\s+set\s+encoding|Other|Contributor|Credits|Produced\s+by|Edition|Most\s+recently\s+updated)"
-_FIELD_END = r"(?=\s+" + _FIELD_NAMES + r":|\n[ \t]*\n|\s*\*{3}|\Z)"
+_LINE_FIELD_END = r"(?=\n[ \t]*" + _FIELD_NAMES + r":|\n[ \t]*\n|\s*\*{3}|\Z)"
+_INLINE_FIELD_END = r"(?=\s+" + _FIELD_NAMES + r":|\n[ \t]*\n|\s*\*{3}|\Z)"
 
 
-def _field(name: str) -> re.Pattern:
-    return re.compile(r"(?:^|\s)" + name + r":[ \t]*(.+?)" + _FIELD_END, re.IGNORECASE | re.DOTALL)
+class _Field:
+    def __init__(self, name: str) -> None:
+        flags = re.IGNORECASE | re.DOTALL
+        self.line = re.compile(r"(?:^|\n)[ \t]*" + name + r":[ \t]*(.+?)" + _LINE_FIELD_END, flags)
+        self.inline = re.compile(r"(?:^|\s)" + name + r":[ \t]*(.+?)" + _INLINE_FIELD_END, flags)
+
+    def search(self, header: str) -> re.Match | None:
+        return self.line.search(header) or self.inline.search(header)
 
 
-_TITLE = _field("Title")
-_AUTHOR = _field(r"(?:Author|Authors)")
-_LANGUAGE = _field("Language")
+_TITLE = _Field("Title")
+_AUTHOR = _Field(r"(?:Author|Authors)")
+_LANGUAGE = _Field("Language")
 _SERIES_BY = re.compile(r"in\s+our\s+series\s+by\s+([^\n*]+)", _I)
 _EBOOK_ID = re.compile(r"\[\s*(?:e-?book|e-?text)\s*#\s*(\d+)\s*\]|This\s+file\s+should\s+be\s+named\s+(\d+)", _I)
 _FIRST_LINE = re.compile(
@@ -181,6 +190,6 @@ def _drop_trailing_note(body: str) -> str:
     """Cut a transcriber's note that closes the book (it describes the e-text, not the book)."""
     tail_start = len(body) - max(len(body) // 10, 3000)
     cut = body.rfind("Transcriber", max(tail_start, 0))
-    if cut > 0 and body[cut - 1] == "\n" and re.match(r"Transcriber'?s?\s+Notes?", body[cut : cut + 30], _I):
+    if cut > 0 and body[:cut].rstrip(" \t")[-1:] in ("\n", "") and re.match(r"Transcriber'?s?\s+Notes?", body[cut : cut + 30], _I):
         return body[:cut]
     return body
