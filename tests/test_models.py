@@ -256,3 +256,28 @@ def test_head_learning_rate_applies_to_new_heads_only(bi_encoder):
     assert lr_of[id(bi_encoder.classifier[0].weight)] == 1e-3
     assert lr_of[id(bi_encoder.projection[0].weight)] == 1e-3
     assert len(lr_of) == sum(1 for p in bi_encoder.parameters() if p.requires_grad)
+
+
+def test_half_precision_backbones_and_bf16_configs_load_in_float32(tiny_encoder_dir, tmp_path):
+    from transformers import AutoModel, AutoTokenizer
+
+    half = tmp_path / "bf16_backbone"
+    AutoModel.from_pretrained(tiny_encoder_dir, dtype=torch.bfloat16).save_pretrained(half)  # config.json names bf16
+    AutoTokenizer.from_pretrained(tiny_encoder_dir).save_pretrained(half)
+    bi = BiEncoder.from_backbone(str(half), projection_dim=8, max_seq_length=32)
+    cross = CrossEncoder.from_backbone(str(half), max_seq_length=32)
+    assert {p.dtype for p in bi.parameters()} == {p.dtype for p in cross.model.parameters()} == {torch.float32}
+    cross.model.config.dtype = torch.bfloat16  # what a DeepSpeed bf16 run leaves in the saved config.json
+    reloaded = CrossEncoder.from_pretrained(cross.save_pretrained(tmp_path / "cross"))
+    assert {p.dtype for p in reloaded.model.parameters()} == {torch.float32}
+
+
+def test_model_folders_without_tokenizer_files_are_refused(bi_encoder, tiny_encoder_dir, tmp_path):
+    folders = [bi_encoder.save_pretrained(tmp_path / "bi"), CrossEncoder.from_backbone(str(tiny_encoder_dir)).save_pretrained(tmp_path / "cross")]
+    for folder in folders:
+        for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+            (folder / name).unlink(missing_ok=True)
+    for load, folder in zip((BiEncoder.from_pretrained, CrossEncoder.from_pretrained), folders):
+        with pytest.raises(ModelLoadError, match="tokenizer") as caught:
+            load(folder)
+        assert "\n" not in str(caught.value)

@@ -45,7 +45,11 @@ def gutenberg_command(ids_text, ids_file, out, concurrency, timeout, retries, mi
 
     ids = parse_ids(ids_text or "")
     if ids_file is not None:
-        ids += [i for i in parse_ids(ids_file.read_text(encoding="utf-8")) if i not in ids]
+        try:
+            listed = ids_file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            raise InputError(f"--ids-file {ids_file}: cannot read it as UTF-8 text ({type(err).__name__}); give one Gutenberg ID per line or comma-separated") from err
+        ids += [i for i in parse_ids(listed) if i not in ids]
     if not ids:
         raise InputError("no Gutenberg IDs given: pass --ids 1342,84 or --ids-file FILE")
     config = build_config(GutenbergConfig, config_file, {

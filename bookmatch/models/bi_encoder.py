@@ -20,7 +20,7 @@ from torch import nn
 
 from bookmatch.errors import ModelLoadError
 from bookmatch.models.pooling import POOLING_MODES, pool
-from bookmatch.models.resolve import resolve_model_path
+from bookmatch.models.resolve import check_tokenizer, first_line, resolve_model_path
 from bookmatch.storage import atomic_directory, atomic_write_json
 from bookmatch.text.lexical import LexicalFingerprint, signature_cosine
 from bookmatch.text.style import get_side_feature_set
@@ -122,10 +122,12 @@ class BiEncoder(nn.Module):
 
         path = resolve_model_path(backbone, local_files_only=local_files_only)
         try:
-            encoder = AutoModel.from_pretrained(path, local_files_only=local_files_only)
+            # float32 whatever the checkpoint's config says: the optimizer needs fp32 weights; bf16 comes from autocast
+            encoder = AutoModel.from_pretrained(path, local_files_only=local_files_only, dtype=torch.float32)
             tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local_files_only)
         except (OSError, ValueError) as err:
-            raise ModelLoadError(f"cannot load backbone {backbone!r} from {path}: {err}") from err
+            raise ModelLoadError(f"cannot load backbone {backbone!r} from {path}: {first_line(err)}") from err
+        check_tokenizer(tokenizer, encoder.config, path)
         return cls(BiEncoderConfig(backbone=str(backbone), **config_values), encoder, tokenizer)
 
     @classmethod
@@ -144,13 +146,13 @@ class BiEncoder(nn.Module):
             encoder = AutoModel.from_config(AutoConfig.from_pretrained(model_dir, local_files_only=True))
             tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
         except (OSError, ValueError, TypeError, json.JSONDecodeError) as err:
-            raise ModelLoadError(f"cannot read the bi-encoder in {model_dir}: {err}; re-save it with save_pretrained") from err
+            raise ModelLoadError(f"cannot read the bi-encoder in {model_dir}: {first_line(err)}; re-save it with save_pretrained") from err
+        check_tokenizer(tokenizer, encoder.config, model_dir)
         model = cls(config, encoder, tokenizer)
         try:
             model.load_state_dict(load_weights(model_dir), strict=True)
         except RuntimeError as err:  # shapes or names do not match the config beside them
-            first = str(err).strip().splitlines()[0]
-            raise ModelLoadError(f"weights in {model_dir} do not match its {CONFIG_NAME}: {first}") from err
+            raise ModelLoadError(f"weights in {model_dir} do not match its {CONFIG_NAME}: {first_line(err)}") from err
         model.sync_lexical()
         model.eval()
         if device is not None:

@@ -12,7 +12,7 @@ from typing import Sequence
 import torch
 
 from bookmatch.errors import ModelLoadError
-from bookmatch.models.resolve import resolve_model_path
+from bookmatch.models.resolve import check_tokenizer, first_line, resolve_model_path
 from bookmatch.storage import atomic_directory, atomic_write_json
 
 CONFIG_NAME = "bookmatch_config.json"
@@ -41,10 +41,11 @@ class CrossEncoder:
 
         path = resolve_model_path(backbone, local_files_only=local_files_only)
         try:
-            model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2, local_files_only=local_files_only)
+            model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2, local_files_only=local_files_only, dtype=torch.float32)
             tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local_files_only)
         except (OSError, ValueError) as err:
-            raise ModelLoadError(f"cannot load backbone {backbone!r} from {path}: {err}") from err
+            raise ModelLoadError(f"cannot load backbone {backbone!r} from {path}: {first_line(err)}") from err
+        check_tokenizer(tokenizer, model.config, path)
         return cls(CrossEncoderConfig(backbone=str(backbone), max_seq_length=max_seq_length), model, tokenizer)
 
     @classmethod
@@ -59,11 +60,12 @@ class CrossEncoder:
             values = json.loads(config_path.read_text(encoding="utf-8"))
             known = {f.name for f in dataclasses.fields(CrossEncoderConfig)}
             config = CrossEncoderConfig(**{k: v for k, v in values.items() if k in known})
-            model = AutoModelForSequenceClassification.from_pretrained(model_dir, local_files_only=True)
+            # float32 even when config.json names the bf16 a DeepSpeed run trained under (the saved weights are fp32)
+            model = AutoModelForSequenceClassification.from_pretrained(model_dir, local_files_only=True, dtype=torch.float32)
             tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
         except Exception as err:  # transformers raises many types for a damaged folder; all mean the same here
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise ModelLoadError(f"cannot load the cross-encoder in {model_dir}: {first}; re-save or re-train it") from err
+            raise ModelLoadError(f"cannot load the cross-encoder in {model_dir}: {first_line(err)}; re-save or re-train it") from err
+        check_tokenizer(tokenizer, model.config, model_dir)
         model.eval()
         if device is not None:
             model.to(device)

@@ -63,3 +63,20 @@ def resolve_model_path(name: str | os.PathLike, local_files_only: bool = True) -
             f"{hint}; pass a local path, or allow downloads with --no-local-files-only"
         )
     return text
+
+
+def first_line(err: BaseException) -> str:
+    """An exception's first line, for one-line errors (transformers' messages run to many lines)."""
+    text = str(err).strip()
+    return text.splitlines()[0][:300] if text else type(err).__name__
+
+
+def check_tokenizer(tokenizer, model_config, where) -> None:
+    """Refuse a tokenizer far smaller than the model's vocabulary: with its files missing, transformers
+    builds an empty one that maps every word to [UNK] and scores without complaint."""
+    vocab_size = getattr(model_config, "vocab_size", None)
+    if vocab_size and len(tokenizer) < vocab_size // 2:
+        raise ModelLoadError(
+            f"the tokenizer in {where} has {len(tokenizer)} tokens for a model of {vocab_size}: its tokenizer files "
+            "are missing or damaged; copy them from the backbone or re-save the model"
+        )
