@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from bookmatch.config import ConfigError
 from bookmatch.errors import InputError
 from bookmatch.evaluation.metrics import compute_metrics
 from bookmatch.precision import check_precision
@@ -138,7 +140,16 @@ class StyleCalibration:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "StyleCalibration":
-        return cls(tuple(float(v) for v in data["x"]), tuple(float(v) for v in data["y"]))
+        """ValueError (or KeyError/TypeError) unless the knots are a usable map: np.interp quietly returns
+        garbage for unequal lengths, unsorted or non-finite x, so a damaged file is refused here instead."""
+        x, y = tuple(float(v) for v in data["x"]), tuple(float(v) for v in data["y"])
+        if len(x) != len(y) or not x:
+            raise ValueError(f"x and y must hold the same number (>= 1) of knots, got {len(x)} and {len(y)}")
+        if not all(math.isfinite(v) for v in x + y):
+            raise ValueError("the knots must be finite numbers")
+        if any(b < a for a, b in zip(x, x[1:])):
+            raise ValueError("x must be non-decreasing")
+        return cls(x, y)
 
 
 def fit_style_calibration(cosines: Sequence[float], labels: Sequence[int]) -> StyleCalibration:
@@ -181,8 +192,16 @@ def load_calibration(model_dir: str | os.PathLike, model_kind: str | None = None
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
         calibration = Calibration(temperature=float(data["temperature"]), threshold=float(data["threshold"]), offset=float(data.get("offset", 0.0)))
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise InputError(f"calibration file {path} is unreadable ({err}); re-run `bookmatch calibrate` or delete it") from err
+        # A zero, negative or infinite temperature (or a NaN anywhere) would give every pair p = 0, 1 or NaN
+        # without a word: refuse it like an unreadable file.
+        if not (math.isfinite(calibration.temperature) and calibration.temperature > 0):
+            raise ValueError(f"temperature must be a finite number > 0, got {calibration.temperature}")
+        if not (math.isfinite(calibration.threshold) and 0.0 <= calibration.threshold <= 1.0):
+            raise ValueError(f"threshold must lie in [0, 1], got {calibration.threshold}")
+        if not math.isfinite(calibration.offset):
+            raise ValueError(f"offset must be finite, got {calibration.offset}")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        raise InputError(f"calibration file {path} is unreadable or corrupt ({_one_line(err)}); re-run `bookmatch calibrate` or delete it") from err
     fitted_for = data.get("model_kind")
     if model_kind is not None and fitted_for is not None and fitted_for != model_kind:
         raise InputError(f"calibration file {path} was fitted for a {fitted_for}, not this {model_kind}; keep each model in its own run folder or re-run `bookmatch calibrate`")
@@ -195,8 +214,13 @@ def load_style_calibration(model_dir: str | os.PathLike) -> StyleCalibration | N
         return None
     try:
         return StyleCalibration.from_json(json.loads(path.read_text(encoding="utf-8")))
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise InputError(f"style calibration file {path} is unreadable ({err}); re-run `bookmatch calibrate` or delete it") from err
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        raise InputError(f"style calibration file {path} is unreadable or corrupt ({_one_line(err)}); re-run `bookmatch calibrate` or delete it") from err
+
+
+def _one_line(err: Exception) -> str:
+    text = str(err).strip()
+    return (text.splitlines()[0][:200] if text else type(err).__name__)
 
 
 def calibration_figures(labels: Sequence[int], probabilities: Sequence[float], threshold: float) -> dict[str, Any]:
@@ -284,6 +308,11 @@ class CalibrateConfig:
 
     def __post_init__(self) -> None:
         check_precision(self.precision)
+        # Checked here, not when the stage runs: the pipeline builds every config before prepare and training.
+        if self.target not in TARGETS:
+            raise ConfigError(f"target must be one of {', '.join(TARGETS)}, got {self.target!r}")
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ConfigError(f"batch_size must be a whole number >= 1, got {self.batch_size!r}")
 
 
 def calibrate(config: CalibrateConfig | str | os.PathLike, data_dir: str | os.PathLike | None = None, target: str | None = None, **options: Any) -> dict[str, Any]:
@@ -327,12 +356,15 @@ def calibrate(config: CalibrateConfig | str | os.PathLike, data_dir: str | os.Pa
         "after": calibration_figures(labels, after, threshold),
         "config": dataclasses.asdict(config),
     }
-    atomic_write_json(calibration_path(config.model_dir), result)
+    # calibration.json is the stage's completion marker (the pipeline skips a calibrated model): remove the old
+    # one, write the style map, and write calibration.json last, so a run cut in between is redone.
+    calibration_path(config.model_dir).unlink(missing_ok=True)
     if raw.cosine is not None:
         style = fit_style_calibration(raw.cosine, labels)
         payload = style.to_json()
         payload["pairs"] = len(pairs)
         payload["source"] = pairs.source
         atomic_write_json(style_calibration_path(config.model_dir), payload)
+    atomic_write_json(calibration_path(config.model_dir), result)
     log.info(summary_line("calibrate: scored", len(pairs), seconds, "pairs"))
     return result

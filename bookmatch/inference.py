@@ -37,11 +37,19 @@ CROSS_ENCODER = "cross-encoder"
 # ---------------------------------------------------------------------------------------------- reading input
 
 
-def read_pairs_jsonl(path: str | os.PathLike, require_label: bool = False, skip_bad_lines: bool = False, bad_lines: list[str] | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
+def read_pairs_jsonl(
+    path: str | os.PathLike,
+    require_label: bool = False,
+    skip_bad_lines: bool = False,
+    bad_lines: list[str] | None = None,
+    skip_hint: str | None = None,
+) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, object) for each JSON line holding non-empty `text1` and `text2` (and `label` if required).
 
     A bad line raises InputError naming the file and line, or with `skip_bad_lines` is described in
     `bad_lines` (when given) and skipped. Blank lines are ignored. Bytes that are not UTF-8 are replaced.
+    `skip_hint`: the caller's flag that skips bad lines (e.g. "--skip-bad-lines"), suggested in the error;
+    None where the caller has no such flag, so the message never points at an option that does not exist.
     """
     path = Path(path)
     if not path.is_file():
@@ -62,7 +70,7 @@ def read_pairs_jsonl(path: str | os.PathLike, require_label: bool = False, skip_
                 continue
             message = f"{path} line {number}: {problem}"
             if not skip_bad_lines:
-                raise InputError(f"{message}; fix the line or pass --skip-bad-lines")
+                raise InputError(f"{message}; fix the line" + (f" or pass {skip_hint}" if skip_hint else ""))
             if bad_lines is not None:
                 bad_lines.append(message)
 
@@ -77,12 +85,40 @@ def _pair_problem(row: Any, require_label: bool) -> str | None:
             return f"field {key!r} must be a string"
         if not row[key].strip():
             return f"field {key!r} is empty"
+        if not is_valid_unicode(row[key]):
+            return f"field {key!r} holds a lone surrogate (e.g. \\ud800), which is not valid Unicode text; re-encode the line as UTF-8"
     if require_label:
         if "label" not in row:
             return "missing field 'label'"
         if row["label"] not in (0, 1, True, False):
             return f"label must be 0 or 1, got {row['label']!r}"
     return None
+
+
+def is_valid_unicode(text: str) -> bool:
+    """False for text holding lone surrogates (a JSON "\\ud800", or argv bytes that were not UTF-8): the
+    tokenizer cannot take them, so they are bad input rather than something to score."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def os_reason(err: OSError, path: str | os.PathLike) -> str:
+    """Why `path` could not be created, in words: mkdir through a file says "File exists", which misleads."""
+    if isinstance(err, (FileExistsError, NotADirectoryError)):
+        for part in [Path(path), *Path(path).parents]:
+            if part.exists() and not part.is_dir():
+                return f"{part} is a file, not a folder"
+    return err.strerror or str(err)
+
+
+def check_batch_size(batch_size: Any, name: str = "batch size") -> int:
+    """`batch_size` as an int >= 1: 0 crashes the encoder and a negative one silently skips encoding."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise InputError(f"{name} must be a whole number >= 1, got {batch_size!r}")
+    return batch_size
 
 
 # ---------------------------------------------------------------------------------------------- models
@@ -101,8 +137,31 @@ def detect_model_kind(model_dir: str | os.PathLike) -> str:
             raise ModelLoadError(f"{config_path} is not valid JSON ({err}); re-save the model") from err
         return CROSS_ENCODER if "cross" in str(model_type) else BI_ENCODER
     if (model_dir / "config.json").exists():
-        return CROSS_ENCODER
+        if _looks_like_sequence_classifier(model_dir / "config.json"):
+            return CROSS_ENCODER
+        # A bare encoder's config.json (e.g. a bi-encoder that lost its bookmatch_config.json): calling it a
+        # cross-encoder would send the user after the wrong problem.
+        raise ModelLoadError(
+            f"{model_dir} has no bookmatch_config.json and its config.json is not a sequence classifier: the folder is "
+            "incomplete; pass the whole `final/` folder written by `bookmatch train` (or re-save the model)"
+        )
     raise ModelLoadError(f"{model_dir} holds no model (no bookmatch_config.json or config.json): pass the `final/` folder written by `bookmatch train`")
+
+
+def _looks_like_sequence_classifier(config_path: Path) -> bool:
+    """Whether a Hugging Face config.json describes a 2-label sequence classifier (a cross-encoder)."""
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    if not isinstance(config, dict):
+        return False
+    architectures = config.get("architectures")
+    if architectures:
+        return any(isinstance(a, str) and a.endswith("ForSequenceClassification") for a in architectures)
+    # No architectures recorded: fall back on the label count of a 2-way head.
+    id2label = config.get("id2label")
+    return config.get("num_labels") == 2 or (isinstance(id2label, dict) and len(id2label) == 2)
 
 
 def default_device() -> str:
@@ -149,6 +208,10 @@ TRUNCATED = "are read"  # marks the truncation warning (counted in batch reports
 
 def _truncation_warning(max_tokens: int) -> str:
     return f"a text is longer than {max_tokens} tokens: only its first {max_tokens} {TRUNCATED}"
+
+
+def _pair_truncation_warning(max_tokens: int) -> str:
+    return f"the two texts together are longer than the cross-encoder's {max_tokens} tokens: only {max_tokens} of their tokens {TRUNCATED}"
 
 
 def _text_key(text: str) -> str:
@@ -269,13 +332,40 @@ class CrossEncoderScorer:
 
     @property
     def max_text_tokens(self) -> int:
-        # the pair shares max_seq_length; a text alone past it is surely cut
+        """Tokens of one pair (both texts, [CLS] and two [SEP]) the model reads: longer pairs are truncated."""
         config = getattr(self.model, "config", None)
         return int(getattr(config, "max_seq_length", 512) or 512)
 
     @property
     def tokenizer(self):
         return self.model.tokenizer
+
+    def pair_token_lengths(self, text1: Sequence[str], text2: Sequence[str]) -> list[int]:
+        """Untruncated token count of each pair as the model joins them (special tokens included)."""
+        if not len(text1):
+            return []
+        encoded = self.tokenizer(list(text1), list(text2), add_special_tokens=True, truncation=False, verbose=False)
+        return [len(ids) for ids in encoded["input_ids"]]
+
+    def pair_warnings(self, text1: Sequence[str], text2: Sequence[str]) -> list[list[str]]:
+        """Per pair: a warning when the model will truncate it (it truncates the pair as a whole)."""
+        max_tokens = self.max_text_tokens
+        out: list[list[str]] = [[] for _ in text1]
+        unsure = []
+        for i, (a, b) in enumerate(zip(text1, text2)):
+            words = len(a.split()) + len(b.split())
+            # As in Matcher.text_warnings: every word is at least one token ([CLS] + 2 [SEP] added), a token
+            # rarely shorter than one character; only pairs between the bounds need the tokenizer.
+            if words + 3 > max_tokens:
+                out[i].append(_pair_truncation_warning(max_tokens))
+            elif len(a) + len(b) > max_tokens - 3:
+                unsure.append(i)
+        if unsure:
+            lengths = self.pair_token_lengths([text1[i] for i in unsure], [text2[i] for i in unsure])
+            for i, n_tokens in zip(unsure, lengths):
+                if n_tokens > max_tokens:
+                    out[i].append(_pair_truncation_warning(max_tokens))
+        return out
 
     def raw_scores(self, text1: Sequence[str], text2: Sequence[str], batch_size: int = 64, show_progress: bool = False) -> RawScores:
         from bookmatch.calibration import logit_margin
@@ -403,9 +493,11 @@ class Matcher:
 
     # checks ---------------------------------------------------------------------------------------------
     def text_warnings(self, texts: Sequence[str]) -> list[list[str]]:
-        """Per text: warnings about very short texts and texts the model will truncate."""
+        """Per text: warnings about very short texts and texts the bi-encoder will truncate.
+
+        The cross-encoder truncates pairs, not texts: `score_many` checks the pairs it sends there."""
         out: list[list[str]] = [[] for _ in texts]
-        max_tokens = min(s.max_text_tokens for s in self._scorers())
+        max_tokens = self.bi.max_text_tokens
         unsure = []
         for i, text in enumerate(texts):
             words = len(text.split())
@@ -423,9 +515,6 @@ class Matcher:
                     out[i].append(_truncation_warning(max_tokens))
         return out
 
-    def _scorers(self):
-        return [self.bi] + ([self.cross] if self.cross is not None else [])
-
     def _token_lengths(self, texts: list[str]) -> list[int]:
         encoded = self.bi.tokenizer(texts, add_special_tokens=True, truncation=False, verbose=False)
         return [len(ids) for ids in encoded["input_ids"]]
@@ -435,6 +524,7 @@ class Matcher:
         return self.score_many([(text1, text2)])[0]
 
     def score_many(self, pairs: Iterable[tuple[str, str]], batch_size: int = 64, check: bool = True) -> list[MatchResult]:
+        check_batch_size(batch_size)
         pairs = list(pairs)
         if not pairs:
             return []
@@ -444,6 +534,8 @@ class Matcher:
             for name, text in (("text1", a), ("text2", b)):
                 if not isinstance(text, str) or not text.strip():
                     raise InputError(f"pair {number}: {name} is empty or not a string: give two non-empty passages")
+                if not is_valid_unicode(text):
+                    raise InputError(f"pair {number}: {name} holds a lone surrogate, which is not valid Unicode text: pass UTF-8 text")
         warnings: list[list[str]] = [[] for _ in pairs]
         if check:
             per_text = self.text_warnings(text1 + text2)
@@ -463,8 +555,13 @@ class Matcher:
             cross_probability = np.full(len(pairs), np.nan)
             passing = np.flatnonzero(bi_probability >= self.prefilter_threshold)
             if len(passing):
-                cross_raw = self.cross.raw_scores([text1[i] for i in passing], [text2[i] for i in passing], batch_size=batch_size)
+                cross_text1, cross_text2 = [text1[i] for i in passing], [text2[i] for i in passing]
+                cross_raw = self.cross.raw_scores(cross_text1, cross_text2, batch_size=batch_size)
                 cross_probability[passing] = self.cross_calibration.probabilities(cross_raw.margin)
+                if check:
+                    # Only the pairs the cross-encoder decides are subject to its limit.
+                    for i, extra in zip(passing, self.cross.pair_warnings(cross_text1, cross_text2)):
+                        warnings[i] = sorted(set(warnings[i] + extra))
             probability, same_book, by_cross = two_stage_decision(bi_probability, cross_probability, self.prefilter_threshold, self.cross_threshold)
         results = []
         for i in range(len(pairs)):
@@ -499,16 +596,24 @@ class Matcher:
         """
         from bookmatch.progress import progress
 
+        check_batch_size(batch_size)
         input_path, output_path = Path(input_path), Path(output_path)
         block_size = block_size or max(batch_size * 8, 256)
         bad_lines: list[str] = []
         short = truncated = scored = 0
         start = time.perf_counter()
-        output_path.parent.mkdir(parents=True, exist_ok=True)
+        if not input_path.is_file():
+            raise InputError(f"pairs file {input_path} does not exist")
         tmp = output_path.parent / f".{output_path.name}.tmp-{os.getpid()}"
-        rows = read_pairs_jsonl(input_path, skip_bad_lines=skip_bad_lines, bad_lines=bad_lines)
+        # Opened before any scoring: an output that cannot be written must fail in seconds, not after the run.
         try:
-            with open(tmp, "w", encoding="utf-8") as out:
+            output_path.parent.mkdir(parents=True, exist_ok=True)
+            out = open(tmp, "w", encoding="utf-8")
+        except OSError as err:
+            raise InputError(f"cannot write the output {output_path}: {os_reason(err, output_path.parent)}; choose a writable location") from err
+        rows = read_pairs_jsonl(input_path, skip_bad_lines=skip_bad_lines, bad_lines=bad_lines, skip_hint="--skip-bad-lines")
+        try:
+            with out:
                 for block in progress(_blocks(rows, block_size), desc="scoring", unit="block", disable=None if show_progress else True):
                     results = self.score_many([(r["text1"], r["text2"]) for _, r in block], batch_size=batch_size)
                     for (number, row), result in zip(block, results):

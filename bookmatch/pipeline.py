@@ -1,7 +1,8 @@
 """The whole job in one call: prepare -> teacher -> contrastive (distilled) -> calibrate -> evaluate.
 
 A stage is skipped when its own completion marker says it finished (the prepare manifest, a training run's
-train_summary.json, calibration.json, metrics.json), and a training stage that was cut resumes from its latest
+train_summary.json, calibration.json, metrics.json; each stage writes its marker last, and calibrate/evaluate are
+also checked for their other outputs), and a training stage that was cut resumes from its latest
 checkpoint. Stage settings come from a preset (`bookmatch/configs/presets/<name>.yaml`), then an optional YAML
 file of the same shape, then `--set stage.option=value` overrides.
 """
@@ -56,16 +57,38 @@ def load_stage_options(preset: str, file: str | None = None, sets: list[str] | N
                 raise ConfigError(f"{where}: top-level keys must be stages ({', '.join(STAGES)}) mapping to options")
             merged[stage].update(options)
 
-    merge(yaml.safe_load(path.read_text(encoding="utf-8")), str(path))
+    merge(_read_yaml(path, "preset"), str(path))
     if file:
-        merge(yaml.safe_load(Path(file).read_text(encoding="utf-8")), file)
+        merge(_read_yaml(Path(file), "--config"), file)
     for item in sets or []:
         key, sep, raw = item.partition("=")
         stage, dot, option = key.partition(".")
         if not sep or not dot or stage not in merged:
             raise ConfigError(f"--set {item!r}: expected stage.option=value with stage one of {', '.join(STAGES)}")
-        merged[stage][option] = yaml.safe_load(raw)
+        try:
+            merged[stage][option] = yaml.safe_load(raw)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"--set {item!r}: the value is not valid YAML ({_first_line(err)}); quote it, e.g. --set '{key}=\"...\"'") from None
     return merged
+
+
+def _read_yaml(path: Path, what: str) -> Any:
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{what} {path} is not UTF-8 text; save it as UTF-8 YAML") from None
+    except OSError as err:
+        raise ConfigError(f"cannot read {what} {path}: {err.strerror or err}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{what} {path} is not valid YAML ({_first_line(err)}); fix the file") from None
+
+
+def _first_line(err: Exception) -> str:
+    """PyYAML messages span several lines (with a caret picture); the CLI prints one: the problem and where."""
+    problem, mark = getattr(err, "problem", None), getattr(err, "problem_mark", None)
+    if problem and mark is not None:
+        return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
+    return " ".join(line.strip() for line in str(err).strip().splitlines() if line.strip())[:300]
 
 
 def _training_complete(run_dir: Path) -> bool:
@@ -82,7 +105,13 @@ def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
     from bookmatch.training.config import ContrastiveTrainConfig, CrossTrainConfig
     from bookmatch.training.trainer import train_contrastive, train_cross
 
+    from bookmatch.calibration import CALIBRATION_FILE, STYLE_CALIBRATION_FILE
+    from bookmatch.evaluation.evaluate import METRICS_FILE, REPORT_FILES
+
     options = config.stages
+    # Input files too are checked before any work.
+    if config.eval_pairs and not Path(config.eval_pairs).is_file():
+        raise InputError(f"--eval-pairs {config.eval_pairs} does not exist (or is not a file): pass a JSONL file of labelled pairs")
     # Every stage's options are checked before any work: a bad value late in the list must not cost a prepare
     # and a training run first. Paths and the teacher are filled in per stage below.
     for stage_name, cls in (("prepare", PrepareConfig), ("cross", CrossTrainConfig), ("contrastive", ContrastiveTrainConfig),
@@ -144,20 +173,21 @@ def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
     calibrated = [student_dir]
     stage(
         "calibrate",
-        all((run / "calibration.json").exists() for run in calibrated),
+        # calibrate writes calibration.json last; the style map is checked too, for runs cut by older versions
+        all((run / CALIBRATION_FILE).exists() and (run / STYLE_CALIBRATION_FILE).exists() for run in calibrated),
         lambda: [calibrate(build_config(CalibrateConfig, overrides={**calib, "model_dir": str(run / "final"), "data_dir": str(data_dir)})) for run in calibrated],
     )
     evaluations = {"test": {"data_dir": str(data_dir), "split": "test"}}
     if config.eval_pairs:
-        if not Path(config.eval_pairs).exists():
-            raise InputError(f"--eval-pairs {config.eval_pairs} does not exist")
         evaluations["eval_pairs"] = {"pairs_file": config.eval_pairs}
     results: dict[str, Any] = {}
     for name, source in evaluations.items():
         report_dir = reports / name
-        metrics_file = report_dir / "metrics.json"
+        metrics_file = report_dir / METRICS_FILE
         evaluation = {**options.get("evaluate", {}), **source, "model_dir": str(student_dir / "final"), "report_dir": str(report_dir)}
-        stage(f"evaluate:{name}", metrics_file.exists(), lambda evaluation=evaluation: evaluate(build_config(EvaluateConfig, overrides=evaluation)))
+        # evaluate writes metrics.json last; the other outputs are checked too, for runs cut by older versions
+        done = all((report_dir / file).exists() for file in (METRICS_FILE, *REPORT_FILES))
+        stage(f"evaluate:{name}", done, lambda evaluation=evaluation: evaluate(build_config(EvaluateConfig, overrides=evaluation)))
         results[name] = read_json(metrics_file)
     atomic_write_json(out / "pipeline_summary.json", {"timings": timings, "total_seconds": round(time.perf_counter() - started, 1), "complete": True})
     return results

@@ -105,3 +105,66 @@ def test_style_knots_reproduce_isotonic_regression():
     assert style(probe) == pytest.approx(reference.predict(probe), abs=1e-9)
     assert np.all(np.diff(style(probe)) >= 0)
     assert StyleCalibration.from_json(style.to_json()) == style
+
+
+# ---------------------------------------------------------------------------------------------- loading files
+
+
+@pytest.mark.parametrize("content", [
+    '{"temperature": 0, "threshold": 0.5}',
+    '{"temperature": -1.5, "threshold": 0.5}',
+    '{"temperature": NaN, "threshold": 0.5}',
+    '{"temperature": Infinity, "threshold": 0.5}',
+    '{"temperature": 1.0, "threshold": 1.5}',
+    '{"temperature": 1.0, "threshold": 0.5, "offset": NaN}',
+    '[1, 2]',
+])
+def test_corrupt_calibration_file_is_refused(tmp_path, content):
+    from bookmatch.calibration import load_calibration
+
+    (tmp_path / "calibration.json").write_text(content)
+    with pytest.raises(InputError, match="re-run `bookmatch calibrate`") as info:
+        load_calibration(tmp_path / "final")
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("knots", [
+    {"x": [0.1, 0.2], "y": [0.5]},
+    {"x": [], "y": []},
+    {"x": [0.5, 0.1], "y": [0.2, 0.3]},
+    {"x": [0.1, float("nan")], "y": [0.2, 0.3]},
+    {"x": [0.1, 0.2], "y": [0.2, float("inf")]},
+    {"x": "ab", "y": "cd"},
+    {"y": [0.1]},
+])
+def test_corrupt_style_calibration_file_is_refused(tmp_path, knots):
+    import json
+
+    from bookmatch.calibration import load_style_calibration
+
+    (tmp_path / "style_calibration.json").write_text(json.dumps(knots))
+    with pytest.raises(InputError, match="re-run `bookmatch calibrate`") as info:
+        load_style_calibration(tmp_path / "final")
+    assert "\n" not in str(info.value)
+
+
+def test_valid_calibration_files_load(tmp_path):
+    import json
+
+    from bookmatch.calibration import load_calibration, load_style_calibration
+
+    (tmp_path / "calibration.json").write_text(json.dumps({"temperature": 2.0, "threshold": 0.4, "offset": -0.5}))
+    (tmp_path / "style_calibration.json").write_text(json.dumps({"x": [-0.5, 0.1, 0.1, 0.9], "y": [0.0, 0.2, 0.3, 1.0]}))
+    assert load_calibration(tmp_path / "final").temperature == 2.0
+    assert load_style_calibration(tmp_path / "final")(0.9) == pytest.approx(1.0)
+
+
+def test_calibrate_config_checks_its_values():
+    from bookmatch.calibration import CalibrateConfig
+    from bookmatch.config import ConfigError
+
+    with pytest.raises(ConfigError, match="target must be one of"):
+        CalibrateConfig(model_dir="m", target="f2")
+    for value in (0, -4):
+        with pytest.raises(ConfigError, match="batch_size must be"):
+            CalibrateConfig(model_dir="m", batch_size=value)

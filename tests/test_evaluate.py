@@ -168,3 +168,96 @@ def test_calibrate_positional_form_matches_config_form(models, dataset_dir):
     finally:
         for name in ("calibration.json", "style_calibration.json"):
             (models["bi"].parent / name).unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------------------------------------- review fixes
+
+
+def _uncalibrated_copies(models, tmp_path) -> dict[str, Path]:
+    """The tiny models in their own run folders: other tests calibrate the shared ones."""
+    import shutil
+
+    out = {}
+    for kind in ("bi", "cross"):
+        shutil.copytree(models[kind], tmp_path / kind / "final")
+        out[kind] = tmp_path / kind / "final"
+    return out
+
+
+@pytest.mark.parametrize("prefilter", [0.0, 1.0])
+def test_two_stage_prefilter_applies_without_calibration(models, dataset_dir, tmp_path, prefilter):
+    from bookmatch.evaluation.evaluate import EvaluateConfig, evaluate
+    from bookmatch.inference import Matcher
+
+    own = _uncalibrated_copies(models, tmp_path)
+    report = tmp_path / "report"
+    metrics = evaluate(EvaluateConfig(model_dir=str(own["bi"]), cross_model_dir=str(own["cross"]), mode="two-stage", data_dir=str(dataset_dir),
+                                      report_dir=str(report), prefilter_threshold=prefilter, max_pairs=12, precision="no", device="cpu"))
+    assert metrics["calibration"] is None and metrics["prefilter_threshold"] == prefilter
+    predictions = [json.loads(line) for line in (report / "predictions.jsonl").read_text().splitlines()]
+    from bookmatch.calibration import load_labelled_pairs
+
+    pairs = load_labelled_pairs(str(dataset_dir), "test", max_pairs=12)
+    matcher = Matcher.from_pretrained(own["bi"], cross_model=own["cross"], device="cpu", precision="no", prefilter_threshold=prefilter)
+    results = matcher.score_many(list(zip(pairs.text1, pairs.text2)), check=False)
+    assert [p["stage"] for p in predictions] == [r.stage for r in results]
+    assert [p["decision"] for p in predictions] == [int(r.same_book) for r in results]
+    assert [p["probability"] for p in predictions] == pytest.approx([r.probability for r in results], abs=1e-5)
+    expected_stage = "cross-encoder" if prefilter == 0.0 else "bi-encoder"
+    assert metrics["stages"] == {expected_stage: 12}
+
+
+def test_evaluate_report_folder_checked_before_scoring(models, dataset_dir, tmp_path, monkeypatch):
+    from bookmatch.evaluation.evaluate import EvaluateConfig, evaluate
+    from bookmatch.inference import BiEncoderScorer
+
+    def never(*args, **kwargs):
+        raise AssertionError("scored before checking the report folder")
+
+    monkeypatch.setattr(BiEncoderScorer, "raw_scores", never)
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    with pytest.raises(InputError, match=f"{a_file} is a file, not a folder"):
+        evaluate(EvaluateConfig(model_dir=str(models["bi"]), data_dir=str(dataset_dir), report_dir=str(a_file / "rep"), precision="no"))
+    monkeypatch.undo()
+    result = _invoke(["evaluate", "--model", str(models["bi"]), "--data", str(dataset_dir), "--report", str(a_file / "rep"), "--precision", "no"])
+    assert result.exit_code == InputError.exit_code and "Traceback" not in result.output
+
+
+def test_evaluate_options_checked(models, dataset_dir, tmp_path):
+    from bookmatch.config import ConfigError
+    from bookmatch.evaluation.evaluate import EvaluateConfig
+
+    with pytest.raises(ConfigError, match="mode must be one of"):
+        EvaluateConfig(model_dir="m", report_dir="r", mode="twostage")
+    for value in (0, -1):
+        with pytest.raises(ConfigError, match="batch_size must be"):
+            EvaluateConfig(model_dir="m", report_dir="r", batch_size=value)
+    for command in (["evaluate", "--report", str(tmp_path / "r")], ["calibrate"]):
+        result = _invoke(command + ["--model", str(models["bi"]), "--data", str(dataset_dir), "--batch-size", "0"])
+        assert result.exit_code == 2 and "--batch-size" in result.output and "Traceback" not in result.output
+
+
+def test_stage_markers_are_written_last(models, dataset_dir, tmp_path, monkeypatch):
+    """A run cut after the first output file must not leave the file the pipeline takes as 'stage done'."""
+    import bookmatch.calibration as calibration
+    from bookmatch.evaluation import plots
+    from bookmatch.evaluation.evaluate import EvaluateConfig, evaluate
+
+    own = _uncalibrated_copies(models, tmp_path)
+
+    def cut(*args, **kwargs):
+        raise KeyboardInterrupt("simulated kill")
+
+    monkeypatch.setattr(calibration, "fit_style_calibration", cut)
+    with pytest.raises(KeyboardInterrupt):
+        calibration.calibrate(calibration.CalibrateConfig(model_dir=str(own["bi"]), data_dir=str(dataset_dir), max_pairs=20, precision="no", device="cpu"))
+    assert not (own["bi"].parent / "calibration.json").exists()
+
+    monkeypatch.setattr(plots, "plot_roc", cut)
+    report = tmp_path / "report"
+    report.mkdir()
+    (report / "metrics.json").write_text("{}")  # left by an earlier run: must not survive a cut re-run
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(EvaluateConfig(model_dir=str(own["bi"]), data_dir=str(dataset_dir), report_dir=str(report), max_pairs=20, precision="no", device="cpu"))
+    assert not (report / "metrics.json").exists()

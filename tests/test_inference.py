@@ -279,3 +279,108 @@ def test_bf16_autocast_scores_track_fp32_and_auto_resolves_to_the_native_choice(
     assert auto.bi.precision == ("bf16" if native_bf16(use_cuda=False) else "no")
     with pytest.raises(InputError, match="precision"):
         Matcher.from_pretrained(models["bi"], device="cpu", precision="fp8")
+
+
+# ---------------------------------------------------------------------------------------------- review fixes
+
+
+def test_lone_surrogate_is_a_bad_input(models, tmp_path):
+    # json.dumps writes "\ud800" as an escape; json.loads turns it back into a lone surrogate the tokenizer refuses
+    bad = _write_jsonl(tmp_path / "surr.jsonl", [{"text1": "The captain \ud800 spoke", "text2": PASSAGES[1]}, {"text1": PASSAGES[0], "text2": PASSAGES[2]}])
+    with pytest.raises(InputError, match="line 1: field 'text1' holds a lone surrogate"):
+        list(read_pairs_jsonl(bad))
+    model = ["infer", "contrastive", "--model", str(models["bi"]), "--device", "cpu", "--precision", "no"]
+    out = tmp_path / "out.jsonl"
+    stopped = _invoke(model + ["--input", str(bad), "--output", str(out)])
+    assert stopped.exit_code == InputError.exit_code and "lone surrogate" in stopped.stderr and "--skip-bad-lines" in stopped.stderr
+    skipped = _invoke(model + ["--input", str(bad), "--output", str(out), "--skip-bad-lines"])
+    assert skipped.exit_code == 0, skipped.output
+    assert [json.loads(line)["line"] for line in out.read_text().splitlines()] == [2]
+    # argv bytes that are not UTF-8 reach Python as lone surrogates (surrogateescape)
+    argv = _invoke(model + ["--text1", "The captain spoke \udcff to the crew", "--text2", PASSAGES[1]])
+    assert argv.exit_code == InputError.exit_code and "text1 is not valid UTF-8" in argv.stderr
+    assert "Traceback" not in argv.output and len(argv.stderr.strip().splitlines()) == 1
+    stdin = _invoke(model, input='{"text1": "a \\ud800 b", "text2": "c d e"}')
+    assert stdin.exit_code == InputError.exit_code and "text1 is not valid UTF-8" in stdin.stderr
+    matcher = Matcher.from_pretrained(models["bi"], device="cpu", precision="no")
+    with pytest.raises(InputError, match="pair 1: text2 holds a lone surrogate"):
+        matcher.score(PASSAGES[0], "x \ud800 y")
+
+
+def test_batch_size_must_be_positive(models, tmp_path):
+    pairs = _write_jsonl(tmp_path / "pairs.jsonl", [{"text1": a, "text2": b} for a, b in _pairs()[:3]])
+    for value in ("0", "-3"):
+        result = _invoke(["infer", "contrastive", "--model", str(models["bi"]), "--device", "cpu", "--input", str(pairs),
+                          "--output", str(tmp_path / "o.jsonl"), "--batch-size", value])
+        assert result.exit_code == 2 and "--batch-size" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "o.jsonl").exists()
+    matcher = Matcher.from_pretrained(models["bi"], device="cpu", precision="no")
+    for value in (0, -3):
+        with pytest.raises(InputError, match="batch size must be"):
+            matcher.score_many(_pairs()[:2], batch_size=value)
+        with pytest.raises(InputError, match="batch size must be"):
+            matcher.score_file(pairs, tmp_path / "o.jsonl", batch_size=value)
+
+
+def test_unwritable_output_fails_before_scoring(models, tmp_path):
+    pairs = _write_jsonl(tmp_path / "pairs.jsonl", [{"text1": a, "text2": b} for a, b in _pairs()[:3]])
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    result = _invoke(["infer", "contrastive", "--model", str(models["bi"]), "--device", "cpu", "--precision", "no",
+                      "--input", str(pairs), "--output", str(a_file / "sub" / "out.jsonl")])
+    assert result.exit_code == InputError.exit_code, result.output
+    assert f"{a_file} is a file, not a folder" in result.stderr and "Traceback" not in result.output
+
+
+def test_bad_line_message_suggests_skip_flag_only_where_it_exists(models, tmp_path):
+    bad = _write_jsonl(tmp_path / "bad.jsonl", ["not json"])
+    with pytest.raises(InputError) as info:
+        list(read_pairs_jsonl(bad, require_label=True))
+    assert "--skip-bad-lines" not in str(info.value)
+    evaluate = _invoke(["evaluate", "--model", str(models["bi"]), "--pairs", str(bad), "--report", str(tmp_path / "r"), "--precision", "no"])
+    assert evaluate.exit_code == InputError.exit_code and "line 1" in evaluate.stderr and "--skip-bad-lines" not in evaluate.stderr
+    calibrate = _invoke(["calibrate", "--model", str(models["bi"]), "--pairs", str(bad), "--precision", "no"])
+    assert calibrate.exit_code == InputError.exit_code and "line 1" in calibrate.stderr and "--skip-bad-lines" not in calibrate.stderr
+    infer = _invoke(["infer", "contrastive", "--model", str(models["bi"]), "--device", "cpu", "--input", str(bad), "--output", str(tmp_path / "o.jsonl")])
+    assert infer.exit_code == InputError.exit_code and "or pass --skip-bad-lines" in infer.stderr
+
+
+def test_model_kind_without_bookmatch_config(models, tmp_path):
+    import shutil
+
+    from bookmatch.inference import CROSS_ENCODER, detect_model_kind
+
+    bi = tmp_path / "bi" / "final"
+    shutil.copytree(models["bi"], bi)
+    (bi / "bookmatch_config.json").unlink()
+    with pytest.raises(ModelLoadError, match="no bookmatch_config.json"):
+        detect_model_kind(bi)
+    result = _invoke(["infer", "contrastive", "--model", str(bi), "--device", "cpu", "--text1", PASSAGES[0], "--text2", PASSAGES[1]])
+    assert result.exit_code == ModelLoadError.exit_code and "bookmatch_config.json" in result.stderr and "cross-encoder" not in result.stderr
+    cross = tmp_path / "cross" / "final"
+    shutil.copytree(models["cross"], cross)
+    (cross / "bookmatch_config.json").unlink()
+    assert detect_model_kind(cross) == CROSS_ENCODER  # its config.json names a sequence classifier
+
+
+def test_two_stage_warns_when_the_cross_encoder_truncates_a_pair(models):
+    from bookmatch.inference import Matcher as M
+
+    long_a = " ".join([PASSAGES[0], PASSAGES[2], PASSAGES[4]])  # each text fits the cross-encoder's 128 tokens...
+    long_b = " ".join([PASSAGES[1], PASSAGES[3], PASSAGES[5]])  # ...the pair does not
+    all_cross = M.from_pretrained(models["bi"], cross_model=models["cross"], device="cpu", precision="no", prefilter_threshold=0.0)
+    tokens = all_cross.cross.pair_token_lengths([long_a], [long_b])[0]
+    assert tokens > all_cross.cross.max_text_tokens
+    result = all_cross.score(long_a, long_b)
+    assert result.stage == "cross-encoder"
+    assert any("together are longer than the cross-encoder's 128 tokens" in w for w in result.warnings), result.warnings
+    short = all_cross.score(PASSAGES[0], PASSAGES[1])
+    assert not any("longer than" in w for w in short.warnings)
+    # Pairs the bi-encoder decides get no warning from the cross-encoder's limit, even a text past it alone.
+    longer = " ".join([long_a, long_b])
+    assert all_cross.cross.pair_token_lengths([longer], ["x"])[0] > 128
+    none_cross = M.from_pretrained(models["bi"], cross_model=models["cross"], device="cpu", precision="no", prefilter_threshold=1.0)
+    for a, b in ((long_a, long_b), (longer, PASSAGES[1])):
+        result = none_cross.score(a, b)
+        if result.stage == "bi-encoder":
+            assert not any("longer than" in w for w in result.warnings), result.warnings

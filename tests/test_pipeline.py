@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -100,3 +101,89 @@ def test_tiny_pipeline_end_to_end_then_skips(corpus_dir, tiny_encoder_dir, tmp_p
     again = CliRunner().invoke(main, args, catch_exceptions=False)
     assert again.exit_code == 0, again.output
     assert json.loads((out / "pipeline_summary.json").read_text())["timings"] == {}
+
+
+# ---------------------------------------------------------------------------------------------- review fixes
+
+
+def test_bad_config_file_and_set_values_are_one_line_errors(tmp_path):
+    out = tmp_path / "run"
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("prepare: {workers: 2\nbad: [\n")
+    not_utf8 = tmp_path / "latin1.yaml"
+    not_utf8.write_bytes("prepare:\n  books: caf\xe9\n".encode("latin-1"))
+    for args, expected in (
+        (["--config", str(bad_yaml)], f"--config {bad_yaml} is not valid YAML"),
+        (["--config", str(not_utf8)], f"--config {not_utf8} is not UTF-8"),
+        (["--set", "calibrate.target=[oops"], "--set 'calibrate.target=[oops': the value is not valid YAML"),
+    ):
+        result = CliRunner().invoke(main, ["pipeline", "--out", str(out)] + args)
+        assert result.exit_code == 2, result.output
+        assert expected in result.stderr and len(result.stderr.strip().splitlines()) == 1
+        assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--set", "calibrate.target=f2"], "calibrate: target must be one of accuracy, f1"),
+    (["--set", "evaluate.mode=twostage"], "evaluate: mode must be one of contrastive, two-stage"),
+    (["--set", "evaluate.batch_size=0"], "evaluate: batch_size must be"),
+    (["--eval-pairs", "no/such/pairs.jsonl"], "--eval-pairs no/such/pairs.jsonl does not exist"),
+])
+def test_bad_options_fail_before_any_stage(tmp_path, monkeypatch, args, expected):
+    import bookmatch.prepare
+
+    def never(*a, **k):
+        raise AssertionError("a stage ran before the options were checked")
+
+    monkeypatch.setattr(bookmatch.prepare, "run_prepare", never)
+    out = tmp_path / "run"
+    result = CliRunner().invoke(main, ["pipeline", "--out", str(out)] + args)
+    assert result.exit_code == 2, result.output
+    assert expected in result.stderr and "Traceback" not in result.output
+    assert not out.exists()
+
+
+def test_stage_with_missing_outputs_is_not_skipped(tmp_path, monkeypatch):
+    """calibration.json without style_calibration.json, metrics.json without the report: both stages rerun."""
+    import bookmatch.calibration
+    import bookmatch.evaluation.evaluate as evaluate_module
+    import bookmatch.prepare
+    import bookmatch.training.trainer
+    from bookmatch.evaluation.evaluate import METRICS_FILE, REPORT_FILES
+    from bookmatch.pipeline import PipelineConfig, run_pipeline
+
+    out = tmp_path / "run"
+    (out / "data" / "processed").mkdir(parents=True)
+    (out / "data" / "processed" / "manifest.json").write_text(json.dumps({"complete": True}))
+    for run in ("book_matcher", "book_matcher_contrastive"):
+        (out / "models" / run / "final").mkdir(parents=True)
+        (out / "models" / run / "train_summary.json").write_text(json.dumps({"complete": True, "best_val_auc": 0.9}))
+    student = out / "models" / "book_matcher_contrastive"
+    (student / "calibration.json").write_text("{}")  # a cut run: no style_calibration.json
+    (out / "reports" / "test").mkdir(parents=True)
+    (out / "reports" / "test" / METRICS_FILE).write_text("{}")  # a cut run: no report, plots, predictions
+    calls = []
+
+    def never(*a, **k):
+        raise AssertionError("a complete stage ran again")
+
+    def fake_calibrate(config):
+        calls.append("calibrate")
+        (student / "style_calibration.json").write_text("{}")
+
+    def fake_evaluate(config):
+        calls.append("evaluate")
+        for name in (METRICS_FILE, *REPORT_FILES):
+            (Path(config.report_dir) / name).write_text("{}")
+
+    monkeypatch.setattr(bookmatch.prepare, "run_prepare", never)
+    monkeypatch.setattr(bookmatch.training.trainer, "train_cross", never)
+    monkeypatch.setattr(bookmatch.training.trainer, "train_contrastive", never)
+    monkeypatch.setattr(bookmatch.calibration, "calibrate", fake_calibrate)
+    monkeypatch.setattr(evaluate_module, "evaluate", fake_evaluate)
+    run_pipeline(PipelineConfig(books=str(tmp_path), out=str(out), stages=load_stage_options("cpu-small")))
+    assert calls == ["calibrate", "evaluate"]
+    calls.clear()
+    run_pipeline(PipelineConfig(books=str(tmp_path), out=str(out), stages=load_stage_options("cpu-small")))
+    assert calls == []

@@ -15,7 +15,7 @@ from bookmatch.cli.options import precision_option
 @click.option("--pairs", "pairs_file", type=click.Path(dir_okay=False), help="Or a JSONL file of labelled pairs (text1, text2, label).")
 @click.option("--split", default=None, help="Dataset split to fit on [default: validation].")
 @click.option("--target", type=click.Choice(["accuracy", "f1"]), default=None, help="Metric the threshold maximises [default: accuracy].")
-@click.option("--batch-size", type=int, default=None, help="Pairs per forward pass [default: 64].")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Pairs per forward pass [default: 64].")
 @click.option("--max-pairs", type=int, default=None, help="Use at most this many pairs.")
 @click.option("--device", default=None, help="torch device [default: cuda if available, else cpu].")
 @click.option("--offset/--no-offset", "fit_offset", default=None, help="Fit an offset with the temperature (Platt scaling) [default: on].")

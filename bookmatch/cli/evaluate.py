@@ -18,7 +18,7 @@ from bookmatch.cli.options import precision_option
 @click.option("--cross-model", "cross_model_dir", type=click.Path(file_okay=False), default=None, help="Cross-encoder final/ folder (two-stage).")
 @click.option("--mode", type=click.Choice(["contrastive", "two-stage"]), default=None, help="[default: contrastive]")
 @click.option("--prefilter-threshold", type=float, default=None, help="Two-stage: bi-encoder probability below which a pair is rejected at once [default: the bi-encoder's calibrated threshold].")
-@click.option("--batch-size", type=int, default=None, help="[default: 64]")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="[default: 64]")
 @click.option("--max-pairs", type=int, default=None, help="Evaluate at most this many pairs.")
 @click.option("--device", default=None, help="torch device [default: cuda if available, else cpu].")
 @precision_option(None)

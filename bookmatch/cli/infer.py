@@ -36,6 +36,8 @@ def _read_file(path: str | None) -> str | None:
 
 
 def _read_pair(text1, text2, file1, file2) -> tuple[str, str]:
+    from bookmatch.inference import is_valid_unicode
+
     text1 = text1 if text1 is not None else _read_file(file1)
     text2 = text2 if text2 is not None else _read_file(file2)
     if text1 is None and text2 is None:
@@ -54,6 +56,11 @@ def _read_pair(text1, text2, file1, file2) -> tuple[str, str]:
     for name, text in (("text1", text1), ("text2", text2)):
         if not text.strip():
             raise InputError(f"{name} is empty: give two non-empty passages")
+        if not is_valid_unicode(text):
+            # argv bytes that are not UTF-8 arrive as lone surrogates, as does a JSON "\ud800": the tokenizer
+            # cannot take either, and guessing what was meant would score a different text.
+            raise InputError(f"{name} is not valid UTF-8 text (it holds undecodable bytes or a lone surrogate): "
+                             f"pass UTF-8 text, or put it in a file and use --file{name[-1]}")
     return text1, text2
 
 
@@ -89,7 +96,7 @@ def _common(func):
         click.option("--file2", type=click.Path(dir_okay=False), default=None, help="Read the second passage from a file."),
         click.option("--input", "input_path", type=click.Path(dir_okay=False), default=None, help="Batch mode: JSONL with text1, text2 (and optional id)."),
         click.option("--output", "output_path", type=click.Path(dir_okay=False), default=None, help="Batch mode: JSONL to write (appears when complete)."),
-        click.option("--batch-size", type=int, default=64, show_default=True, help="Texts per forward pass."),
+        click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True, help="Texts per forward pass."),
         click.option("--skip-bad-lines", is_flag=True, help="Batch mode: skip lines that are not JSON or lack a field, instead of stopping."),
         click.option("--style-sim", is_flag=True, help="Also report style_similarity."),
         click.option("--device", default=None, help="torch device [default: cuda if available, else cpu]."),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from bookmatch.calibration import Calibration, load_calibration, load_labelled_pairs, probability_from_margin
-from bookmatch.config import save_config
+from bookmatch.config import ConfigError, save_config
 from bookmatch.errors import InputError
 from bookmatch.evaluation import plots
 from bookmatch.evaluation.metrics import compute_metrics, metrics_by_kind
@@ -37,12 +38,24 @@ class EvaluateConfig:
     mode: str = "contrastive"
     batch_size: int = 64
     max_pairs: int | None = None
-    prefilter_threshold: float | None = None  # two-stage, calibrated setting: default the bi-encoder's threshold
+    prefilter_threshold: float | None = None  # two-stage: default the bi-encoder's calibrated threshold, else 0.5
     device: str | None = None
     precision: str = "auto"  # encoders' autocast: auto (bf16 where native) | no | bf16 | fp16
 
     def __post_init__(self) -> None:
         check_precision(self.precision)
+        # Checked here, not when the stage runs: the pipeline builds every config before prepare and training.
+        if self.mode not in MODES:
+            raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ConfigError(f"batch_size must be a whole number >= 1, got {self.batch_size!r}")
+        if self.prefilter_threshold is not None and not 0.0 <= self.prefilter_threshold <= 1.0:
+            raise ConfigError(f"prefilter_threshold must lie in [0, 1], got {self.prefilter_threshold}")
+
+
+# Written last by `evaluate`: its presence means every other report file is complete (the pipeline's marker).
+METRICS_FILE = "metrics.json"
+REPORT_FILES = ("predictions.jsonl", "report.md", "config.yaml", "roc.png", "reliability.png", "score_histograms.png")
 
 
 @dataclass
@@ -72,6 +85,7 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
         raise InputError(f"unknown --mode {config.mode!r}: use one of {', '.join(MODES)}")
     if config.mode == "two-stage" and not config.cross_model_dir:
         raise InputError("--mode two-stage needs --cross-model (the cross-encoder's final/ folder)")
+    report_dir = _writable_report_dir(config.report_dir)
     pairs = load_labelled_pairs(config.data_dir, config.split, config.pairs_file, config.max_pairs)
     if len(pairs) == 0:
         raise InputError(f"{pairs.source} holds no pairs to evaluate")
@@ -95,16 +109,19 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
         calibration_info = None if bi_cal is None else {"temperature": bi_cal.temperature, "offset": bi_cal.offset, "threshold": bi_cal.threshold}
     else:
         cross_cal = load_calibration(config.cross_model_dir, CROSS_ENCODER)
+        # The prefilter the user gives applies in both settings, as `Matcher` / `infer two-stage` apply it;
+        # without one, each setting uses its own bi-encoder threshold (0.5 uncalibrated).
+        raw_prefilter = config.prefilter_threshold if config.prefilter_threshold is not None else 0.5
         prefilter = config.prefilter_threshold if config.prefilter_threshold is not None else (bi_cal.threshold if bi_cal else 0.5)
         # The cross-encoder only reads pairs that pass a prefilter in either setting.
-        needed = probability_from_margin(bi_raw.margin) >= 0.5
+        needed = probability_from_margin(bi_raw.margin) >= raw_prefilter
         if bi_cal is not None:
             needed |= bi_cal.probabilities(bi_raw.margin) >= prefilter
         cross_margin = np.full(len(pairs), np.nan)
         idx = np.flatnonzero(needed)
         if len(idx):
             cross_margin[idx] = cross.raw_scores([pairs.text1[i] for i in idx], [pairs.text2[i] for i in idx], batch_size=config.batch_size).margin
-        uncalibrated = _two_stage(bi_raw.margin, cross_margin, Calibration(), Calibration(), 0.5)
+        uncalibrated = _two_stage(bi_raw.margin, cross_margin, Calibration(), Calibration(), raw_prefilter)
         calibrated = None
         if bi_cal is not None or cross_cal is not None:
             calibrated = _two_stage(bi_raw.margin, cross_margin, bi_cal or Calibration(), cross_cal or Calibration(), prefilter)
@@ -126,6 +143,7 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
         "pairs": len(pairs),
         "positives": int(labels.sum()),
         "calibration": calibration_info,
+        "prefilter_threshold": None if config.mode == "contrastive" else (prefilter if calibrated is not None else raw_prefilter),
         "uncalibrated": compute_metrics(labels, uncalibrated.probability, uncalibrated.threshold, uncalibrated.decisions),
         "calibrated": None if calibrated is None else compute_metrics(labels, calibrated.probability, calibrated.threshold, calibrated.decisions),
         "by_kind": {
@@ -137,15 +155,32 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
         "seconds": round(seconds, 3),
     }
 
-    report_dir = Path(config.report_dir)
-    report_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(report_dir / "metrics.json", metrics)
+    # metrics.json marks a finished report: drop an old one first and write it last, so a run cut while
+    # plotting is redone instead of skipped with files missing.
+    (report_dir / METRICS_FILE).unlink(missing_ok=True)
     _write_predictions(report_dir / "predictions.jsonl", labels, kinds, uncalibrated, calibrated, bi_raw.cosine)
     plot_files = _write_plots(report_dir, labels, kinds, uncalibrated, calibrated)
     atomic_write_text(report_dir / "report.md", render_report(metrics, plot_files))
     save_config(config, report_dir / "config.yaml")
+    atomic_write_json(report_dir / METRICS_FILE, metrics)
     log.info(summary_line("evaluate: scored", len(pairs), seconds, "pairs"))
     return metrics
+
+
+def _writable_report_dir(path: str) -> Path:
+    """Create the report folder before the (long) scoring, so a location that cannot be written fails at once."""
+    report_dir = Path(path)
+    if not path:
+        raise InputError("no report folder given: pass --report DIR")
+    try:
+        report_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        from bookmatch.inference import os_reason
+
+        raise InputError(f"cannot create the report folder {report_dir}: {os_reason(err, report_dir)}; pass a writable --report folder") from err
+    if not os.access(report_dir, os.W_OK | os.X_OK):
+        raise InputError(f"the report folder {report_dir} is not writable; pass a writable --report folder")
+    return report_dir
 
 
 def _write_predictions(path: Path, labels, kinds, uncalibrated: _Scores, calibrated: _Scores | None, cosine) -> None:
