@@ -187,6 +187,8 @@ def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
         evaluation = {**options.get("evaluate", {}), **source, "model_dir": str(student_dir / "final"), "report_dir": str(report_dir)}
         # evaluate writes metrics.json last; the other outputs are checked too, for runs cut by older versions
         done = all((report_dir / file).exists() for file in (METRICS_FILE, *REPORT_FILES))
+        if done and "pairs_file" in source:  # a report on another pairs file than this run's --eval-pairs is stale
+            done = read_json(metrics_file).get("source") == str(source["pairs_file"])
         stage(f"evaluate:{name}", done, lambda evaluation=evaluation: evaluate(build_config(EvaluateConfig, overrides=evaluation)))
         results[name] = read_json(metrics_file)
     atomic_write_json(out / "pipeline_summary.json", {"timings": timings, "total_seconds": round(time.perf_counter() - started, 1), "complete": True})

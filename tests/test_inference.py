@@ -250,6 +250,12 @@ def test_files_with_latin1_bytes_and_missing_output(models, tmp_path):
     assert missing.exit_code == InputError.exit_code and missing.stderr.startswith("error: cannot read")
     no_output = _invoke(base + ["--input", str(first)])
     assert no_output.exit_code == InputError.exit_code and "--input needs --output" in no_output.stderr
+    # options that one mode would silently ignore are refused (before the model loads: a bad folder is not read)
+    unloaded = ["infer", "contrastive", "--model", str(tmp_path / "no_model")]
+    mixed = _invoke(unloaded + ["--input", str(first), "--output", str(tmp_path / "o.jsonl"), "--text1", "a b c"])
+    assert mixed.exit_code == InputError.exit_code and "drop --text1" in mixed.stderr
+    lonely_output = _invoke(unloaded + ["--text1", "a b c", "--text2", "d e f", "--output", str(tmp_path / "o.jsonl")])
+    assert lonely_output.exit_code == InputError.exit_code and "--output is for batch mode" in lonely_output.stderr
 
 
 def test_bf16_autocast_scores_track_fp32_and_auto_resolves_to_the_native_choice(models):

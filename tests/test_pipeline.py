@@ -174,8 +174,9 @@ def test_stage_with_missing_outputs_is_not_skipped(tmp_path, monkeypatch):
 
     def fake_evaluate(config):
         calls.append("evaluate")
-        for name in (METRICS_FILE, *REPORT_FILES):
-            (Path(config.report_dir) / name).write_text("{}")
+        Path(config.report_dir).mkdir(parents=True, exist_ok=True)
+        for name in (*REPORT_FILES, METRICS_FILE):
+            (Path(config.report_dir) / name).write_text(json.dumps({"source": config.pairs_file}))
 
     monkeypatch.setattr(bookmatch.prepare, "run_prepare", never)
     monkeypatch.setattr(bookmatch.training.trainer, "train_cross", never)
@@ -187,3 +188,10 @@ def test_stage_with_missing_outputs_is_not_skipped(tmp_path, monkeypatch):
     calls.clear()
     run_pipeline(PipelineConfig(books=str(tmp_path), out=str(out), stages=load_stage_options("cpu-small")))
     assert calls == []
+    # the report on --eval-pairs is redone when the run is given another pairs file, and only then
+    first, second = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    first.write_text("{}\n"), second.write_text("{}\n")
+    for pairs, expected in ((first, ["evaluate"]), (first, []), (second, ["evaluate"])):
+        calls.clear()
+        run_pipeline(PipelineConfig(books=str(tmp_path), out=str(out), stages=load_stage_options("cpu-small"), eval_pairs=str(pairs)))
+        assert calls == expected, pairs

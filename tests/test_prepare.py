@@ -359,3 +359,17 @@ def test_holdout_authors_match_whole_names_not_editors_or_parts_of_words():
     assert not is_holdout_author("Voltaire; translated by Hawthorne", holdout)
     assert not is_holdout_author("Londonderry, Marchioness of", holdout)
     assert not is_holdout_author("Carolyn Wells", holdout)
+
+
+def test_prepare_with_no_usable_book_is_one_error_and_writes_nothing(tmp_path):
+    from click.testing import CliRunner
+
+    from bookmatch.cli import main
+
+    books = tmp_path / "books" / "Someone"
+    books.mkdir(parents=True)
+    (books / "empty.txt").write_text("")
+    (books / "blank.txt").write_text("  \n\n ")
+    result = CliRunner().invoke(main, ["prepare", "--books", str(tmp_path / "books"), "--out", str(tmp_path / "data"), "--workers", "1"])
+    assert result.exit_code != 0 and "error: no usable book among the 2 files" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "data").exists()

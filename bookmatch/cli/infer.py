@@ -64,12 +64,20 @@ def _read_pair(text1, text2, file1, file2) -> tuple[str, str]:
     return text1, text2
 
 
+def _check_modes(text1, text2, file1, file2, input_path, output_path) -> None:
+    """Refuse option mixes that would silently ignore some of the options (before any model is loaded)."""
+    if input_path is not None and any(v is not None for v in (text1, text2, file1, file2)):
+        raise InputError("--input scores a file of pairs: drop --text1/--text2/--file1/--file2, or drop --input")
+    if input_path is None and output_path is not None:
+        raise InputError("--output is for batch mode: add --input FILE.jsonl (one pair is printed as JSON instead)")
+    if input_path is not None and output_path is None:
+        raise InputError("--input needs --output (the JSONL file to write)")
+
+
 def _run(matcher, text1, text2, file1, file2, input_path, output_path, batch_size, skip_bad_lines, style_sim):
     from bookmatch.progress import summary_line
 
     if input_path is not None:
-        if output_path is None:
-            raise InputError("--input needs --output (the JSONL file to write)")
         report = matcher.score_file(input_path, output_path, batch_size=batch_size, skip_bad_lines=skip_bad_lines, style=style_sim)
         for message in report.bad_lines[:5]:
             _warn(f"skipped {message}")
@@ -118,6 +126,7 @@ def infer():
 @_common
 def contrastive(model_dir, threshold, text1, text2, file1, file2, input_path, output_path, batch_size, skip_bad_lines, style_sim, device, precision):
     """Bi-encoder only. Prints JSON: same_book, confidence, probability[, style_similarity]."""
+    _check_modes(text1, text2, file1, file2, input_path, output_path)
     from bookmatch.inference import Matcher
 
     matcher = Matcher.from_pretrained(model_dir, device=device, threshold=threshold, precision=precision)
@@ -132,6 +141,7 @@ def contrastive(model_dir, threshold, text1, text2, file1, file2, input_path, ou
 @_common
 def two_stage(bi_model_dir, cross_model_dir, prefilter_threshold, cross_threshold, text1, text2, file1, file2, input_path, output_path, batch_size, skip_bad_lines, style_sim, device, precision):
     """Bi-encoder prefilter, cross-encoder decision. Output names the deciding stage."""
+    _check_modes(text1, text2, file1, file2, input_path, output_path)
     from bookmatch.inference import Matcher
 
     matcher = Matcher.from_pretrained(bi_model_dir, cross_model=cross_model_dir, device=device, prefilter_threshold=prefilter_threshold, cross_threshold=cross_threshold, precision=precision)

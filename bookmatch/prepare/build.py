@@ -18,6 +18,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from bookmatch.config import config_to_dict, save_config
+from bookmatch.errors import InputError
 from bookmatch.prepare.config import PrepareConfig
 from bookmatch.prepare.dedup import common_shingles, drop_boilerplate_chunks, group_works
 from bookmatch.prepare.pairs import COLUMNS, NEG_TYPES, PairOptions, pair_columns, sample_split_pairs
@@ -155,6 +156,10 @@ def build_dataset(
             skipped.append({"path": record.path, "reason": "every chunk was boilerplate shared with other books"})
     skipped.sort(key=lambda s: s["path"])
 
+    if not used:
+        examples = "; ".join(f"{s['path']}: {s['reason']}" for s in skipped[:3])
+        raise InputError(f"no usable book among the {books_found} files found ({examples}{'; ...' if len(skipped) > 3 else ''}): "
+                         "put plain-text books under the books folder as <author>/<title>.txt")
     # Re-index on the used books only; a work is named by the smallest book id among its used copies.
     kept = [records[i] for i in used]
     root_of = [grouping.work_of[i] for i in used]
