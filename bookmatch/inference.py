@@ -54,7 +54,8 @@ def read_pairs_jsonl(
     path = Path(path)
     if not path.is_file():
         raise InputError(f"pairs file {path} does not exist")
-    with open(path, encoding="utf-8", errors="replace") as handle:
+    # utf-8-sig: a byte-order mark some editors write would otherwise make the first line bad JSON
+    with open(path, encoding="utf-8-sig", errors="replace") as handle:
         for number, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
@@ -175,14 +176,31 @@ def _load_failure(kind: str, model_dir: Path, err: Exception) -> ModelLoadError:
     return ModelLoadError(f"cannot load the {kind} in {model_dir}: {detail[:300]}; re-save or re-train the model")
 
 
+def resolve_device(device: str | None) -> str:
+    """The device to load on: `device`, checked, or cuda when available. A bad name or an absent GPU is an
+    input error, not a damaged model folder."""
+    import torch
+
+    if device is None:
+        return default_device()
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError) as err:
+        raise InputError(f"--device {device!r} is not a device torch knows: use cpu, cuda or cuda:N") from err
+    if parsed.type == "cuda" and (not torch.cuda.is_available() or (parsed.index or 0) >= torch.cuda.device_count()):
+        raise InputError(f"--device {device}: no such CUDA GPU is visible here ({torch.cuda.device_count()} found); use --device cpu")
+    return device
+
+
 def load_bi_encoder(model_dir: str | os.PathLike, device: str | None = None):
     from bookmatch.models.bi_encoder import BiEncoder
 
+    device = resolve_device(device)
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise ModelLoadError(f"model folder {model_dir} does not exist: pass the `final/` folder written by `bookmatch train`")
     try:
-        return BiEncoder.from_pretrained(model_dir, device=device or default_device())
+        return BiEncoder.from_pretrained(model_dir, device=device)
     except BookmatchError:
         raise
     except Exception as err:  # shape mismatches, truncated tokenizer files...: all mean a damaged folder
@@ -192,11 +210,12 @@ def load_bi_encoder(model_dir: str | os.PathLike, device: str | None = None):
 def load_cross_encoder(model_dir: str | os.PathLike, device: str | None = None):
     from bookmatch.models.cross_encoder import CrossEncoder
 
+    device = resolve_device(device)
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise ModelLoadError(f"cross-encoder folder {model_dir} does not exist: pass the `final/` folder written by `bookmatch train cross`")
     try:
-        return CrossEncoder.from_pretrained(model_dir, device=device or default_device())
+        return CrossEncoder.from_pretrained(model_dir, device=device)
     except BookmatchError:
         raise
     except Exception as err:

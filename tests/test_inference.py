@@ -390,3 +390,13 @@ def test_two_stage_warns_when_the_cross_encoder_truncates_a_pair(models):
         result = none_cross.score(a, b)
         if result.stage == "bi-encoder":
             assert not any("longer than" in w for w in result.warnings), result.warnings
+
+
+def test_byte_order_marks_and_bad_devices(models, tmp_path):
+    pairs = tmp_path / "bom.jsonl"
+    pairs.write_bytes(b"\xef\xbb\xbf" + (json.dumps({"text1": PASSAGES[0], "text2": PASSAGES[1]}) + "\n").encode("utf-8"))
+    assert [number for number, _ in read_pairs_jsonl(pairs)] == [1]
+    base = ["infer", "contrastive", "--model", str(models["bi"])]
+    for device, expected in (("bogus", "is not a device torch knows"), ("cuda:7", "no such CUDA GPU")):
+        result = _invoke(base + ["--device", device, "--text1", PASSAGES[0], "--text2", PASSAGES[1]])
+        assert result.exit_code == InputError.exit_code and expected in result.stderr, result.output

@@ -20,7 +20,7 @@ def _warn(message: str) -> None:
 
 
 def _decode(data: bytes, where: str) -> str:
-    text = data.decode("utf-8", errors="replace")
+    text = data.removeprefix(b"\xef\xbb\xbf").decode("utf-8", errors="replace")  # a byte-order mark is not text
     if "\ufffd" in text and "\ufffd".encode("utf-8") not in data:
         _warn(f"{where} is not valid UTF-8: undecodable bytes were replaced by U+FFFD")
     return text
