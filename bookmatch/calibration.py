@@ -24,8 +24,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from bookmatch.config import ConfigError
-from bookmatch.errors import InputError
+from bookmatch.config import ConfigError, check_batch_size
+from bookmatch.errors import InputError, first_line
 from bookmatch.evaluation.metrics import compute_metrics
 from bookmatch.precision import check_precision
 from bookmatch.storage import atomic_write_json
@@ -201,7 +201,7 @@ def load_calibration(model_dir: str | os.PathLike, model_kind: str | None = None
         if not math.isfinite(calibration.offset):
             raise ValueError(f"offset must be finite, got {calibration.offset}")
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
-        raise InputError(f"calibration file {path} is unreadable or corrupt ({_one_line(err)}); re-run `bookmatch calibrate` or delete it") from err
+        raise InputError(f"calibration file {path} is unreadable or corrupt ({first_line(err, 200)}); re-run `bookmatch calibrate` or delete it") from err
     fitted_for = data.get("model_kind")
     if model_kind is not None and fitted_for is not None and fitted_for != model_kind:
         raise InputError(f"calibration file {path} was fitted for a {fitted_for}, not this {model_kind}; keep each model in its own run folder or re-run `bookmatch calibrate`")
@@ -215,12 +215,7 @@ def load_style_calibration(model_dir: str | os.PathLike) -> StyleCalibration | N
     try:
         return StyleCalibration.from_json(json.loads(path.read_text(encoding="utf-8")))
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
-        raise InputError(f"style calibration file {path} is unreadable or corrupt ({_one_line(err)}); re-run `bookmatch calibrate` or delete it") from err
-
-
-def _one_line(err: Exception) -> str:
-    text = str(err).strip()
-    return (text.splitlines()[0][:200] if text else type(err).__name__)
+        raise InputError(f"style calibration file {path} is unreadable or corrupt ({first_line(err, 200)}); re-run `bookmatch calibrate` or delete it") from err
 
 
 def calibration_figures(labels: Sequence[int], probabilities: Sequence[float], threshold: float) -> dict[str, Any]:
@@ -311,8 +306,7 @@ class CalibrateConfig:
         # Checked here, not when the stage runs: the pipeline builds every config before prepare and training.
         if self.target not in TARGETS:
             raise ConfigError(f"target must be one of {', '.join(TARGETS)}, got {self.target!r}")
-        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise ConfigError(f"batch_size must be a whole number >= 1, got {self.batch_size!r}")
+        check_batch_size(self.batch_size)
 
 
 def calibrate(config: CalibrateConfig | str | os.PathLike, data_dir: str | os.PathLike | None = None, target: str | None = None, **options: Any) -> dict[str, Any]:

@@ -24,6 +24,13 @@ class ConfigError(InputError, ValueError):
     """A config file or option the user can fix (the message says what and where); the CLI prints one line."""
 
 
+def check_batch_size(batch_size: Any, name: str = "batch_size", error: type[InputError] = ConfigError) -> int:
+    """`batch_size` as an int >= 1: 0 crashes the encoder and a negative one silently skips encoding."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise error(f"{name} must be a whole number >= 1, got {batch_size!r}")
+    return batch_size
+
+
 def config_to_dict(config: Any) -> dict[str, Any]:
     def plain(value: Any) -> Any:
         if dataclasses.is_dataclass(value):

@@ -17,3 +17,10 @@ class ModelLoadError(BookmatchError):
     """A model folder with missing or corrupt files, or a model name that cannot be resolved offline."""
 
     exit_code = 3
+
+
+def first_line(err: BaseException, limit: int = 300) -> str:
+    """An exception's first line, at most `limit` characters, for one-line errors (library messages such as
+    transformers' run to many lines)."""
+    text = str(err).strip()
+    return text.splitlines()[0][:limit] if text else type(err).__name__

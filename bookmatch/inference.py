@@ -26,7 +26,9 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 
 from bookmatch.calibration import Calibration, StyleCalibration, load_calibration, load_style_calibration
-from bookmatch.errors import BookmatchError, InputError, ModelLoadError
+from bookmatch.config import check_batch_size
+from bookmatch.errors import BookmatchError, InputError, ModelLoadError, first_line
+from bookmatch.storage import os_reason
 
 # Fewer words than this and the style/topic signal is too thin to trust: scored, but with a warning.
 MIN_RELIABLE_WORDS = 12
@@ -106,22 +108,6 @@ def is_valid_unicode(text: str) -> bool:
     return True
 
 
-def os_reason(err: OSError, path: str | os.PathLike) -> str:
-    """Why `path` could not be created, in words: mkdir through a file says "File exists", which misleads."""
-    if isinstance(err, (FileExistsError, NotADirectoryError)):
-        for part in [Path(path), *Path(path).parents]:
-            if part.exists() and not part.is_dir():
-                return f"{part} is a file, not a folder"
-    return err.strerror or str(err)
-
-
-def check_batch_size(batch_size: Any, name: str = "batch size") -> int:
-    """`batch_size` as an int >= 1: 0 crashes the encoder and a negative one silently skips encoding."""
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise InputError(f"{name} must be a whole number >= 1, got {batch_size!r}")
-    return batch_size
-
-
 # ---------------------------------------------------------------------------------------------- models
 
 
@@ -172,8 +158,7 @@ def default_device() -> str:
 
 
 def _load_failure(kind: str, model_dir: Path, err: Exception) -> ModelLoadError:
-    detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    return ModelLoadError(f"cannot load the {kind} in {model_dir}: {detail[:300]}; re-save or re-train the model")
+    return ModelLoadError(f"cannot load the {kind} in {model_dir}: {first_line(err)}; re-save or re-train the model")
 
 
 def resolve_device(device: str | None) -> str:
@@ -231,6 +216,19 @@ def _truncation_warning(max_tokens: int) -> str:
 
 def _pair_truncation_warning(max_tokens: int) -> str:
     return f"the two texts together are longer than the cross-encoder's {max_tokens} tokens: only {max_tokens} of their tokens {TRUNCATED}"
+
+
+def _longer_than(max_tokens: int, special_tokens: int, words: Sequence[int], chars: Sequence[int], count_tokens) -> list[bool]:
+    """Which items (texts or pairs, given their word and character counts) exceed `max_tokens` once
+    `special_tokens` are added. Every word is at least one token and a token is rarely shorter than one
+    character, so only items between those two bounds go to the (costly) tokenizer:
+    `count_tokens(indices)` returns their token counts, special tokens included."""
+    over = [n_words + special_tokens > max_tokens for n_words in words]
+    unsure = [i for i, n_chars in enumerate(chars) if not over[i] and n_chars > max_tokens - special_tokens]
+    if unsure:
+        for i, n_tokens in zip(unsure, count_tokens(unsure)):
+            over[i] = n_tokens > max_tokens
+    return over
 
 
 def _text_key(text: str) -> str:
@@ -369,22 +367,12 @@ class CrossEncoderScorer:
     def pair_warnings(self, text1: Sequence[str], text2: Sequence[str]) -> list[list[str]]:
         """Per pair: a warning when the model will truncate it (it truncates the pair as a whole)."""
         max_tokens = self.max_text_tokens
-        out: list[list[str]] = [[] for _ in text1]
-        unsure = []
-        for i, (a, b) in enumerate(zip(text1, text2)):
-            words = len(a.split()) + len(b.split())
-            # As in Matcher.text_warnings: every word is at least one token ([CLS] + 2 [SEP] added), a token
-            # rarely shorter than one character; only pairs between the bounds need the tokenizer.
-            if words + 3 > max_tokens:
-                out[i].append(_pair_truncation_warning(max_tokens))
-            elif len(a) + len(b) > max_tokens - 3:
-                unsure.append(i)
-        if unsure:
-            lengths = self.pair_token_lengths([text1[i] for i in unsure], [text2[i] for i in unsure])
-            for i, n_tokens in zip(unsure, lengths):
-                if n_tokens > max_tokens:
-                    out[i].append(_pair_truncation_warning(max_tokens))
-        return out
+        over = _longer_than(
+            max_tokens, 3,  # [CLS] and two [SEP]
+            [len(a.split()) + len(b.split()) for a, b in zip(text1, text2)], [len(a) + len(b) for a, b in zip(text1, text2)],
+            lambda unsure: self.pair_token_lengths([text1[i] for i in unsure], [text2[i] for i in unsure]),
+        )
+        return [[_pair_truncation_warning(max_tokens)] if is_over else [] for is_over in over]
 
     def raw_scores(self, text1: Sequence[str], text2: Sequence[str], batch_size: int = 64, show_progress: bool = False) -> RawScores:
         from bookmatch.calibration import logit_margin
@@ -515,23 +503,15 @@ class Matcher:
         """Per text: warnings about very short texts and texts the bi-encoder will truncate.
 
         The cross-encoder truncates pairs, not texts: `score_many` checks the pairs it sends there."""
-        out: list[list[str]] = [[] for _ in texts]
         max_tokens = self.bi.max_text_tokens
-        unsure = []
-        for i, text in enumerate(texts):
-            words = len(text.split())
-            if words < MIN_RELIABLE_WORDS:
-                out[i].append(f"a text has only {words} word(s): scores of very short texts are unreliable")
-            # Every word is at least one token (plus [CLS] and [SEP]), and a token is rarely shorter than one
-            # character: only texts between those two bounds need the (costly) tokenizer to tell.
-            if words + 2 > max_tokens:
-                out[i].append(_truncation_warning(max_tokens))
-            elif len(text) > max_tokens - 2:
-                unsure.append(i)
-        if unsure:
-            for i, n_tokens in zip(unsure, self._token_lengths([texts[i] for i in unsure])):
-                if n_tokens > max_tokens:
-                    out[i].append(_truncation_warning(max_tokens))
+        words = [len(text.split()) for text in texts]
+        out = [[f"a text has only {n} word(s): scores of very short texts are unreliable"] if n < MIN_RELIABLE_WORDS else []
+               for n in words]
+        over = _longer_than(max_tokens, 2, words, [len(text) for text in texts],  # [CLS] and [SEP]
+                            lambda unsure: self._token_lengths([texts[i] for i in unsure]))
+        for warnings, is_over in zip(out, over):
+            if is_over:
+                warnings.append(_truncation_warning(max_tokens))
         return out
 
     def _token_lengths(self, texts: list[str]) -> list[int]:
@@ -543,7 +523,7 @@ class Matcher:
         return self.score_many([(text1, text2)])[0]
 
     def score_many(self, pairs: Iterable[tuple[str, str]], batch_size: int = 64, check: bool = True) -> list[MatchResult]:
-        check_batch_size(batch_size)
+        check_batch_size(batch_size, "batch size", InputError)
         pairs = list(pairs)
         if not pairs:
             return []
@@ -615,7 +595,7 @@ class Matcher:
         """
         from bookmatch.progress import progress
 
-        check_batch_size(batch_size)
+        check_batch_size(batch_size, "batch size", InputError)
         input_path, output_path = Path(input_path), Path(output_path)
         block_size = block_size or max(batch_size * 8, 256)
         bad_lines: list[str] = []

@@ -68,7 +68,7 @@ def load_stage_options(preset: str, file: str | None = None, sets: list[str] | N
         try:
             merged[stage][option] = yaml.safe_load(raw)
         except yaml.YAMLError as err:
-            raise ConfigError(f"--set {item!r}: the value is not valid YAML ({_first_line(err)}); quote it, e.g. --set '{key}=\"...\"'") from None
+            raise ConfigError(f"--set {item!r}: the value is not valid YAML ({_yaml_problem(err)}); quote it, e.g. --set '{key}=\"...\"'") from None
     return merged
 
 
@@ -80,10 +80,10 @@ def _read_yaml(path: Path, what: str) -> Any:
     except OSError as err:
         raise ConfigError(f"cannot read {what} {path}: {err.strerror or err}") from None
     except yaml.YAMLError as err:
-        raise ConfigError(f"{what} {path} is not valid YAML ({_first_line(err)}); fix the file") from None
+        raise ConfigError(f"{what} {path} is not valid YAML ({_yaml_problem(err)}); fix the file") from None
 
 
-def _first_line(err: Exception) -> str:
+def _yaml_problem(err: Exception) -> str:
     """PyYAML messages span several lines (with a caret picture); the CLI prints one: the problem and where."""
     problem, mark = getattr(err, "problem", None), getattr(err, "problem_mark", None)
     if problem and mark is not None:
@@ -98,15 +98,12 @@ def _training_complete(run_dir: Path) -> bool:
 
 def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
     """Run every unfinished stage; return the test metrics (and eval-pairs metrics when asked)."""
-    from bookmatch.calibration import CalibrateConfig, calibrate
-    from bookmatch.evaluation.evaluate import EvaluateConfig, evaluate
+    from bookmatch.calibration import CALIBRATION_FILE, STYLE_CALIBRATION_FILE, CalibrateConfig, calibrate
+    from bookmatch.evaluation.evaluate import METRICS_FILE, REPORT_FILES, EvaluateConfig, evaluate
     from bookmatch.prepare import run_prepare
     from bookmatch.prepare.config import PrepareConfig
     from bookmatch.training.config import ContrastiveTrainConfig, CrossTrainConfig
     from bookmatch.training.trainer import train_contrastive, train_cross
-
-    from bookmatch.calibration import CALIBRATION_FILE, STYLE_CALIBRATION_FILE
-    from bookmatch.evaluation.evaluate import METRICS_FILE, REPORT_FILES
 
     options = config.stages
     # Input files too are checked before any work.

@@ -70,3 +70,12 @@ def atomic_directory(path: str | os.PathLike, overwrite: bool = True) -> Iterato
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, path)
+
+
+def os_reason(err: OSError, path: str | os.PathLike) -> str:
+    """Why `path` could not be created, in words: mkdir through a file says "File exists", which misleads."""
+    if isinstance(err, (FileExistsError, NotADirectoryError)):
+        for part in [Path(path), *Path(path).parents]:
+            if part.exists() and not part.is_dir():
+                return f"{part} is a file, not a folder"
+    return err.strerror or str(err)

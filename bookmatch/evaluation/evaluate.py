@@ -14,13 +14,13 @@ from typing import Any
 import numpy as np
 
 from bookmatch.calibration import Calibration, load_calibration, load_labelled_pairs, probability_from_margin
-from bookmatch.config import ConfigError, save_config
+from bookmatch.config import ConfigError, check_batch_size, save_config
 from bookmatch.errors import InputError
 from bookmatch.evaluation import plots
 from bookmatch.evaluation.metrics import compute_metrics, metrics_by_kind
 from bookmatch.evaluation.report import render_report
 from bookmatch.precision import check_precision
-from bookmatch.storage import atomic_write_json, atomic_write_text
+from bookmatch.storage import atomic_write_json, atomic_write_text, os_reason
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +47,7 @@ class EvaluateConfig:
         # Checked here, not when the stage runs: the pipeline builds every config before prepare and training.
         if self.mode not in MODES:
             raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
-        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise ConfigError(f"batch_size must be a whole number >= 1, got {self.batch_size!r}")
+        check_batch_size(self.batch_size)
         if self.prefilter_threshold is not None and not 0.0 <= self.prefilter_threshold <= 1.0:
             raise ConfigError(f"prefilter_threshold must lie in [0, 1], got {self.prefilter_threshold}")
 
@@ -175,8 +174,6 @@ def _writable_report_dir(path: str) -> Path:
     try:
         report_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        from bookmatch.inference import os_reason
-
         raise InputError(f"cannot create the report folder {report_dir}: {os_reason(err, report_dir)}; pass a writable --report folder") from err
     if not os.access(report_dir, os.W_OK | os.X_OK):
         raise InputError(f"the report folder {report_dir} is not writable; pass a writable --report folder")

@@ -18,9 +18,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from bookmatch.errors import ModelLoadError
+from bookmatch.errors import ModelLoadError, first_line
 from bookmatch.models.pooling import POOLING_MODES, pool
-from bookmatch.models.resolve import check_tokenizer, first_line, resolve_model_path
+from bookmatch.models.resolve import check_tokenizer, resolve_model_path
 from bookmatch.storage import atomic_directory, atomic_write_json
 from bookmatch.text.lexical import LexicalFingerprint, signature_cosine
 from bookmatch.text.style import get_side_feature_set

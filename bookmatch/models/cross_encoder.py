@@ -11,8 +11,8 @@ from typing import Sequence
 
 import torch
 
-from bookmatch.errors import ModelLoadError
-from bookmatch.models.resolve import check_tokenizer, first_line, resolve_model_path
+from bookmatch.errors import ModelLoadError, first_line
+from bookmatch.models.resolve import check_tokenizer, resolve_model_path
 from bookmatch.storage import atomic_directory, atomic_write_json
 
 CONFIG_NAME = "bookmatch_config.json"

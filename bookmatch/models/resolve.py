@@ -65,12 +65,6 @@ def resolve_model_path(name: str | os.PathLike, local_files_only: bool = True) -
     return text
 
 
-def first_line(err: BaseException) -> str:
-    """An exception's first line, for one-line errors (transformers' messages run to many lines)."""
-    text = str(err).strip()
-    return text.splitlines()[0][:300] if text else type(err).__name__
-
-
 def check_tokenizer(tokenizer, model_config, where) -> None:
     """Refuse a tokenizer far smaller than the model's vocabulary: with its files missing, transformers
     builds an empty one that maps every word to [UNK] and scores without complaint."""

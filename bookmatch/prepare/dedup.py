@@ -105,13 +105,16 @@ def group_works(
     """
     shingle_sets = [r.gram_shingles for r in records]
     counts = shared_shingle_counts(shingle_sets, max_books_per_shingle)
+
+    def containment(a: int, b: int) -> float:
+        return counts[(a, b)] / max(1, min(len(shingle_sets[a]), len(shingle_sets[b])))
+
     union = _UnionFind(len(records))
     evidence: dict[tuple[int, int], float] = {}
     for (a, b), shared in sorted(counts.items()):
-        containment = shared / max(1, min(len(shingle_sets[a]), len(shingle_sets[b])))
-        if shared >= min_shared_shingles and containment >= containment_threshold:
+        if shared >= min_shared_shingles and containment(a, b) >= containment_threshold:
             union.union(a, b)
-            evidence[(a, b)] = round(containment, 4)
+            evidence[(a, b)] = round(containment(a, b), 4)
     copy_of = [union.find(i) for i in range(len(records))]
 
     common = shingles_in_many_works(shingle_sets, copy_of, common_min_works)
@@ -119,7 +122,7 @@ def group_works(
     for (a, b), shared in sorted(shared_shingle_counts(distinctive, max_books_per_shingle).items()):
         if shared >= large_overlap_shingles and union.find(a) != union.find(b):
             union.union(a, b)
-            evidence[(a, b)] = round(counts[(a, b)] / max(1, min(len(shingle_sets[a]), len(shingle_sets[b]))), 4)
+            evidence[(a, b)] = round(containment(a, b), 4)
     work_of = [union.find(i) for i in range(len(records))]
     members: dict[int, list[int]] = {}
     for book, work in enumerate(work_of):
