@@ -455,3 +455,37 @@ def test_a_few_stray_legacy_bytes_in_a_utf8_file_garble_only_themselves():
     assert decode_bytes(english.encode("latin-1")) == english
     mostly_latin1 = ("Été à la forêt, où l'on a vu des élèves. " * 80).encode("latin-1")
     assert decode_bytes(mostly_latin1) == "Été à la forêt, où l'on a vu des élèves. " * 80
+
+
+def test_short_legacy_texts_decode_in_their_own_encoding():
+    # charset-normalizer alone read each of the first three as a Baltic or Central European code page
+    from bookmatch.text.decode import decode_bytes
+
+    western = [
+        ("Un été à la forêt. Sa soeur était là, où l'on a vu des élèves. ", "latin-1"),
+        ("The naïve café owner’s résumé was déjà vu. “Yes,” he said — “well-known.” " * 10, "cp1252"),
+        ("Hän söi pöydällä äänekkäästi. " * 10, "latin-1"),
+        ("Señor Núñez bebió café en la mañana, ¿verdad? ", "latin-1"),
+    ]
+    others = [
+        ("Привет, как дела? Это простой русский текст о книгах. " * 3, "cp1251"),
+        ("Καλημέρα, αυτό είναι ένα ελληνικό κείμενο για βιβλία. " * 3, "iso-8859-7"),
+        ("Zażółć gęślą jaźń, łóżko stało w pokoju. Ów człowiek szedł do domu. " * 3, "cp1250"),
+    ]
+    for text, encoding in western + others:
+        assert decode_bytes(text.encode(encoding)) == text, encoding
+
+
+def test_the_encoding_a_gutenberg_header_declares_wins():
+    from bookmatch.text.decode import decode_bytes
+
+    # without the header charset-normalizer reads these ISO-8859-2 bytes as Nordic ISO-8859-10
+    body = "Zażółć gęślą jaźń, łóżko stało w pokoju. Ów człowiek szedł do domu. " * 5
+    header = "Title: Opowiadania\r\nLanguage: Polish\r\nCharacter set encoding: ISO-8859-2\r\n\r\n"
+    assert decode_bytes((header + body).encode("iso-8859-2")) == (header + body).replace("\r\n", "\n")
+    # "ISO-8859-1" files carry cp1252 quotes in 0x80-0x9F: read as cp1252, not as control characters
+    latin = "Character set encoding: ISO-8859-1\n\n\x93Tr\xe8s bien,\x94 dit-il.\n".encode("latin-1")
+    assert decode_bytes(latin) == "Character set encoding: ISO-8859-1\n\n\u201cTrès bien,\u201d dit-il.\n"
+    # a header that names UTF-8 on a file that is not UTF-8 is no hint
+    lying = "Character set encoding: UTF-8\n\nUn caf\xe9 tr\xe8s bon.\n".encode("latin-1")
+    assert decode_bytes(lying) == "Character set encoding: UTF-8\n\nUn café très bon.\n"
