@@ -46,13 +46,12 @@ def read_json(path: str | os.PathLike) -> Any:
 def atomic_directory(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Path]:
     """Yield a temp folder beside `path`; on success it replaces `path` in one rename.
 
-    On error (or a kill) the temp folder is left as `.<name>.tmp-*` and `path` is untouched; stale temp
-    folders from killed runs are removed on the next call.
+    On error (or a kill) the temp folder is left as `.<name>.tmp-*` and `path` is untouched; the next call
+    removes what killed runs left, and puts the old `path` back if a kill fell between the two renames.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    for stale in path.parent.glob(f".{path.name}.tmp-*"):
-        shutil.rmtree(stale, ignore_errors=True)
+    _clean_after_killed_runs(path)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
     try:
         yield tmp
@@ -70,6 +69,16 @@ def atomic_directory(path: str | os.PathLike, overwrite: bool = True) -> Iterato
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, path)
+
+
+def _clean_after_killed_runs(path: Path) -> None:
+    olds = sorted(path.parent.glob(f".{path.name}.old-*"), key=lambda p: p.stat().st_mtime)
+    if olds and not path.exists():
+        # killed between moving `path` aside and moving the new folder in: the old one is whole (its removal
+        # starts only once the new one is in place), so it is still the last complete version
+        os.replace(olds.pop(), path)
+    for stale in [*olds, *path.parent.glob(f".{path.name}.tmp-*")]:
+        shutil.rmtree(stale, ignore_errors=True)
 
 
 def os_reason(err: OSError, path: str | os.PathLike) -> str:

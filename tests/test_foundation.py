@@ -38,3 +38,23 @@ def test_atomic_json_roundtrip(tmp_path):
 def test_cli_help():
     result = CliRunner().invoke(main, ["--help"])
     assert result.exit_code == 0 and "book-text matcher" in result.output
+
+
+def test_atomic_directory_recovers_from_a_kill_between_its_renames(tmp_path):
+    target = tmp_path / "model"
+    with atomic_directory(target) as tmp:
+        (tmp / "a.txt").write_text("one")
+    # a run killed after moving the old folder aside, before moving its new one in, and one killed while
+    # removing the old folder after the swap
+    target.rename(tmp_path / ".model.old-4242")
+    (tmp_path / ".model.tmp-x1").mkdir()
+    with pytest.raises(RuntimeError):
+        with atomic_directory(target):
+            raise RuntimeError("failed")
+    assert (target / "a.txt").read_text() == "one"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    (tmp_path / ".model.old-4243").mkdir()
+    with atomic_directory(target) as tmp:
+        (tmp / "a.txt").write_text("two")
+    assert (target / "a.txt").read_text() == "two"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
