@@ -4,12 +4,15 @@ BOOKS ?= ../shared/corpus/books
 OUT ?= artifacts/cpu-small
 SKY_VENV ?= .venv-sky
 TEST_ARGS ?=
+# Where torch comes from: empty = pip's configured indexes (this workplace's hold the CPU build). On a machine
+# whose pip reaches PyPI, whose Linux torch is the CUDA build, pass TORCH_INDEX=https://download.pytorch.org/whl/cpu.
+TORCH_INDEX ?=
 
 .PHONY: install install-sky run test bench
 
 install:
 	# torch first and pinned: an unpinned torch pulls several GB of CUDA wheels on a CPU machine.
-	$(PYTHON) -m pip install --quiet "torch==2.13.0"
+	$(PYTHON) -m pip install --quiet "torch==2.13.0" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(PYTHON) -m pip install --quiet -e ".[dev]"
 
 # SkyPilot pins click<8.2, so it gets an environment of its own (used only by the YAML tests).

@@ -1,10 +1,15 @@
-"""The Dockerfiles and the smoke script, checked as text (no Docker engine is needed or used)."""
+"""The Dockerfiles and the smoke script, checked as text (no Docker engine is needed or used); the smoke script's
+CPU run also runs for real, with `docker` answered by the image's entrypoint on this machine."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
 import re
+import shlex
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -79,6 +84,39 @@ def test_cuda_image_uses_one_cuda_version_for_build_and_runtime() -> None:
     assert torch_cuda == version(images[0]).replace(".", ""), "the torch wheel index must match the CUDA base image"
     for package in ("faiss-gpu-cu12", "deepspeed", ".[gpu"):
         assert package in text
+
+
+def deepspeed_build_env() -> dict[str, str]:
+    """The variables Dockerfile.cuda sets inline on the command that installs DeepSpeed with prebuilt ops."""
+    defaults: dict[str, str] = {}
+    for name, args in instructions(REPO / "docker" / "Dockerfile.cuda"):
+        if name == "ARG" and "=" in args:
+            key, value = args.split("=", 1)
+            defaults.setdefault(key.strip(), value.strip().strip('"'))
+        if name != "RUN" or "DS_BUILD_" not in args:
+            continue
+        for command in args.split("&&"):
+            words = shlex.split(resolve_args(command, defaults))
+            if "install" in words and any(w.startswith("deepspeed") for w in words):
+                assignments = [w for w in words[: words.index("install")] if re.match(r"^[A-Za-z_][A-Za-z0-9_]*=", w)]
+                return dict(w.split("=", 1) for w in assignments)
+    raise AssertionError("Dockerfile.cuda installs no DeepSpeed with DS_BUILD_* ops")
+
+
+def test_cuda_image_prebuilds_the_cuda_deepspeed_ops() -> None:
+    """`docker build` sees no GPU; DeepSpeed's op builders, chosen under the build's variables, must be the CUDA ones."""
+    if importlib.util.find_spec("deepspeed") is None:
+        pytest.skip("deepspeed is not installed")
+    build_env = deepspeed_build_env()
+    assert any(key.startswith("DS_BUILD_") and value == "1" for key, value in build_env.items()), build_env
+    probe = ("from deepspeed.ops.op_builder.all_ops import ALL_OPS, accelerator_name\n"
+             "print('@@', accelerator_name, type(ALL_OPS['fused_adam']).__module__)")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DS_")}
+    env.update(build_env, CUDA_VISIBLE_DEVICES="")
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    accelerator, module = [line for line in proc.stdout.splitlines() if line.startswith("@@")][-1].split()[1:]
+    assert accelerator == "cuda" and ".cpu." not in module, f"the image would prebuild {module} for {accelerator}"
 
 
 def test_cpu_image_installs_cpu_torch() -> None:
@@ -164,3 +202,59 @@ def test_smoke_script_parses_and_documents_itself() -> None:
         assert needed in text, needed
     usage = subprocess.run(["bash", str(script), "--help"], capture_output=True, text=True)
     assert usage.returncode == 0 and "--gpu" in usage.stdout
+
+
+# `docker` for the smoke script without a Docker engine: `build` does nothing and `run` runs the image's entrypoint
+# (`bookmatch`) here, with the -v mounts mapped back to their host folders and the image's HF_HOME=/vol/hf.
+FAKE_DOCKER = """
+import os, shlex, sys
+args = sys.argv[1:]
+if args[:1] == ["build"]:
+    sys.exit(0)
+if args[:1] != ["run"]:
+    sys.exit(f"fake docker: {args[:1]} is not simulated")
+mounts, env, i = [], dict(os.environ), 1
+while args[i].startswith("-"):
+    if args[i] == "--rm":
+        i += 1
+    elif args[i] == "-v":
+        host, container = args[i + 1].split(":")[:2]
+        mounts.append((container, host))
+        i += 2
+    elif args[i] == "-e":
+        key, value = args[i + 1].split("=", 1)
+        env[key] = value
+        i += 2
+    else:
+        sys.exit(f"fake docker: option {args[i]} is not simulated")
+def on_host(arg):
+    for container, host in mounts:
+        if arg == container or arg.startswith(container + "/"):
+            return host + arg[len(container):]
+    return arg
+command = [on_host(a) for a in args[i + 1:]]
+if command[:1] == ["pipeline"]:
+    command += shlex.split(os.environ.get("SMOKE_PIPELINE_ARGS", ""))
+env["HF_HOME"] = on_host("/vol/hf")
+os.execve(sys.executable, [sys.executable, "-m", "bookmatch", *command], env)
+"""
+
+
+def test_smoke_script_cpu_run_passes_on_a_working_image(tmp_path: Path, corpus_dir: Path, tiny_encoder_dir: Path) -> None:
+    """The CPU smoke run end to end on the script's own book choice and pipeline options; only the backbone and
+    the step counts are made tiny (split ratios, held-out authors and the checked outputs are the script's)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    docker = bin_dir / "docker"
+    docker.write_text(f"#!{sys.executable}\n{FAKE_DOCKER}", encoding="utf-8")
+    docker.chmod(0o755)
+    tiny = {"contrastive.model": str(tiny_encoder_dir), "contrastive.max_steps": "2", "contrastive.eval_steps": "2",
+            "contrastive.save_steps": "2", "contrastive.sample": "0", "contrastive.max_seq_length": "64",
+            "prepare.hard_negatives": "false", "prepare.max_chunks_per_book": "12"}
+    env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}", TMPDIR=str(tmp_path),
+               PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+               SMOKE_PIPELINE_ARGS=shlex.join(a for k, v in tiny.items() for a in ("--set", f"{k}={v}")))
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "docker_smoke.sh"), "--books", str(corpus_dir / "books")],
+                          capture_output=True, text=True, env=env, timeout=900)
+    assert proc.returncode == 0, f"--- stdout\n{proc.stdout[-3000:]}\n--- stderr\n{proc.stderr[-4000:]}"
+    assert "smoke test passed" in proc.stdout
