@@ -163,11 +163,14 @@ def fit_style_calibration(cosines: Sequence[float], labels: Sequence[int]) -> St
 
 @dataclass(frozen=True)
 class Calibration:
-    """How raw logits become a decision: p = sigmoid((l1 - l0 - offset) / temperature), same book when p >= threshold."""
+    """How raw logits become a decision: p = sigmoid((m - offset) / temperature), same book when p >= threshold,
+    where m is the margin l1 - l0, or the cohort-normalised margin when `cohort_sha256` names a score cohort
+    (`RawScores.score` picks the right one once the scorer holds that cohort)."""
 
     temperature: float = 1.0
     threshold: float = 0.5
     offset: float = 0.0
+    cohort_sha256: str | None = None
 
     def probabilities(self, margin: Sequence[float]) -> np.ndarray:
         return probability_from_margin(margin, self.temperature, self.offset)
@@ -181,6 +184,21 @@ def style_calibration_path(model_dir: str | os.PathLike) -> Path:
     return Path(model_dir).resolve().parent / STYLE_CALIBRATION_FILE
 
 
+def cohort_path(model_dir: str | os.PathLike) -> Path:
+    from bookmatch.cohort import COHORT_FILE
+
+    return Path(model_dir).resolve().parent / COHORT_FILE
+
+
+def load_score_cohort(model_dir: str | os.PathLike, calibration: Calibration | None):
+    """The score cohort `calibration` was fitted with (beside calibration.json), or None when it has none."""
+    if calibration is None or calibration.cohort_sha256 is None:
+        return None
+    from bookmatch.cohort import read_cohort
+
+    return read_cohort(cohort_path(model_dir), calibration.cohort_sha256)
+
+
 def load_calibration(model_dir: str | os.PathLike, model_kind: str | None = None) -> Calibration | None:
     """The calibration.json beside `model_dir` (in its parent), or None when there is none.
 
@@ -191,7 +209,11 @@ def load_calibration(model_dir: str | os.PathLike, model_kind: str | None = None
         return None
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-        calibration = Calibration(temperature=float(data["temperature"]), threshold=float(data["threshold"]), offset=float(data.get("offset", 0.0)))
+        normalization = data.get("score_normalization")
+        calibration = Calibration(
+            temperature=float(data["temperature"]), threshold=float(data["threshold"]), offset=float(data.get("offset", 0.0)),
+            cohort_sha256=None if normalization is None else str(normalization["sha256"]),
+        )
         # A zero, negative or infinite temperature (or a NaN anywhere) would give every pair p = 0, 1 or NaN
         # without a word: refuse it like an unreadable file.
         if not (math.isfinite(calibration.temperature) and calibration.temperature > 0):
@@ -300,6 +322,10 @@ class CalibrateConfig:
     device: str | None = None
     fit_offset: bool = True  # Platt scaling (T and an offset); False: the temperature alone
     precision: str = "auto"  # encoders' autocast: auto (bf16 where native) | no | bf16 | fp16
+    # Bi-encoder score cohort (bookmatch.cohort): this many training passages spread over the training books
+    # (0 = no normalisation); 64 to 546 measured about equal, and each costs every scored text one classifier row.
+    cohort_size: int = 256
+    cohort_data: str | None = None  # prepared dataset whose train split gives the cohort [default: data_dir]
 
     def __post_init__(self) -> None:
         check_precision(self.precision)
@@ -307,6 +333,8 @@ class CalibrateConfig:
         if self.target not in TARGETS:
             raise ConfigError(f"target must be one of {', '.join(TARGETS)}, got {self.target!r}")
         check_batch_size(self.batch_size)
+        if self.cohort_size < 0:
+            raise ConfigError(f"cohort_size must be >= 0 (0 = no score normalisation), got {self.cohort_size}")
 
 
 def calibrate(config: CalibrateConfig | str | os.PathLike, data_dir: str | os.PathLike | None = None, target: str | None = None, **options: Any) -> dict[str, Any]:
@@ -329,13 +357,14 @@ def calibrate(config: CalibrateConfig | str | os.PathLike, data_dir: str | os.Pa
     scorer = load_scorer(config.model_dir, kind, config.device, config.precision)
     config = dataclasses.replace(config, precision=scorer.precision)  # saved resolved: what the scores were computed in
     start = time.perf_counter()
+    cohort = _build_cohort(scorer, config) if kind == "bi-encoder" else None
     raw = scorer.raw_scores(pairs.text1, pairs.text2, batch_size=config.batch_size, show_progress=True)
     seconds = time.perf_counter() - start
     labels = np.asarray(pairs.labels)
 
-    temperature, offset = fit_temperature(raw.margin, labels, fit_offset=config.fit_offset)
+    temperature, offset = fit_temperature(raw.score, labels, fit_offset=config.fit_offset)
     before = probability_from_margin(raw.margin, 1.0)
-    after = probability_from_margin(raw.margin, temperature, offset)
+    after = probability_from_margin(raw.score, temperature, offset)
     threshold = best_threshold(labels, after, config.target)
     result: dict[str, Any] = {
         "model_kind": kind,
@@ -346,6 +375,7 @@ def calibrate(config: CalibrateConfig | str | os.PathLike, data_dir: str | os.Pa
         "offset": offset,
         "threshold": threshold,
         "target": config.target,
+        "score_normalization": None,
         "before": calibration_figures(labels, before, 0.5),
         "after": calibration_figures(labels, after, threshold),
         "config": dataclasses.asdict(config),
@@ -353,6 +383,13 @@ def calibrate(config: CalibrateConfig | str | os.PathLike, data_dir: str | os.Pa
     # calibration.json is the stage's completion marker (the pipeline skips a calibrated model): remove the old
     # one, write the style map, and write calibration.json last, so a run cut in between is redone.
     calibration_path(config.model_dir).unlink(missing_ok=True)
+    cohort_path(config.model_dir).unlink(missing_ok=True)
+    if cohort is not None:
+        from bookmatch.cohort import COHORT_FILE, write_cohort
+
+        sha256 = write_cohort(cohort, cohort_path(config.model_dir))
+        result["score_normalization"] = {"method": "cohort mean margin", "file": COHORT_FILE, "texts": len(cohort), "sha256": sha256,
+                                         "source": f"{config.cohort_data or config.data_dir}[train]"}
     if raw.cosine is not None:
         style = fit_style_calibration(raw.cosine, labels)
         payload = style.to_json()
@@ -362,3 +399,24 @@ def calibrate(config: CalibrateConfig | str | os.PathLike, data_dir: str | os.Pa
     atomic_write_json(calibration_path(config.model_dir), result)
     log.info(summary_line("calibrate: scored", len(pairs), seconds, "pairs"))
     return result
+
+
+def _build_cohort(scorer, config: CalibrateConfig):
+    """Encode the score cohort from the training split and hand it to `scorer`; None when there is none to take."""
+    source = config.cohort_data or config.data_dir
+    if config.cohort_size == 0:
+        return None
+    if source is None:
+        log.warning("calibrate: no prepared dataset to draw a score cohort from (--pairs without --cohort-data): margins are not normalised")
+        return None
+    from bookmatch.cohort import ScoreCohort, select_cohort_texts
+
+    texts = select_cohort_texts(source, config.cohort_size)
+    if not texts:
+        log.warning("calibrate: %s has no train split to draw a score cohort from: margins are not normalised", source)
+        return None
+    embeddings = scorer.embed(texts, batch_size=config.batch_size)
+    scorer.cohort = cohort = ScoreCohort(*embeddings)
+    log.info("calibrate: score cohort of %d training passages", len(cohort))
+    return cohort
+

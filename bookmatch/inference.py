@@ -25,7 +25,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from bookmatch.calibration import Calibration, StyleCalibration, load_calibration, load_style_calibration
+from bookmatch.calibration import Calibration, StyleCalibration, load_calibration, load_score_cohort, load_style_calibration
 from bookmatch.config import check_batch_size
 from bookmatch.errors import BookmatchError, InputError, ModelLoadError, first_line
 from bookmatch.storage import os_reason
@@ -235,12 +235,36 @@ def _text_key(text: str) -> str:
     return hashlib.blake2b(text.encode("utf-8", errors="surrogatepass"), digest_size=16).hexdigest()
 
 
+def _split_cached(cache: OrderedDict, keys: Sequence[str]) -> tuple[dict[str, Any], dict[str, int]]:
+    """The values of `keys` found in the LRU `cache` (each marked as recently used), and the first position of
+    each key that is not there."""
+    found: dict[str, Any] = {}
+    missing: dict[str, int] = {}
+    for position, key in enumerate(keys):
+        if key in found or key in missing:
+            continue
+        if key in cache:
+            cache.move_to_end(key)
+            found[key] = cache[key]
+        else:
+            missing[key] = position
+    return found, missing
+
+
 @dataclass
 class RawScores:
-    """Uncalibrated outputs for aligned pairs: logit margin l1 - l0, and (bi-encoder) cosine of projections."""
+    """Uncalibrated outputs for aligned pairs: logit margin l1 - l0, (bi-encoder) cosine of projections, and
+    (bi-encoder with a score cohort) the cohort-normalised margin."""
 
     margin: np.ndarray
     cosine: np.ndarray | None = None
+    normalized: np.ndarray | None = None
+
+    @property
+    def score(self) -> np.ndarray:
+        """What a calibration applies to: the normalised margin where there is one (a calibration with a
+        cohort was fitted on it, and the scorer then has the cohort), else the margin."""
+        return self.margin if self.normalized is None else self.normalized
 
 
 def resolve_inference_precision(precision: str, model) -> str:
@@ -262,12 +286,26 @@ class BiEncoderScorer:
     """Bi-encoder logits with an LRU cache of per-text embeddings, so a text repeated across pairs (or
     across calls) is encoded once. `precision`: no | bf16 | fp16 | auto (autocast of the encoder)."""
 
-    def __init__(self, model, cache_size: int = 4096, precision: str = "no") -> None:
+    def __init__(self, model, cache_size: int = 4096, precision: str = "no", cohort=None) -> None:
         self.model = model
         self.precision = resolve_inference_precision(precision, model)
         self.cache_size = cache_size
         self._cache: OrderedDict[str, tuple[Any, Any, Any]] = OrderedDict()
+        self._affinities: OrderedDict[str, float] = OrderedDict()
         self.encoded_texts = 0  # how many texts went through the encoder (cache misses), for tests and benchmarks
+        self.cohort = cohort
+
+    @property
+    def cohort(self):
+        """The ScoreCohort that `raw_scores` normalises margins with (None: no normalisation)."""
+        return self._cohort
+
+    @cohort.setter
+    def cohort(self, cohort) -> None:
+        if cohort is not None:
+            cohort.check_fits(self.model)
+        self._cohort = cohort
+        self._affinities.clear()
 
     @property
     def max_text_tokens(self) -> int:
@@ -287,17 +325,8 @@ class BiEncoderScorer:
         from bookmatch.progress import progress
 
         keys = [_text_key(t) for t in texts]
-        rows: dict[str, tuple[Any, Any, Any]] = {}
-        missing: dict[str, str] = {}
-        for key, text in zip(keys, texts):
-            if key in rows or key in missing:
-                continue
-            cached = self._cache.get(key)
-            if cached is not None:
-                self._cache.move_to_end(key)
-                rows[key] = cached
-            else:
-                missing[key] = text
+        rows, first_row = _split_cached(self._cache, keys)
+        missing = {key: texts[row] for key, row in first_row.items()}
         if missing:
             missing_keys = list(missing)
             chunk = max(batch_size * 16, 1)
@@ -317,13 +346,28 @@ class BiEncoderScorer:
             return TextEmbeddings(torch.zeros(0, dim_h), torch.zeros(0, dim_p), torch.zeros(0, self.model.side_features.dim))
         return TextEmbeddings(*(torch.stack([rows[k][j] for k in keys]) for j in range(3)))
 
-    def _remember(self, key: str, row: tuple[Any, Any, Any]) -> None:
+    def _remember(self, key: str, row: Any, cache: OrderedDict | None = None) -> None:
+        cache = self._cache if cache is None else cache
         if self.cache_size <= 0:
             return
-        self._cache[key] = row
-        self._cache.move_to_end(key)
-        while len(self._cache) > self.cache_size:
-            self._cache.popitem(last=False)
+        cache[key] = row
+        cache.move_to_end(key)
+        while len(cache) > self.cache_size:
+            cache.popitem(last=False)
+
+    def affinities(self, texts: Sequence[str], embeddings) -> np.ndarray:
+        """Each text's mean margin against the cohort (cached like the embeddings); `embeddings` are the texts'."""
+        from bookmatch.models.bi_encoder import TextEmbeddings
+
+        keys = [_text_key(t) for t in texts]
+        values, missing = _split_cached(self._affinities, keys)
+        if missing:
+            rows = np.asarray(list(missing.values()))
+            fresh = self.cohort.affinities(self.model, TextEmbeddings(*(t[rows] for t in embeddings)))
+            for key, value in zip(missing, fresh):
+                values[key] = float(value)
+                self._remember(key, float(value), self._affinities)
+        return np.asarray([values[key] for key in keys], dtype=np.float64)
 
     def raw_scores(self, text1: Sequence[str], text2: Sequence[str], batch_size: int = 64, show_progress: bool = False) -> RawScores:
         import torch
@@ -337,9 +381,18 @@ class BiEncoderScorer:
 
         side_a = TextEmbeddings(*(t[:n] for t in emb))
         side_b = TextEmbeddings(*(t[n:] for t in emb))
-        logits = self.model.pair_logits(side_a, side_b)
+        # both orders: the classifier reads [u, v, ...] in order, but "same book" is symmetric, and so is the
+        # score: score(a, b) == score(b, a)
+        logits = 0.5 * (self.model.pair_logits(side_a, side_b) + self.model.pair_logits(side_b, side_a))
         cosine = torch.nn.functional.cosine_similarity(side_a.projected, side_b.projected, dim=-1)
-        return RawScores(margin=logit_margin(logits), cosine=cosine.double().numpy())
+        margin = logit_margin(logits)
+        normalized = None
+        if self.cohort is not None:
+            from bookmatch.cohort import normalized_margin
+
+            affinity = self.affinities(list(text1) + list(text2), emb)
+            normalized = normalized_margin(margin, affinity[:n], affinity[n:])
+        return RawScores(margin=margin, cosine=cosine.double().numpy(), normalized=normalized)
 
 
 class CrossEncoderScorer:
@@ -454,6 +507,8 @@ class Matcher:
         prefilter_threshold: float | None = None,
         cross_threshold: float | None = None,
     ) -> None:
+        if bi_calibration.cohort_sha256 is not None and bi_scorer.cohort is None:
+            raise ValueError("this calibration was fitted on cohort-normalised margins: give the bi-encoder scorer its score cohort (load_score_cohort)")
         self.bi = bi_scorer
         self.bi_calibration = bi_calibration
         self.style_calibration = style_calibration
@@ -482,7 +537,9 @@ class Matcher:
         in their parent folders, when present. `precision`: the encoders' autocast (see BiEncoderScorer)."""
         if detect_model_kind(model_dir) != BI_ENCODER:
             raise ModelLoadError(f"{model_dir} holds a cross-encoder; pass the bi-encoder as the model (and the cross-encoder as the cross model)")
-        bi = BiEncoderScorer(load_bi_encoder(model_dir, device), cache_size=cache_size, precision=precision)
+        bi_calibration = load_calibration(model_dir, BI_ENCODER)
+        bi = BiEncoderScorer(load_bi_encoder(model_dir, device), cache_size=cache_size, precision=precision,
+                             cohort=load_score_cohort(model_dir, bi_calibration))
         cross = cross_calibration = None
         if cross_model is not None:
             if detect_model_kind(cross_model) != CROSS_ENCODER:
@@ -490,7 +547,7 @@ class Matcher:
             cross = CrossEncoderScorer(load_cross_encoder(cross_model, device), precision)
             cross_calibration = load_calibration(cross_model, CROSS_ENCODER)
         return cls(
-            bi, load_calibration(model_dir, BI_ENCODER) or Calibration(), load_style_calibration(model_dir), cross, cross_calibration,
+            bi, bi_calibration or Calibration(), load_style_calibration(model_dir), cross, cross_calibration,
             threshold=threshold, prefilter_threshold=prefilter_threshold, cross_threshold=cross_threshold,
         )
 
@@ -541,7 +598,7 @@ class Matcher:
             n = len(pairs)
             warnings = [sorted(set(per_text[i] + per_text[n + i])) for i in range(n)]
         raw = self.bi.raw_scores(text1, text2, batch_size=batch_size)
-        bi_probability = self.bi_calibration.probabilities(raw.margin)
+        bi_probability = self.bi_calibration.probabilities(raw.score)
         if self.style_calibration is not None and raw.cosine is not None:
             style = self.style_calibration(raw.cosine)
         else:

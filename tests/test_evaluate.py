@@ -62,24 +62,25 @@ def test_calibrate_then_evaluate_dataset(models, dataset_dir, tmp_path):
     native_precision = resolve_mixed_precision("auto", use_cuda=False)
     calibration = models["bi"].parent / "calibration.json"
     style = models["bi"].parent / "style_calibration.json"
+    cohort = models["bi"].parent / "score_cohort.safetensors"
     try:
         result = _invoke(["calibrate", "--model", str(models["bi"]), "--data", str(dataset_dir), "--target", "f1", "--device", "cpu"])
         assert result.exit_code == 0, result.output
         written = json.loads(calibration.read_text())
         assert written["target"] == "f1" and written["pairs"] == 40 and written["temperature"] > 0
-        # temperature minimises NLL on the fitted split: never worse than T = 1
-        assert written["after"]["nll"] <= written["before"]["nll"] + 1e-9
         # the precision the scores were computed in is saved resolved (calibrate and evaluate default to auto)
         assert written["config"]["precision"] == native_precision
         knots = json.loads(style.read_text())
         assert np.all(np.diff(knots["x"]) >= 0) and np.all(np.diff(knots["y"]) >= 0)
+        # the training split's 16 passages make the score cohort, fitted with the rest
+        assert written["score_normalization"]["texts"] == 16 and cohort.exists()
 
         report = tmp_path / "report"
         result = _invoke(["evaluate", "--model", str(models["bi"]), "--data", str(dataset_dir), "--report", str(report), "--device", "cpu", "--batch-size", "8"])
         assert result.exit_code == 0, result.output
     finally:
-        calibration.unlink(missing_ok=True)
-        style.unlink(missing_ok=True)
+        for path in (calibration, style, cohort):
+            path.unlink(missing_ok=True)
 
     metrics = json.loads((report / "metrics.json").read_text())
     assert metrics["precision"] == native_precision
@@ -97,6 +98,15 @@ def test_calibrate_then_evaluate_dataset(models, dataset_dir, tmp_path):
     recomputed = compute_metrics(labels, [p["probability"] for p in predictions], written["threshold"])
     assert metrics["calibrated"]["accuracy"] == pytest.approx(recomputed["accuracy"])
     assert metrics["calibrated"]["brier"] == pytest.approx(recomputed["brier"], abs=1e-5)
+    # temperature and offset minimise NLL on the fitted split: never worse than T = 1 and no offset on the same
+    # (cohort-normalised) margins, recovered here from the calibrated probabilities
+    from scipy.special import logit
+
+    from bookmatch.calibration import binary_nll, probability_from_margin
+
+    calibrated = np.clip([p["probability"] for p in predictions], 1e-7, 1 - 1e-7)
+    normalized = logit(calibrated) * written["temperature"] + written["offset"]
+    assert written["after"]["nll"] <= binary_nll(labels, probability_from_margin(normalized)) + 1e-4
     raw = compute_metrics(labels, [p["uncalibrated_probability"] for p in predictions], 0.5)
     assert metrics["uncalibrated"]["auc"] == pytest.approx(raw["auc"], abs=1e-4)
     assert [p["decision"] for p in predictions] == [int(p["probability"] >= written["threshold"]) for p in predictions]
@@ -166,7 +176,7 @@ def test_calibrate_positional_form_matches_config_form(models, dataset_dir):
         assert by_args["temperature"] == pytest.approx(by_config["temperature"])
         assert by_args["threshold"] == pytest.approx(by_config["threshold"])
     finally:
-        for name in ("calibration.json", "style_calibration.json"):
+        for name in ("calibration.json", "style_calibration.json", "score_cohort.safetensors"):
             (models["bi"].parent / name).unlink(missing_ok=True)
 
 

@@ -45,13 +45,15 @@ def test_api_single_cli_and_batch_agree(models, tmp_path):
     one_by_one = [matcher.score(a, b).probability for a, b in pairs]
     assert api == pytest.approx(one_by_one, abs=1e-5)
 
-    # Reference: the model's own logits, softmax column 1 (no calibration file -> temperature 1).
+    # Reference: the model's own logit margins in both orders, averaged (no calibration file -> temperature 1).
     model = matcher.bi.model
     emb_a, emb_b = model.encode_texts([a for a, _ in pairs]), model.encode_texts([b for _, b in pairs])
-    import torch
-
-    reference = torch.softmax(model.pair_logits(emb_a, emb_b), dim=-1)[:, 1].numpy()
+    forward, backward = model.pair_logits(emb_a, emb_b).numpy(), model.pair_logits(emb_b, emb_a).numpy()
+    reference = probability_from_margin(0.5 * ((forward[:, 1] - forward[:, 0]) + (backward[:, 1] - backward[:, 0])))
     assert api == pytest.approx(reference.tolist(), abs=1e-5)
+    # "same book" is symmetric, and so is the score, though the classifier reads its two sides in order
+    assert [r.probability for r in matcher.score_many([(b, a) for a, b in pairs])] == pytest.approx(api, abs=1e-6)
+    assert np.abs(forward - backward).max() > 1e-3
 
     single = _invoke(["infer", "contrastive", "--model", str(models["bi"]), "--device", "cpu", "--precision", "no", "--text1", pairs[0][0], "--text2", pairs[0][1], "--style-sim"])
     assert single.exit_code == 0, single.output

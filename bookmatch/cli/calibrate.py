@@ -19,13 +19,17 @@ from bookmatch.cli.options import precision_option
 @click.option("--max-pairs", type=int, default=None, help="Use at most this many pairs.")
 @click.option("--device", default=None, help="torch device [default: cuda if available, else cpu].")
 @click.option("--offset/--no-offset", "fit_offset", default=None, help="Fit an offset with the temperature (Platt scaling) [default: on].")
+@click.option("--cohort-size", type=click.IntRange(min=0), default=None,
+              help="Bi-encoder: training passages in the score cohort that normalises margins (0 = none) [default: 256].")
+@click.option("--cohort-data", type=click.Path(file_okay=False), default=None,
+              help="Prepared dataset whose train split gives the score cohort [default: --data].")
 @precision_option(None)
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None, help="YAML with CalibrateConfig options.")
-def calibrate(model_dir, data_dir, pairs_file, split, target, batch_size, max_pairs, device, fit_offset, precision, config_file):
+def calibrate(model_dir, data_dir, pairs_file, split, target, batch_size, max_pairs, device, fit_offset, cohort_size, cohort_data, precision, config_file):
     """Fit temperature scaling (with an offset) and the decision threshold on labelled pairs.
 
-    Writes calibration.json (and style_calibration.json for a bi-encoder) in the model's parent folder:
-    OUT/final/ -> OUT/calibration.json.
+    Writes calibration.json (and, for a bi-encoder, style_calibration.json and the score cohort
+    score_cohort.safetensors) in the model's parent folder: OUT/final/ -> OUT/calibration.json.
     """
     from bookmatch.calibration import CalibrateConfig, calibrate as run_calibrate, calibration_path
     from bookmatch.config import build_config
@@ -34,10 +38,12 @@ def calibrate(model_dir, data_dir, pairs_file, split, target, batch_size, max_pa
         CalibrateConfig,
         config_file,
         {"model_dir": model_dir, "data_dir": data_dir, "pairs_file": pairs_file, "split": split, "target": target,
-         "batch_size": batch_size, "max_pairs": max_pairs, "device": device, "fit_offset": fit_offset, "precision": precision},
+         "batch_size": batch_size, "max_pairs": max_pairs, "device": device, "fit_offset": fit_offset,
+         "cohort_size": cohort_size, "cohort_data": cohort_data, "precision": precision},
     )
     result = run_calibrate(config)
     summary = {k: result[k] for k in ("model_kind", "pairs", "temperature", "offset", "threshold", "target")}
+    summary["score_cohort"] = (result["score_normalization"] or {}).get("texts", 0)
     summary["nll"] = {"before": result["before"]["nll"], "after": result["after"]["nll"]}
     summary["ece"] = {"before": result["before"]["ece"], "after": result["after"]["ece"]}
     summary["written"] = str(calibration_path(config.model_dir))

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from bookmatch.calibration import Calibration, load_calibration, load_labelled_pairs, probability_from_margin
+from bookmatch.calibration import Calibration, load_calibration, load_labelled_pairs, load_score_cohort, probability_from_margin
 from bookmatch.config import ConfigError, check_batch_size, save_config
 from bookmatch.errors import InputError
 from bookmatch.evaluation import plots
@@ -91,21 +91,22 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
     labels = np.asarray(pairs.labels, dtype=np.int64)
     kinds = list(pairs.kinds)
 
-    bi = BiEncoderScorer(load_bi_encoder(config.model_dir, config.device), precision=config.precision)
+    bi_cal = load_calibration(config.model_dir, BI_ENCODER)
+    bi = BiEncoderScorer(load_bi_encoder(config.model_dir, config.device), precision=config.precision, cohort=load_score_cohort(config.model_dir, bi_cal))
     cross = CrossEncoderScorer(load_cross_encoder(config.cross_model_dir, config.device), config.precision) if config.mode == "two-stage" else None
     config = dataclasses.replace(config, precision=bi.precision)  # saved resolved: what the scores were computed in
     start = time.perf_counter()
     bi_raw = bi.raw_scores(pairs.text1, pairs.text2, batch_size=config.batch_size, show_progress=True)
-    bi_cal = load_calibration(config.model_dir, BI_ENCODER)
 
     if config.mode == "contrastive":
         raw_p = probability_from_margin(bi_raw.margin)
         uncalibrated = _Scores(raw_p, raw_p >= 0.5, 0.5)
         calibrated = None
         if bi_cal is not None:
-            cal_p = bi_cal.probabilities(bi_raw.margin)
+            cal_p = bi_cal.probabilities(bi_raw.score)
             calibrated = _Scores(cal_p, cal_p >= bi_cal.threshold, bi_cal.threshold)
-        calibration_info = None if bi_cal is None else {"temperature": bi_cal.temperature, "offset": bi_cal.offset, "threshold": bi_cal.threshold}
+        calibration_info = None if bi_cal is None else {"temperature": bi_cal.temperature, "offset": bi_cal.offset, "threshold": bi_cal.threshold,
+                                                        "score_cohort": bi.cohort is not None}
     else:
         cross_cal = load_calibration(config.cross_model_dir, CROSS_ENCODER)
         # The prefilter the user gives applies in both settings, as `Matcher` / `infer two-stage` apply it;
@@ -115,7 +116,7 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
         # The cross-encoder only reads pairs that pass a prefilter in either setting.
         needed = probability_from_margin(bi_raw.margin) >= raw_prefilter
         if bi_cal is not None:
-            needed |= bi_cal.probabilities(bi_raw.margin) >= prefilter
+            needed |= bi_cal.probabilities(bi_raw.score) >= prefilter
         cross_margin = np.full(len(pairs), np.nan)
         idx = np.flatnonzero(needed)
         if len(idx):
@@ -123,7 +124,7 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
         uncalibrated = _two_stage(bi_raw.margin, cross_margin, Calibration(), Calibration(), raw_prefilter)
         calibrated = None
         if bi_cal is not None or cross_cal is not None:
-            calibrated = _two_stage(bi_raw.margin, cross_margin, bi_cal or Calibration(), cross_cal or Calibration(), prefilter)
+            calibrated = _two_stage(bi_raw.score, cross_margin, bi_cal or Calibration(), cross_cal or Calibration(), prefilter)
         calibration_info = {
             "bi_temperature": (bi_cal or Calibration()).temperature,
             "prefilter_threshold": prefilter,
