@@ -373,3 +373,42 @@ def test_prepare_with_no_usable_book_is_one_error_and_writes_nothing(tmp_path):
     result = CliRunner().invoke(main, ["prepare", "--books", str(tmp_path / "books"), "--out", str(tmp_path / "data"), "--workers", "1"])
     assert result.exit_code != 0 and "error: no usable book among the 2 files" in result.output
     assert "Traceback" not in result.output and not (tmp_path / "data").exists()
+
+
+def test_merge_takes_only_the_newest_runs_shards(tmp_path, caplog):
+    """A rerun over other books in the same shards folder: until its own shards replace the earlier run's,
+    merge waits for them instead of mixing two book lists (the earlier code merged whatever was complete)."""
+    from bookmatch.errors import BookmatchError
+    from bookmatch.prepare.shards import books_fingerprint, shard_name, wait_for_shards
+    from bookmatch.storage import atomic_write_json
+
+    books = tmp_path / "books"
+    (books / "a").mkdir(parents=True)
+    (books / "a" / "one.txt").write_text("one book")
+    (books / "a" / "two.txt").write_text("another book")
+    before = books_fingerprint(sorted(books.rglob("*.txt")), books)
+    (books / "a" / "three.txt").write_text("a third book")
+    after = books_fingerprint(sorted(books.rglob("*.txt")), books)
+    assert before != after
+
+    shards = tmp_path / "shards"
+    clock = iter(range(1, 100))
+
+    def write_shard(index: int, total: int, fingerprint: str) -> None:
+        folder = shards / shard_name(index, total)
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(folder / "manifest.json", {"shard_index": index, "num_shards": total, "books_fingerprint": fingerprint,
+                                                     "created": float(next(clock)), "complete": True})
+
+    write_shard(0, 3, before)  # an older run with another shard count
+    write_shard(0, 2, before)
+    write_shard(1, 2, before)
+    assert [m["books_fingerprint"] for _, m in wait_for_shards(shards)] == [before, before]
+    write_shard(0, 2, after)  # the rerun: node 0 is done, node 1 still scanning
+    with pytest.raises(BookmatchError, match=r"shards \[1\] missing .*earlier run"):
+        wait_for_shards(shards, wait_timeout=0.2, poll_interval=0.05)
+    write_shard(1, 2, after)
+    with caplog.at_level("WARNING"):
+        found = wait_for_shards(shards)
+    assert [(m["shard_index"], m["books_fingerprint"]) for _, m in found] == [(0, after), (1, after)]
+    assert "shard-00000-of-00003" in caplog.text

@@ -1,12 +1,15 @@
 """Sharded prepare: N machines scan every N-th book into `shard-0000i-of-0000N/`, one machine merges.
 
 A shard folder holds `books.parquet` (one row per book: chunks, chunk starts, topics, sentence hashes) and
-`manifest.json`; it is written atomically, so a shard folder that exists is complete.
+`manifest.json`; it is written atomically, so a shard folder that exists is complete. Each manifest carries a
+fingerprint of the whole book list: a rerun over other books (or another shard count) in the same folder leaves
+the earlier run's shards in place until its own replace them, and merge takes only shards of the newest run.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import re
 import time
@@ -66,6 +69,14 @@ def scan_books(
     return records, skipped
 
 
+def books_fingerprint(files: list[Path], root: Path) -> str:
+    """SHA-256 of the sorted book list (path under `root`, size): the shards of one run agree on it."""
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(f"{path.relative_to(root).as_posix()}\t{path.stat().st_size}\n".encode("utf-8", "surrogateescape"))
+    return digest.hexdigest()
+
+
 def prepare_shard(books: str | Path, shards_dir: str | Path, shard_index: int, num_shards: int, config: PrepareConfig) -> Path:
     """Scan the books `i % num_shards == shard_index` of the sorted list into one shard folder."""
     if num_shards < 1 or not 0 <= shard_index < num_shards:
@@ -82,6 +93,8 @@ def prepare_shard(books: str | Path, shards_dir: str | Path, shard_index: int, n
             "shard_index": shard_index,
             "num_shards": num_shards,
             "books_found_total": len(files),
+            "books_fingerprint": books_fingerprint(files, root),
+            "created": time.time(),
             "books_in_shard": len(mine),
             "books_used": len(records),
             "skipped": skipped,
@@ -93,35 +106,44 @@ def prepare_shard(books: str | Path, shards_dir: str | Path, shard_index: int, n
     return target
 
 
-def _complete_shards(shards_dir: Path) -> dict[int, tuple[Path, dict]]:
-    found = {}
+def _complete_shards(shards_dir: Path) -> list[tuple[Path, dict]]:
+    found = []
     for folder in sorted(shards_dir.glob("shard-*-of-*")):
         if not _SHARD_NAME.match(folder.name) or not (folder / "manifest.json").exists():
             continue
         manifest = read_json(folder / "manifest.json")
         if manifest.get("complete"):
-            found[int(manifest["shard_index"])] = (folder, manifest)
+            found.append((folder, manifest))
     return found
 
 
+def _run_of(manifest: dict) -> tuple[int, str | None]:
+    return int(manifest["num_shards"]), manifest.get("books_fingerprint")
+
+
 def wait_for_shards(shards_dir: str | Path, wait_timeout: float = 0.0, poll_interval: float = 5.0) -> list[tuple[Path, dict]]:
-    """All N shards (N read from any shard manifest), polling up to `wait_timeout` seconds for the rest."""
+    """All N shards of the newest run (N, and the book list, read from the newest shard manifest), polling up
+    to `wait_timeout` seconds for the rest. Shards of an earlier run over other books or another N are ignored:
+    on a rerun they are the ones its nodes are about to replace."""
     shards_dir = Path(shards_dir)
     deadline = time.monotonic() + wait_timeout
     while True:
-        found = _complete_shards(shards_dir) if shards_dir.is_dir() else {}
-        totals = {m["num_shards"] for _, m in found.values()}
-        if len(totals) > 1:
-            raise InputError(f"{shards_dir} mixes shards of different runs (num_shards {sorted(totals)}): use one folder per run")
-        if totals:
-            total = totals.pop()
-            missing = [i for i in range(total) if i not in found]
+        found = _complete_shards(shards_dir) if shards_dir.is_dir() else []
+        missing: list[int] = []
+        stale: list[str] = []
+        if found:
+            run = _run_of(max(found, key=lambda shard: shard[1].get("created", 0.0))[1])
+            current = {int(m["shard_index"]): (folder, m) for folder, m in found if _run_of(m) == run}
+            stale = [folder.name for folder, m in found if _run_of(m) != run]
+            missing = [i for i in range(run[0]) if i not in current]
             if not missing:
-                return [found[i] for i in range(total)]
-        else:
-            missing = []
+                if stale:
+                    log.warning("ignoring %d shard(s) of an earlier run over other books or another shard count: %s", len(stale), ", ".join(stale[:5]))
+                return [current[i] for i in range(run[0])]
         if time.monotonic() >= deadline:
             what = f"shards {missing[:10]} missing" if missing else "no complete shard found"
+            if stale:
+                what += f" ({len(stale)} shard(s) there are from an earlier run over other books or another shard count)"
             raise BookmatchError(
                 f"{what} in {shards_dir} after waiting {wait_timeout:.0f} s: "
                 "run `bookmatch prepare shard` for them or raise --wait-timeout"
