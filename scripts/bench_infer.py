@@ -8,7 +8,7 @@ baseline. With --cli-pairs N, the first N pairs are also scored the way a user w
 and compared with `bookmatch infer contrastive --input` on the same N pairs, also timed as a process.
 
     python scripts/bench_infer.py [--pairs 64] [--minilm-pairs 24] [--repeats 3] [--batch-size 32] [--threads 1]
-                                  [--precision auto] [--cli-pairs 0] [--no-minilm] [--no-tiny]
+                                  [--precision auto] [--cohort 256] [--cli-pairs 0] [--no-minilm] [--no-tiny]
 
 One torch thread by default: on a shared machine several threads fight for cores and the figures swing;
 pass --threads 0 to keep torch's default.
@@ -41,6 +41,14 @@ def load_pairs(n: int) -> list[tuple[str, str]]:
         return [(r["text1"], r["text2"]) for r in rows]
     base = "The ship left the harbour at dawn and the coast sank below the horizon by noon."
     return [(f"{base} Passage {i}. " * 8, f"{base} Other {i % 7}. " * 8) for i in range(n)]
+
+
+def load_cohort_texts(n: int) -> list[str]:
+    """Texts for a score cohort, none of them among the scored pairs (taken from the end of the pairs file)."""
+    if CORPUS_PAIRS.exists():
+        rows = [json.loads(line) for line in CORPUS_PAIRS.read_text(encoding="utf-8").splitlines()[-n:]]
+        return [r["text1"] for r in rows][:n]
+    return [f"A cohort passage number {i}, about a river, a house and a letter. " * 12 for i in range(n)]
 
 
 def build_models(root: Path, backbone: str, texts: list[str], max_seq_length: int) -> dict[str, Path]:
@@ -76,7 +84,8 @@ def timed(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def bench(label: str, models: dict[str, Path], pairs, repeats: int, batch_size: int, tmp: Path, precision: str) -> list[dict]:
+def bench(label: str, models: dict[str, Path], pairs, repeats: int, batch_size: int, tmp: Path, precision: str, cohort_size: int) -> list[dict]:
+    from bookmatch.cohort import ScoreCohort
     from bookmatch.inference import Matcher
 
     source = tmp / "pairs.jsonl"
@@ -86,19 +95,26 @@ def bench(label: str, models: dict[str, Path], pairs, repeats: int, batch_size: 
         # prefilter 0 sends every pair to the cross-encoder: the worst case for two-stage throughput
         matcher = Matcher.from_pretrained(models["bi"], cross_model=models["cross"] if mode == "two-stage" else None, device="cpu",
                                           prefilter_threshold=0.0 if mode == "two-stage" else None, precision=precision)
+        if cohort_size:
+            # what calibration gives a bi-encoder by default: margins normalised against a score cohort
+            matcher.bi.cohort = ScoreCohort(*matcher.bi.embed(load_cohort_texts(cohort_size)))
         matcher.score(*pairs[0])  # warm-up
 
-        def batch_mode():
+        def forget():
             matcher.bi._cache.clear()
+            matcher.bi._affinities.clear()
+
+        def batch_mode():
+            forget()
             matcher.score_file(source, tmp / "scores.jsonl", batch_size=batch_size, show_progress=False)
 
         def one_at_a_time():
             for a, b in pairs:
-                matcher.bi._cache.clear()
+                forget()
                 matcher.score(a, b)
 
         batch_s, single_s = timed(batch_mode, repeats), timed(one_at_a_time, repeats)
-        rows.append({"model": label, "mode": mode, "precision": matcher.bi.precision, "pairs": len(pairs), "batch_pairs_per_s": len(pairs) / batch_s,
+        rows.append({"model": label, "mode": mode, "precision": matcher.bi.precision, "cohort": cohort_size, "pairs": len(pairs), "batch_pairs_per_s": len(pairs) / batch_s,
                      "single_pairs_per_s": len(pairs) / single_s, "ratio": single_s / batch_s})
         print(f"{label:>8} {mode:>12} {matcher.bi.precision:>5} {len(pairs):>6} {rows[-1]['batch_pairs_per_s']:>12.1f} {rows[-1]['single_pairs_per_s']:>12.1f} {rows[-1]['ratio']:>7.2f}x", flush=True)
     return rows
@@ -135,6 +151,7 @@ def main() -> None:
     parser.add_argument("--max-seq-length", type=int, default=256)
     parser.add_argument("--precision", default="auto", help="Encoders' autocast: auto | no | bf16 | fp16 (both modes alike).")
     parser.add_argument("--cli-pairs", type=int, default=0, help="Also time one CLI process per pair on this many pairs (0: skip).")
+    parser.add_argument("--cohort", type=int, default=256, help="Score cohort size, as calibrate gives a bi-encoder (0: none).")
     parser.add_argument("--no-minilm", action="store_true", help="Skip the all-MiniLM-L6-v2 backbone.")
     parser.add_argument("--no-tiny", action="store_true", help="Skip the tiny random backbone.")
     args = parser.parse_args()
@@ -146,7 +163,7 @@ def main() -> None:
 
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s); batch size {args.batch_size}, median of {args.repeats}; pairs from {CORPUS_PAIRS if CORPUS_PAIRS.exists() else 'synthetic text'}")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s); batch size {args.batch_size}, median of {args.repeats}; cohort {args.cohort}; pairs from {CORPUS_PAIRS if CORPUS_PAIRS.exists() else 'synthetic text'}")
     print(f"{'model':>8} {'mode':>12} {'prec':>5} {'pairs':>6} {'batch/s':>12} {'single/s':>12} {'ratio':>8}")
     backbones = [] if args.no_tiny else [("tiny", "tiny", args.pairs)]
     if not args.no_minilm:
@@ -160,7 +177,7 @@ def main() -> None:
             pairs = load_pairs(n_pairs)
             tmp = Path(tmp_name) / label
             models = build_models(tmp, backbone, [t for pair in pairs for t in pair], args.max_seq_length)
-            bench(label, models, pairs, args.repeats, args.batch_size, tmp, args.precision)
+            bench(label, models, pairs, args.repeats, args.batch_size, tmp, args.precision, args.cohort)
             if args.cli_pairs > 0:
                 bench_cli(label, models, pairs[: args.cli_pairs], tmp, args.precision, args.threads)
 
