@@ -151,3 +151,25 @@ def test_pairs_without_a_train_split_calibrate_without_a_cohort(run, tmp_path, c
     with caplog.at_level("WARNING"):
         written = calibrate(CalibrateConfig(model_dir=str(run), pairs_file=str(pairs), precision="no", device="cpu"))
     assert written["score_normalization"] is None and "not normalised" in caplog.text
+
+
+@pytest.mark.parametrize("features", [{}, {"lexical_buckets": 64, "lexical_top_k": 8, "name_top_k": 4, "pooled_cosine": True}])
+def test_margins_against_equal_the_classifier_on_every_pair(tiny_encoder_dir, features):
+    import torch
+
+    from bookmatch.calibration import logit_margin
+    from bookmatch.models.bi_encoder import BiEncoder, TextEmbeddings
+
+    torch.manual_seed(3)
+    model = BiEncoder.from_backbone(str(tiny_encoder_dir), projection_dim=8, classifier_hidden_dim=24, max_seq_length=32, **features)
+    texts = [_text(i, length=10 + i) + " Mr. Harbour met Captain Lamp in London." * (i % 3) for i in range(9)]
+    if model.lexical is not None:
+        model.fit_lexical(texts)
+    emb = model.encode_texts(texts)
+    emb = TextEmbeddings(emb.pooled * 3, emb.projected, emb.style)  # margins far from 0, so a wrong term shows
+    a, b = TextEmbeddings(*(t[:4] for t in emb)), TextEmbeddings(*(t[4:] for t in emb))
+    fast = model.margins_against(a, b, max_rows=7)  # blocks that split the texts unevenly
+    rows = TextEmbeddings(*(t.repeat_interleave(5, dim=0) for t in a)), TextEmbeddings(*(t.repeat(4, 1) for t in b))
+    reference = torch.from_numpy(logit_margin(model.pair_logits(*rows))).float().reshape(4, 5)
+    assert torch.allclose(fast, reference, atol=1e-4), (fast - reference).abs().max()
+    assert reference.std() > 1e-3

@@ -367,6 +367,66 @@ class BiEncoder(nn.Module):
         return torch.cat(out) if out else torch.zeros(0, 2)
 
 
+    @torch.no_grad()
+    def margins_against(self, texts: TextEmbeddings, others: TextEmbeddings, max_rows: int = 32768) -> torch.Tensor:
+        """(T, C) margins l1 - l0 of every text (first side) against every one of `others` (second side), on the CPU.
+
+        Equal to `pair_logits` over the T*C pairs (tests hold it to that) but without building their feature
+        rows: the classifier's first layer is split by input block, so each side's own blocks are multiplied
+        once per text instead of once per pair, and the signature cosines are products of dense bucket vectors
+        instead of a K x K comparison per pair. About 3x faster for the score cohort's text x cohort margins.
+        """
+        was_training = self.training
+        self.eval()
+        first, activation, last = self.classifier[0], self.classifier[1], self.classifier[3]
+        device, dtype = first.weight.device, first.weight.dtype
+        hidden, n_style = self.config.hidden_size, self.n_style
+        blocks = torch.split(first.weight, [hidden] * 4 + [n_style] * 3 + [first.weight.shape[1] - 4 * hidden - 3 * n_style], dim=1)
+        w_u, w_v, w_diff, w_prod, w_style_a, w_style_b, w_style_diff, w_scalars = blocks
+        u, c = texts.pooled.to(device, dtype), others.pooled.to(device, dtype)
+        style_u, style_c = texts.style.to(device, torch.float32), others.style.to(device, torch.float32)
+        s_u, s_c = style_u[:, :n_style].to(dtype), style_c[:, :n_style].to(dtype)
+        own_u = u @ w_u.T + s_u @ w_style_a.T + first.bias  # (T, out)
+        own_c = c @ w_v.T + s_c @ w_style_b.T  # (C, out)
+        scalars = []  # each (T, C), in classify's order
+        offset = n_style
+        for fingerprint, top_k in ((self.lexical, self.config.lexical_top_k), (self.names, self.config.name_top_k)):
+            if fingerprint is not None:
+                width = 2 * top_k
+                dense_u = _dense_signatures(style_u[:, offset : offset + width], self.config.lexical_buckets)
+                dense_c = _dense_signatures(style_c[:, offset : offset + width], self.config.lexical_buckets)
+                scalars.append((dense_u @ dense_c.T - LEXICAL_COSINE_CENTER) / LEXICAL_COSINE_SCALE)
+                offset += width
+        if self.config.pooled_cosine:
+            cosine = nn.functional.normalize(u.float(), dim=-1) @ nn.functional.normalize(c.float(), dim=-1).T
+            scalars.append((cosine - POOLED_COSINE_CENTER) / POOLED_COSINE_SCALE)
+        margins = torch.empty(u.shape[0], c.shape[0])
+        per_block = max(1, max_rows // max(c.shape[0], 1))
+        try:
+            for start in range(0, u.shape[0], per_block):
+                rows = slice(start, start + per_block)
+                ub, sb = u[rows, None, :], s_u[rows, None, :]
+                h = own_u[rows, None, :] + own_c[None] + (ub - c[None]).abs() @ w_diff.T + (ub * c[None]) @ w_prod.T
+                h = h + (sb - s_c[None]).abs() @ w_style_diff.T
+                if scalars:
+                    h = h + torch.stack([scalar[rows] for scalar in scalars], dim=-1).to(dtype) @ w_scalars.T
+                logits = last(activation(h)).float()
+                margins[rows] = (logits[..., 1] - logits[..., 0]).cpu()
+        finally:
+            self.train(was_training)
+        return margins
+
+
+def _dense_signatures(signatures: torch.Tensor, buckets: int) -> torch.Tensor:
+    """(N, 2K) signatures (K bucket ids, then their K weights; id < 0 = empty) -> (N, buckets) weights, so that
+    the dot product of two rows is `signature_cosine` of the two signatures."""
+    top_k = signatures.shape[-1] // 2
+    ids, weights = signatures[:, :top_k], signatures[:, top_k:]
+    used = ids >= 0
+    dense = torch.zeros(signatures.shape[0], buckets, dtype=torch.float32, device=signatures.device)
+    return dense.scatter_add_(1, torch.where(used, ids, 0).long(), torch.where(used, weights, 0.0).float())
+
+
 def load_weights(model_dir: Path) -> dict[str, torch.Tensor]:
     """The state dict from model.safetensors, else pytorch_model.bin (tensors only, never pickled code)."""
     safetensors_path = model_dir / WEIGHTS_NAME
