@@ -345,7 +345,7 @@ def calibrate(config: CalibrateConfig | str | os.PathLike, data_dir: str | os.Pa
     """
     if not isinstance(config, CalibrateConfig):
         config = CalibrateConfig(model_dir=os.fspath(config), data_dir=None if data_dir is None else os.fspath(data_dir), target=target or "accuracy", **options)
-    from bookmatch.inference import detect_model_kind, load_scorer
+    from bookmatch.inference import BI_ENCODER, detect_model_kind, load_scorer
     from bookmatch.progress import summary_line
 
     if config.target not in TARGETS:
@@ -357,7 +357,7 @@ def calibrate(config: CalibrateConfig | str | os.PathLike, data_dir: str | os.Pa
     scorer = load_scorer(config.model_dir, kind, config.device, config.precision)
     config = dataclasses.replace(config, precision=scorer.precision)  # saved resolved: what the scores were computed in
     start = time.perf_counter()
-    cohort = _build_cohort(scorer, config) if kind == "bi-encoder" else None
+    cohort = _build_cohort(scorer, config) if kind == BI_ENCODER else None
     raw = scorer.raw_scores(pairs.text1, pairs.text2, batch_size=config.batch_size, show_progress=True)
     seconds = time.perf_counter() - start
     labels = np.asarray(pairs.labels)
