@@ -123,7 +123,8 @@ def test_calibrate_evaluate_and_matcher_share_the_cohort(run, dataset_dir, tmp_p
     assert [p["probability"] for p in predictions] == pytest.approx(expected.tolist(), abs=1e-5)
     # uncalibrated figures stay the model's own (symmetric) margin
     assert [p["uncalibrated_probability"] for p in predictions] == pytest.approx(probability_from_margin(raw.margin).tolist(), abs=1e-5)
-    assert json.loads((report / "metrics.json").read_text())["calibration"]["score_cohort"] is True
+    assert json.loads((report / "metrics.json").read_text())["calibration"]["score_cohort"] == 6
+    assert "score_cohort 6" in (report / "report.md").read_text()
 
 
 def test_a_missing_altered_or_stale_cohort_file_is_handled(run, dataset_dir):

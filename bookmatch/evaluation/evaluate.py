@@ -106,7 +106,7 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
             cal_p = bi_cal.probabilities(bi_raw.score)
             calibrated = _Scores(cal_p, cal_p >= bi_cal.threshold, bi_cal.threshold)
         calibration_info = None if bi_cal is None else {"temperature": bi_cal.temperature, "offset": bi_cal.offset, "threshold": bi_cal.threshold,
-                                                        "score_cohort": bi.cohort is not None}
+                                                        "score_cohort": len(bi.cohort) if bi.cohort is not None else 0}
     else:
         cross_cal = load_calibration(config.cross_model_dir, CROSS_ENCODER)
         # The prefilter the user gives applies in both settings, as `Matcher` / `infer two-stage` apply it;

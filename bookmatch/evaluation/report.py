@@ -39,8 +39,9 @@ def render_report(metrics: Mapping[str, Any], plots: Mapping[str, str]) -> str:
         lines.append("- decided by: " + ", ".join(f"{k} {v}" for k, v in metrics["stages"].items()))
     lines += [
         "",
-        "Uncalibrated: softmax of the raw logits, threshold 0.5. Calibrated: temperature-scaled probabilities and the",
-        "threshold from calibration.json. c@1 and F0.5u follow the PAN evaluator (a score of exactly 0.5 is a",
+        "Uncalibrated: softmax of the raw logits, threshold 0.5. Calibrated: the logit margin (for a bi-encoder with a",
+        "score cohort, less its two texts' mean margins against the cohort) scaled by the temperature and offset, and",
+        "the threshold from calibration.json. c@1 and F0.5u follow the PAN evaluator (a score of exactly 0.5 is a",
         "non-answer; scores are mapped so the threshold lands on 0.5). ECE: 15 equal-width bins.",
         "",
         "## Overall",
