@@ -413,7 +413,7 @@ def _build_cohort(scorer, config: CalibrateConfig):
 
     texts = select_cohort_texts(source, config.cohort_size)
     if not texts:
-        log.warning("calibrate: %s has no train split to draw a score cohort from: margins are not normalised", source)
+        log.warning("calibrate: %s has no training passages (train split) to draw a score cohort from: margins are not normalised", source)
         return None
     embeddings = scorer.embed(texts, batch_size=config.batch_size)
     scorer.cohort = cohort = ScoreCohort(*embeddings)
