@@ -51,14 +51,15 @@ class ScoreCohort:
     def check_fits(self, model) -> None:
         """InputError unless this cohort was encoded by a model of `model`'s shape (a file from another run)."""
         widths = (int(self.pooled.shape[1]), int(self.projected.shape[1]), int(self.style.shape[1]))
-        expected = (model.config.hidden_size, model.config.projection_dim, model.side_features.dim + _signature_width(model))
+        expected = (model.config.hidden_size, model.config.projection_dim, model.style_width)
         if widths != expected:
             raise InputError(f"{self.source} was built for another model (widths {widths}, this model {expected}); re-run `bookmatch calibrate`")
 
     def affinities(self, model, texts) -> np.ndarray:
         """Each text's mean margin against the cohort, the text on the classifier's first side.
 
-        One side suffices: the cohort's mean over both orders moved AUC by under 0.002 for twice the work.
+        One side suffices: the cohort's mean over both orders moved AUC by at most 0.003 (up or down) for twice
+        the work.
         """
         return model.margins_against(texts, self.embeddings()).double().mean(dim=1).numpy()
 
@@ -66,12 +67,6 @@ class ScoreCohort:
         from safetensors.torch import save
 
         return save({"pooled": self.pooled.contiguous(), "projected": self.projected.contiguous(), "style": self.style.contiguous()})
-
-
-def _signature_width(model) -> int:
-    lexical = 2 * model.config.lexical_top_k if model.lexical is not None else 0
-    names = 2 * model.config.name_top_k if model.names is not None else 0
-    return lexical + names
 
 
 def normalized_margin(margin: np.ndarray, affinity1: np.ndarray, affinity2: np.ndarray) -> np.ndarray:

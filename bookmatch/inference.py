@@ -343,7 +343,7 @@ class BiEncoderScorer:
                     self._remember(key, row)
         if not keys:
             dim_h, dim_p = self.model.config.hidden_size, self.model.config.projection_dim
-            return TextEmbeddings(torch.zeros(0, dim_h), torch.zeros(0, dim_p), torch.zeros(0, self.model.side_features.dim))
+            return TextEmbeddings(torch.zeros(0, dim_h), torch.zeros(0, dim_p), torch.zeros(0, self.model.style_width))
         return TextEmbeddings(*(torch.stack([rows[k][j] for k in keys]) for j in range(3)))
 
     def _remember(self, key: str, row: Any, cache: OrderedDict | None = None) -> None:

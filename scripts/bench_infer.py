@@ -47,7 +47,7 @@ def load_cohort_texts(n: int) -> list[str]:
     """Texts for a score cohort, none of them among the scored pairs (taken from the end of the pairs file)."""
     if CORPUS_PAIRS.exists():
         rows = [json.loads(line) for line in CORPUS_PAIRS.read_text(encoding="utf-8").splitlines()[-n:]]
-        return [r["text1"] for r in rows][:n]
+        return [r["text1"] for r in rows]
     return [f"A cohort passage number {i}, about a river, a house and a letter. " * 12 for i in range(n)]
 
 

@@ -246,6 +246,17 @@ class BiEncoder(nn.Module):
             parts.append(self.names.signatures(texts, self.config.name_top_k))
         return np.concatenate(parts, axis=1)
 
+    def signature_widths(self) -> list[int]:
+        """Widths of the signatures after the style features in a text's `style` row, in order (lexical, then
+        names; absent ones left out): each is K bucket ids then their K weights."""
+        widths = [2 * self.config.lexical_top_k] if self.lexical is not None else []
+        return widths + ([2 * self.config.name_top_k] if self.names is not None else [])
+
+    @property
+    def style_width(self) -> int:
+        """Columns of `TextEmbeddings.style`: the style features, then the signatures."""
+        return self.n_style + sum(self.signature_widths())
+
     def _fingerprints(self):
         if self.lexical is not None:
             yield self.lexical, self.lexical_idf
@@ -280,11 +291,10 @@ class BiEncoder(nn.Module):
         features = [pooled_a, pooled_b, (pooled_a - pooled_b).abs(), pooled_a * pooled_b, style_a, style_b, (style_a - style_b).abs()]
         scalars = []
         offset = 0
-        for width in (2 * self.config.lexical_top_k if self.lexical is not None else 0, 2 * self.config.name_top_k if self.names is not None else 0):
-            if width:
-                cosine = signature_cosine(signatures_a[..., offset : offset + width], signatures_b[..., offset : offset + width])
-                scalars.append((cosine - LEXICAL_COSINE_CENTER) / LEXICAL_COSINE_SCALE)
-                offset += width
+        for width in self.signature_widths():
+            cosine = signature_cosine(signatures_a[..., offset : offset + width], signatures_b[..., offset : offset + width])
+            scalars.append((cosine - LEXICAL_COSINE_CENTER) / LEXICAL_COSINE_SCALE)
+            offset += width
         if self.config.pooled_cosine:
             cosine = nn.functional.cosine_similarity(pooled_a.float(), pooled_b.float(), dim=-1)
             scalars.append((cosine - POOLED_COSINE_CENTER) / POOLED_COSINE_SCALE)
@@ -366,7 +376,6 @@ class BiEncoder(nn.Module):
             self.train(was_training)
         return torch.cat(out) if out else torch.zeros(0, 2)
 
-
     @torch.no_grad()
     def margins_against(self, texts: TextEmbeddings, others: TextEmbeddings, max_rows: int = 32768) -> torch.Tensor:
         """(T, C) margins l1 - l0 of every text (first side) against every one of `others` (second side), on the CPU.
@@ -374,7 +383,8 @@ class BiEncoder(nn.Module):
         Equal to `pair_logits` over the T*C pairs (tests hold it to that) but without building their feature
         rows: the classifier's first layer is split by input block, so each side's own blocks are multiplied
         once per text instead of once per pair, and the signature cosines are products of dense bucket vectors
-        instead of a K x K comparison per pair. About 3x faster for the score cohort's text x cohort margins.
+        instead of a K x K comparison per pair. With it a 256-text score cohort costs MiniLM batch scoring nothing
+        measurable (BENCHMARKS.md; scoring every text x cohort pair through the classifier had cost ~12%).
         """
         was_training = self.training
         self.eval()
@@ -390,13 +400,11 @@ class BiEncoder(nn.Module):
         own_c = c @ w_v.T + s_c @ w_style_b.T  # (C, out)
         scalars = []  # each (T, C), in classify's order
         offset = n_style
-        for fingerprint, top_k in ((self.lexical, self.config.lexical_top_k), (self.names, self.config.name_top_k)):
-            if fingerprint is not None:
-                width = 2 * top_k
-                dense_u = _dense_signatures(style_u[:, offset : offset + width], self.config.lexical_buckets)
-                dense_c = _dense_signatures(style_c[:, offset : offset + width], self.config.lexical_buckets)
-                scalars.append((dense_u @ dense_c.T - LEXICAL_COSINE_CENTER) / LEXICAL_COSINE_SCALE)
-                offset += width
+        for width in self.signature_widths():
+            dense_u = _dense_signatures(style_u[:, offset : offset + width], self.config.lexical_buckets)
+            dense_c = _dense_signatures(style_c[:, offset : offset + width], self.config.lexical_buckets)
+            scalars.append((dense_u @ dense_c.T - LEXICAL_COSINE_CENTER) / LEXICAL_COSINE_SCALE)
+            offset += width
         if self.config.pooled_cosine:
             cosine = nn.functional.normalize(u.float(), dim=-1) @ nn.functional.normalize(c.float(), dim=-1).T
             scalars.append((cosine - POOLED_COSINE_CENTER) / POOLED_COSINE_SCALE)

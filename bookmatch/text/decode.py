@@ -118,24 +118,28 @@ def _decode_legacy(data: bytes) -> str:
     read as plausible Western text (Czech without its letters that cp1252 lacks) is read as cp1252.
     """
     declared = _declared_encoding(data)
-    candidates = [declared] if declared else []
+    if declared:
+        try:
+            return data.decode(declared)
+        except (UnicodeDecodeError, LookupError):
+            pass
     try:
         western = data.decode("cp1252")
     except UnicodeDecodeError:
         western = None
     if western is not None and _reads_as_western(western[:_SAMPLE * 4]):
-        candidates.append("cp1252")
-    else:
-        # charset-normalizer is slow on whole books, so it only runs here, once UTF-8 and cp1252 have failed.
-        from charset_normalizer import from_bytes
+        return western
+    # charset-normalizer is slow on whole books, so it only runs here, once UTF-8 and cp1252 have failed.
+    from charset_normalizer import from_bytes
 
-        best = from_bytes(data[: 1 << 20]).best()
-        candidates += [best.encoding] if best is not None else []
-    for candidate in candidates + ["cp1252"]:
+    best = from_bytes(data[: 1 << 20]).best()
+    if best is not None:
         try:
-            return data.decode(candidate)
+            return data.decode(best.encoding)
         except (UnicodeDecodeError, LookupError):
-            continue
+            pass
+    if western is not None:
+        return western
     return data.decode("latin-1")  # every byte is a Latin-1 character, so this never fails
 
 
