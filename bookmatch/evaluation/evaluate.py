@@ -184,14 +184,16 @@ def _writable_report_dir(path: str) -> Path:
 def _write_predictions(path: Path, labels, kinds, uncalibrated: _Scores, calibrated: _Scores | None, cosine) -> None:
     final = calibrated or uncalibrated
     lines = []
+    # Probabilities are written in full: rounded ones can cross the threshold (a weak model's scores sit
+    # within 1e-6 of each other) and the file would then disagree with its own decisions and metrics.json.
     for i in range(len(labels)):
         row: dict[str, Any] = {
             "index": i,
-            "probability": round(float(final.probability[i]), 6),
+            "probability": float(final.probability[i]),
             "decision": int(final.decisions[i]),
             "label": int(labels[i]),
             "kind": kinds[i],
-            "uncalibrated_probability": round(float(uncalibrated.probability[i]), 6),
+            "uncalibrated_probability": float(uncalibrated.probability[i]),
         }
         if final.stage is not None:
             row["stage"] = str(final.stage[i])
