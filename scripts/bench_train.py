@@ -161,7 +161,7 @@ def ours_step_fn(encoder, args, batch, device):
 
     from bookmatch.models.bi_encoder import BiEncoder, BiEncoderConfig
     from bookmatch.training.config import ContrastiveTrainConfig
-    from bookmatch.training.trainer import ContrastiveModule
+    from bookmatch.training.tasks import ContrastiveModule
 
     train_config = ContrastiveTrainConfig(max_seq_length=args.seq_len, projection_dim=args.projection_dim)
     model_config = BiEncoderConfig(

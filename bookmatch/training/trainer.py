@@ -1,7 +1,7 @@
 """The training loop for both models: `train_cross` (teacher) and `train_contrastive` (bi-encoder).
 
 One code path for CPU, one GPU, DDP and DeepSpeed through accelerate. A *task* knows its model, its data and
-its loss; the loop knows steps, evaluation, early stopping, checkpoints and exact resume:
+its loss (`tasks.py`); the loop knows steps, evaluation, early stopping, checkpoints and exact resume:
 
 * the batch order of an epoch is a pure function of (seed, epoch) (`samplers.NoDuplicatesBatchSampler`);
   a resumed run rebuilds it and skips the micro-batches the checkpoint says were consumed;
@@ -20,7 +20,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 import torch
@@ -28,304 +28,19 @@ from torch import nn
 
 from bookmatch.config import save_config
 from bookmatch.precision import resolve_mixed_precision
-from bookmatch.models.bi_encoder import BiEncoder
-from bookmatch.models.cross_encoder import CrossEncoder
 from bookmatch.progress import summary_line
 from bookmatch.storage import atomic_write_json, read_json
 from bookmatch.training import checkpoint as ckpt
 from bookmatch.training.config import ContrastiveTrainConfig, CrossTrainConfig, TrainConfig
-from bookmatch.training.data import (
-    BiEncoderCollator,
-    CrossCollator,
-    load_pair_data,
-    subsample,
-    texts_fingerprint,
-    tokenize_bi_encoder_split,
-    tokenize_cross_split,
-    topic_ids,
-    topic_index,
-    work_ids,
-)
-from bookmatch.training.losses import (
-    SupConLoss,
-    TopicAdversary,
-    combine_losses,
-    distillation_loss,
-    independence_loss,
-    pair_ce_loss,
-)
+from bookmatch.training.data import load_pair_data, subsample
 from bookmatch.training.samplers import NoDuplicatesBatchSampler, shard_global_batch, text_key_ids
+from bookmatch.training.tasks import ContrastiveTask, CrossTask, Task, cached_contrastive_step
 
 logger = logging.getLogger(__name__)
 
 SUMMARY_NAME = "train_summary.json"
 # Test hook: SIGKILL this process right after the given optimizer step (checks resume after a hard kill).
 KILL_AT_STEP_ENV = "BOOKMATCH_TEST_KILL_AT_STEP"
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# tasks: model, data and loss of each training program
-# ---------------------------------------------------------------------------------------------------------------
-
-
-class ContrastiveModule(nn.Module):
-    """The bi-encoder plus the training-only parts (topic adversary); forward returns the loss terms.
-
-    The losses are computed inside forward so that DDP / DeepSpeed see every trainable parameter used there.
-    """
-
-    def __init__(self, bi_encoder: BiEncoder, config: ContrastiveTrainConfig, rank: int, world_size: int, num_topics: int) -> None:
-        super().__init__()
-        self.bi_encoder = bi_encoder
-        self.train_config = config
-        self.supcon = SupConLoss(config.temperature, rank=rank, world_size=world_size)
-        hidden = bi_encoder.config.hidden_size
-        self.topic_adversary = (
-            TopicAdversary(hidden, max(1, num_topics), lambda_=config.topic_adversary_lambda)
-            if config.topic_adversary and num_topics > 0
-            else None
-        )
-
-    def forward(self, batch: dict[str, torch.Tensor], with_losses: bool = True) -> dict[str, torch.Tensor]:
-        out = self.bi_encoder(batch)
-        if not with_losses:
-            return {"logits": out["logits"]}
-        cfg = self.train_config
-        terms: dict[str, torch.Tensor] = {}
-        terms.update(pair_ce_loss(out["logits"], batch["label"]))
-        if cfg.contrastive_weight > 0:
-            projected = torch.cat([out["projected_a"], out["projected_b"]])
-            terms.update(self.supcon(projected, torch.cat([batch["work_a"], batch["work_b"]])))
-        if "teacher_logits" in batch and cfg.distill_weight > 0:
-            terms.update(distillation_loss(out["logits"], batch["teacher_logits"], cfg.distill_temperature))
-        pooled = topics = None
-        if self.topic_adversary is not None or cfg.independence_weight > 0:
-            pooled = torch.cat([out["pooled_a"], out["pooled_b"]])
-            topics = torch.cat([batch["topic_a"], batch["topic_b"]])
-        if self.topic_adversary is not None:
-            terms.update(self.topic_adversary(pooled, topics))
-        if cfg.independence_weight > 0:
-            terms.update(independence_loss(pooled, topics))
-        total, logged = combine_losses(
-            terms,
-            {
-                "ce_loss": cfg.ce_weight,
-                "contrastive_loss": cfg.contrastive_weight,
-                "distill_loss": cfg.distill_weight,
-                "topic_adv_loss": cfg.topic_adversary_weight,
-                "independence_loss": cfg.independence_weight,
-            },
-        )
-        return {"logits": out["logits"], "loss": total, "logged": logged}
-
-
-def cached_contrastive_step(module: ContrastiveModule, batch: dict[str, torch.Tensor], cached, accelerator) -> dict[str, float]:
-    """One GradCache step of the bi-encoder loss: the full batch's SupCon at one mini-batch's memory.
-
-    Both sides are stacked (rows [0, B) are text1, [B, 2B) text2) and padded to one length; every other
-    term is computed on the full batch from the cached embeddings (`gradcache.CachedSupCon`). Leaves the
-    gradients in `.grad`; the caller clips and steps.
-    """
-    bi_encoder, cfg = module.bi_encoder, module.train_config
-    size = batch["label"].shape[0]
-    length = max(batch["input_ids_a"].shape[1], batch["input_ids_b"].shape[1])
-    pad_id = bi_encoder.tokenizer.pad_token_id or 0
-
-    def padded(name: str, side: str, value: int) -> torch.Tensor:
-        tensor = batch[f"{name}_{side}"]
-        return nn.functional.pad(tensor, (0, length - tensor.shape[1]), value=value)
-
-    inputs = {
-        "input_ids": torch.cat([padded("input_ids", "a", pad_id), padded("input_ids", "b", pad_id)]),
-        "attention_mask": torch.cat([padded("attention_mask", "a", 0), padded("attention_mask", "b", 0)]),
-    }
-
-    def embed(mini: dict[str, torch.Tensor]):
-        with accelerator.autocast():
-            pooled, projected = bi_encoder.encode(mini["input_ids"], mini["attention_mask"])
-        return projected, pooled
-
-    def pair_terms(outputs) -> dict[str, torch.Tensor]:
-        _, pooled = outputs
-        with accelerator.autocast():
-            logits = bi_encoder.classify(pooled[:size], pooled[size:], batch["style_a"], batch["style_b"])
-        terms = dict(pair_ce_loss(logits, batch["label"]))
-        if "teacher_logits" in batch and cfg.distill_weight > 0:
-            terms.update(distillation_loss(logits, batch["teacher_logits"], cfg.distill_temperature))
-        topics = torch.cat([batch["topic_a"], batch["topic_b"]])
-        if module.topic_adversary is not None:
-            terms.update(module.topic_adversary(pooled, topics))
-        if cfg.independence_weight > 0:
-            terms.update(independence_loss(pooled, topics))
-        return terms
-
-    total, terms = cached.step_with_terms(
-        embed,
-        inputs,
-        torch.cat([batch["work_a"], batch["work_b"]]),
-        pair_terms,
-        weights={
-            "ce_loss": cfg.ce_weight,
-            "contrastive_loss": cfg.contrastive_weight,
-            "distill_loss": cfg.distill_weight,
-            "topic_adv_loss": cfg.topic_adversary_weight,
-            "independence_loss": cfg.independence_weight,
-        },
-    )
-    return {**{k: float(v) for k, v in terms.items()}, "loss": float(total)}
-
-
-class CrossModule(nn.Module):
-    def __init__(self, cross_encoder: CrossEncoder) -> None:
-        super().__init__()
-        self.model = cross_encoder.model
-
-    def forward(self, batch: dict[str, torch.Tensor], with_losses: bool = True) -> dict[str, Any]:
-        inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
-        logits = self.model(**inputs).logits
-        if not with_losses:
-            return {"logits": logits}
-        total, logged = combine_losses(pair_ce_loss(logits, batch["label"]))
-        return {"logits": logits, "loss": total, "logged": logged}
-
-
-class _Task:
-    name = ""
-    sequences_per_pair = 1
-
-    def __init__(self, config: TrainConfig) -> None:
-        self.config = config
-
-    def build(self, data, rank: int, world_size: int) -> nn.Module:
-        raise NotImplementedError
-
-    def tokenize(self, split, train: bool = False):
-        raise NotImplementedError
-
-    def collator(self, pad_to_multiple_of: int | None):
-        raise NotImplementedError
-
-    def save_final(self, module: nn.Module, path: Path, state_dict: dict[str, torch.Tensor] | None = None) -> None:
-        """Save the servable model; `state_dict` (keys of the training module) is given under DeepSpeed."""
-        raise NotImplementedError
-
-    def add_teacher_logits(self, train_split, tokenized, accelerator, out: Path):
-        return tokenized
-
-
-class CrossTask(_Task):
-    name = "cross"
-
-    def build(self, data, rank, world_size):
-        cfg = self.config
-        self.cross = CrossEncoder.from_backbone(cfg.model, max_seq_length=cfg.max_seq_length, local_files_only=cfg.local_files_only)
-        if cfg.gradient_checkpointing:
-            self.cross.model.gradient_checkpointing_enable()
-        return CrossModule(self.cross)
-
-    def tokenize(self, split, train: bool = False):
-        return tokenize_cross_split(split, self.cross, num_proc=self.config.preprocess_workers)
-
-    def collator(self, pad_to_multiple_of):
-        return CrossCollator(self.cross.tokenizer, pad_to_multiple_of)
-
-    def save_final(self, module, path, state_dict=None):
-        weights = None if state_dict is None else _strip_prefix(state_dict, "model.")
-        CrossEncoder(self.cross.config, module.model, self.cross.tokenizer).save_pretrained(path, state_dict=weights)
-
-
-class ContrastiveTask(_Task):
-    name = "contrastive"
-    sequences_per_pair = 2
-
-    def build(self, data, rank, world_size):
-        cfg = self.config
-        self.bi_encoder = BiEncoder.from_backbone(
-            cfg.model,
-            local_files_only=cfg.local_files_only,
-            projection_dim=cfg.projection_dim,
-            max_seq_length=cfg.max_seq_length,
-            pooling=cfg.pooling,
-            side_features=cfg.side_features,
-            lexical_buckets=cfg.lexical_buckets,
-            lexical_top_k=cfg.lexical_top_k,
-            name_top_k=cfg.name_top_k,
-            pooled_cosine=cfg.pooled_cosine,
-            long_texts=cfg.long_texts,
-        )
-        train = data.splits["train"]
-        self.bi_encoder.fit_lexical(dict.fromkeys(list(train["text1"]) + list(train["text2"])))
-        if cfg.gradient_checkpointing:
-            self.bi_encoder.encoder.gradient_checkpointing_enable()
-        self.book_work = data.book_work
-        self.topics = topic_index(data.splits["train"]) if (cfg.topic_adversary or cfg.independence_weight > 0) else None
-        return ContrastiveModule(self.bi_encoder, cfg, rank, world_size, len(self.topics or {}))
-
-    def tokenize(self, split, train: bool = False):
-        return tokenize_bi_encoder_split(
-            split, self.bi_encoder, work_ids(split, self.book_work), topic_ids(split, self.topics),
-            num_proc=self.config.preprocess_workers, window=self.config.training_window if train else "first",
-            seed=self.config.seed,
-        )
-
-    def collator(self, pad_to_multiple_of):
-        return BiEncoderCollator(self.bi_encoder.tokenizer, pad_to_multiple_of)
-
-    def save_final(self, module, path, state_dict=None):
-        weights = None if state_dict is None else _strip_prefix(state_dict, "bi_encoder.")
-        module.bi_encoder.save_pretrained(path, state_dict=weights)
-
-    def add_teacher_logits(self, train_split, tokenized, accelerator, out):
-        if not self.config.teacher:
-            return tokenized
-        logits = teacher_logits(self.config, train_split, accelerator, out)
-        return tokenized.add_column("teacher_logits", logits.tolist())
-
-
-def _strip_prefix(state_dict: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    """The weights under `prefix` (the servable model inside a training module), prefix removed."""
-    return {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
-
-
-def teacher_logits(config: ContrastiveTrainConfig, train_split, accelerator, out: Path) -> np.ndarray:
-    """The teacher's (N, 2) logits over the training pairs, computed once and cached in OUT/cache/.
-
-    The cache key covers the teacher's weights and the exact pair texts, so a changed teacher or data set
-    never reuses stale logits. Ranks score interleaved shards and gather the results.
-    """
-    import hashlib
-
-    from accelerate.utils import gather_object
-
-    teacher_dir = Path(config.teacher)
-    weights = teacher_dir / "model.safetensors"
-    stamp = f"{teacher_dir.resolve()}|{weights.stat().st_size if weights.exists() else 0}|{weights.stat().st_mtime_ns if weights.exists() else 0}"
-    key = hashlib.sha1(f"{stamp}|{texts_fingerprint(train_split)}".encode()).hexdigest()[:16]
-    cache = out / "cache" / f"teacher_logits-{key}.npy"
-    if cache.exists():
-        logger.info("teacher logits: reusing %s", cache)
-        return np.load(cache)
-    teacher = CrossEncoder.from_pretrained(teacher_dir, device=accelerator.device)
-    rows = list(range(accelerator.process_index, len(train_split), accelerator.num_processes))
-    start = time.perf_counter()
-    shard = train_split.select(rows)
-    with accelerator.autocast():  # bf16/fp16 teacher inference when the run uses mixed precision
-        mine = teacher.predict_logits(list(zip(list(shard["text1"]), list(shard["text2"]))), batch_size=config.teacher_batch_size).numpy()
-    gathered = gather_object([(r, mine[i].tolist()) for i, r in enumerate(rows)])
-    logits = np.zeros((len(train_split), 2), dtype=np.float32)
-    for row, values in gathered:
-        logits[row] = values
-    if accelerator.is_main_process:
-        import io
-
-        from bookmatch.storage import atomic_write_bytes
-
-        buffer = io.BytesIO()
-        np.save(buffer, logits)
-        atomic_write_bytes(cache, buffer.getvalue())
-        logger.info(summary_line("teacher logits", len(train_split), time.perf_counter() - start, "pairs"))
-    del teacher
-    return logits
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -507,7 +222,7 @@ def _progress_bar(total: int, initial: int, disable: bool):
     return tqdm(total=total, initial=initial, desc="train", unit="step", disable=disable, dynamic_ncols=True, file=sys.stderr)
 
 
-def run_training(task: _Task, on_step: Callable[[int], None] | None = None) -> Path:
+def run_training(task: Task, on_step: Callable[[int], None] | None = None) -> Path:
     from accelerate.utils import set_seed
     from transformers import get_linear_schedule_with_warmup
 
