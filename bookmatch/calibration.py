@@ -348,8 +348,6 @@ def calibrate(config: CalibrateConfig | str | os.PathLike, data_dir: str | os.Pa
     from bookmatch.inference import BI_ENCODER, detect_model_kind, load_scorer
     from bookmatch.progress import summary_line
 
-    if config.target not in TARGETS:
-        raise InputError(f"unknown --target {config.target!r}: use one of {', '.join(TARGETS)}")
     kind = detect_model_kind(config.model_dir)
     pairs = load_labelled_pairs(config.data_dir, config.split, config.pairs_file, config.max_pairs)
     if len(set(pairs.labels)) < 2:

@@ -31,6 +31,8 @@ from bookmatch.storage import atomic_write_bytes
 log = logging.getLogger(__name__)
 
 COHORT_FILE = "score_cohort.safetensors"
+
+
 @dataclass(frozen=True)
 class ScoreCohort:
     """The cohort's embeddings, as `BiEncoder.encode_texts` returns them (pooled, projected, style)."""

@@ -80,8 +80,6 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
     from bookmatch.inference import BI_ENCODER, CROSS_ENCODER, BiEncoderScorer, CrossEncoderScorer, load_bi_encoder, load_cross_encoder
     from bookmatch.progress import summary_line
 
-    if config.mode not in MODES:
-        raise InputError(f"unknown --mode {config.mode!r}: use one of {', '.join(MODES)}")
     if config.mode == "two-stage" and not config.cross_model_dir:
         raise InputError("--mode two-stage needs --cross-model (the cross-encoder's final/ folder)")
     report_dir = _writable_report_dir(config.report_dir)

@@ -58,10 +58,6 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _load_failure(kind: str, model_dir: Path, err: Exception) -> ModelLoadError:
-    return ModelLoadError(f"cannot load the {kind} in {model_dir}: {first_line(err)}; re-save or re-train the model")
-
-
 def resolve_device(device: str | None) -> str:
     """The device to load on: `device`, checked, or cuda when available. A bad name or an absent GPU is an
     input error, not a damaged model folder."""
@@ -81,28 +77,24 @@ def resolve_device(device: str | None) -> str:
 def load_bi_encoder(model_dir: str | os.PathLike, device: str | None = None):
     from bookmatch.models.bi_encoder import BiEncoder
 
-    device = resolve_device(device)
-    model_dir = Path(model_dir)
-    if not model_dir.is_dir():
-        raise ModelLoadError(f"model folder {model_dir} does not exist: pass the `final/` folder written by `bookmatch train`")
-    try:
-        return BiEncoder.from_pretrained(model_dir, device=device)
-    except BookmatchError:
-        raise
-    except Exception as err:  # shape mismatches, truncated tokenizer files...: all mean a damaged folder
-        raise _load_failure(BI_ENCODER, model_dir, err) from err
+    return _load(BiEncoder, BI_ENCODER, model_dir, device, "model folder", "bookmatch train")
 
 
 def load_cross_encoder(model_dir: str | os.PathLike, device: str | None = None):
     from bookmatch.models.cross_encoder import CrossEncoder
 
+    return _load(CrossEncoder, CROSS_ENCODER, model_dir, device, "cross-encoder folder", "bookmatch train cross")
+
+
+def _load(model_class, kind: str, model_dir: str | os.PathLike, device: str | None, folder_name: str, train_command: str):
+    """`model_class.from_pretrained` on a checked device, every failure as one ModelLoadError line."""
     device = resolve_device(device)
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
-        raise ModelLoadError(f"cross-encoder folder {model_dir} does not exist: pass the `final/` folder written by `bookmatch train cross`")
+        raise ModelLoadError(f"{folder_name} {model_dir} does not exist: pass the `final/` folder written by `{train_command}`")
     try:
-        return CrossEncoder.from_pretrained(model_dir, device=device)
+        return model_class.from_pretrained(model_dir, device=device)
     except BookmatchError:
         raise
-    except Exception as err:
-        raise _load_failure(CROSS_ENCODER, model_dir, err) from err
+    except Exception as err:  # shape mismatches, truncated tokenizer files...: all mean a damaged folder
+        raise ModelLoadError(f"cannot load the {kind} in {model_dir}: {first_line(err)}; re-save or re-train the model") from err
