@@ -1,6 +1,3 @@
-import json
-import os
-
 import pytest
 from click.testing import CliRunner
 

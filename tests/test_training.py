@@ -128,6 +128,43 @@ def test_sampler_length_grouping_reduces_padding():
     assert padding(grouped) < 0.2 * padding(plain)
 
 
+def test_author_grouped_batches_draw_from_few_authors():
+    """Grouped batches: every example once, no text twice, and each batch from about groups_per_batch groups
+    (random batches over 50 groups draw from ~12 of them)."""
+    rng = np.random.default_rng(1)
+    groups = rng.integers(0, 50, size=3000).tolist()
+    keys = [(2 * i, 2 * i + 1) for i in range(3000)]
+    grouped = NoDuplicatesBatchSampler(keys, 16, seed=0, groups=groups, groups_per_batch=4, lengths=[1] * 3000)
+    batches = grouped.batches(0)
+    assert sorted(i for b in batches for i in b) == list(range(3000))
+    distinct = [len({groups[i] for i in b}) for b in batches]
+    # the groups' short last runs fill the last few batches of the epoch
+    assert np.mean([d <= 4 for d in distinct]) > 0.9 and np.median(distinct) == 4
+    plain = [len({groups[i] for i in b}) for b in NoDuplicatesBatchSampler(keys, 16, seed=0).batches(0)]
+    assert np.median(plain) >= 10
+    assert grouped.batches(1) == NoDuplicatesBatchSampler(keys, 16, seed=0, groups=groups, groups_per_batch=4).batches(1)
+    assert grouped.batches(1) != grouped.batches(2)
+
+    # clashing texts inside a group are deferred, never put twice in one batch
+    shared = [(i % 7, 100 + i) for i in range(200)]
+    for batch in NoDuplicatesBatchSampler(shared, 8, seed=3, groups=[i % 5 for i in range(200)], groups_per_batch=2).batches(0):
+        texts = [t for i in batch for t in shared[i]]
+        assert len(texts) == len(set(texts))
+
+
+def test_contrastive_batch_groups_are_authors(synthetic_data, tiny_encoder_dir):
+    from bookmatch.training.config import ContrastiveTrainConfig
+    from bookmatch.training.data import load_pair_data
+    from bookmatch.training.tasks import ContrastiveTask
+
+    split = load_pair_data(synthetic_data).splits["train"]
+    assert ContrastiveTask(ContrastiveTrainConfig()).batch_groups(split) is None
+    groups, per_batch = ContrastiveTask(ContrastiveTrainConfig(authors_per_batch=3)).batch_groups(split)
+    authors = [book.split("/")[0] for book in split["book1"]]
+    assert per_batch == 3 and len(groups) == len(split)
+    assert all((groups[i] == groups[j]) == (authors[i] == authors[j]) for i in range(len(split)) for j in range(len(split)))
+
+
 def test_shard_global_batch():
     batch = list(range(10))
     parts = [shard_global_batch(batch, r, 3) for r in range(3)]
@@ -153,6 +190,8 @@ def test_config_defaults_and_yaml(tmp_path):
     assert (built.lr, built.epochs, built.batch_size) == (0.001, 4, 8)
     with pytest.raises(ValueError):
         ContrastiveTrainConfig(mixed_precision="fp8")
+    with pytest.raises(ValueError, match="authors_per_batch"):
+        ContrastiveTrainConfig(authors_per_batch=-1)
 
 
 def test_warmup_is_capped_for_short_runs():
@@ -309,9 +348,10 @@ def test_cli_cross_then_contrastive_with_teacher(synthetic_data, tiny_encoder_di
     student_out = tmp_path / "student"
     args = ["train", "contrastive", "--data", str(synthetic_data), "--model", str(tiny_encoder_dir), "--out", str(student_out), *TINY,
             "--teacher", str(teacher_out / "final"), "--projection-dim", "16", "--topic-adversary", "--independence-weight", "0.1",
-            "--max-steps", "9"]
+            "--authors-per-batch", "2", "--max-steps", "9"]
     result = _cli(args)
     assert result.exit_code == 0, result.output
+    assert "authors_per_batch: 2" in (student_out / "config.yaml").read_text()
     summary = json.loads((student_out / "train_summary.json").read_text())
     assert summary["complete"] and summary["global_step"] == 9
     assert [h["step"] for h in summary["history"]] == [4, 8, 9]  # every --eval-steps, and at the end

@@ -103,6 +103,8 @@ def cross(config_file, **values) -> None:
 @click.option("--pooled-cosine/--no-pooled-cosine", default=None, help="Give the classifier the pooled vectors' cosine.")
 @click.option("--training-window", type=click.Choice(["first", "random"]), default=None,
               help="Which max-seq-length tokens of a longer training text are read: the first, or a window at a seeded random offset.")
+@click.option("--authors-per-batch", type=int, default=None,
+              help="Each batch takes its pairs from this many authors, so in-batch negatives include an author's other books (0: random batches).")
 @click.option("--topic-adversary/--no-topic-adversary", default=None, help="Gradient-reversal topic classifier on the pooled vectors.")
 @click.option("--independence-weight", type=float, default=None, help="Weight of the embedding/topic independence loss.")
 @click.option("--cached-contrastive/--no-cached-contrastive", default=None, help="GradCache for large contrastive batches.")

@@ -32,7 +32,7 @@ def render_report(metrics: Mapping[str, Any], plots: Mapping[str, str]) -> str:
     ]
     calibration = metrics.get("calibration")
     if calibration:
-        lines.append(f"- calibration: " + ", ".join(f"{k} {_fmt(v)}" for k, v in calibration.items()))
+        lines.append("- calibration: " + ", ".join(f"{k} {_fmt(v)}" for k, v in calibration.items()))
     else:
         lines.append("- calibration: none found beside the model (run `bookmatch calibrate`); only uncalibrated figures")
     if metrics.get("stages"):

@@ -85,6 +85,10 @@ class ContrastiveTrainConfig(TrainConfig):
     # drawn per pair and side from the seed, so training sees every part of a passage, as whole-passage
     # inference does). Validation always reads the first window.
     training_window: str = "first"
+    # > 0: each batch (per process) takes its pairs from this many authors (the author of a pair's first book,
+    # the folder part of its book id), so SupCon's in-batch negatives include that author's other books;
+    # 0: batches drawn at random over all pairs.
+    authors_per_batch: int = 0
     teacher: str = ""  # cross-encoder folder to distil from ('' = no distillation)
     distill_weight: float = 0.5
     distill_temperature: float = 2.0
@@ -95,3 +99,8 @@ class ContrastiveTrainConfig(TrainConfig):
     independence_weight: float = 0.0
     cached_contrastive: bool = False  # GradCache: a large contrastive batch in mini-batches of `mini_batch_size`
     mini_batch_size: int = 8
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.authors_per_batch < 0:
+            raise ValueError(f"authors_per_batch must be >= 0 (0: random batches), got {self.authors_per_batch}")

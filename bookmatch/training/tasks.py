@@ -19,6 +19,7 @@ from bookmatch.training.config import ContrastiveTrainConfig, TrainConfig
 from bookmatch.training.data import (
     BiEncoderCollator,
     CrossCollator,
+    label_index,
     texts_fingerprint,
     tokenize_bi_encoder_split,
     tokenize_cross_split,
@@ -184,6 +185,10 @@ class Task:
     def add_teacher_logits(self, train_split, tokenized, accelerator, out: Path):
         return tokenized
 
+    def batch_groups(self, train_split) -> tuple[list[int], int] | None:
+        """A group id per training pair and the groups per (per-process) batch; None: batches at random."""
+        return None
+
 
 class CrossTask(Task):
     name = "cross"
@@ -242,6 +247,15 @@ class ContrastiveTask(Task):
 
     def collator(self, pad_to_multiple_of):
         return BiEncoderCollator(self.bi_encoder.tokenizer, pad_to_multiple_of)
+
+    def batch_groups(self, train_split):
+        if self.config.authors_per_batch < 1:
+            return None
+        # book ids are "<author folder>/<title>" (prepare's records); copies of a work may sit under two
+        # authors' folders, which only splits that work over two groups
+        authors = [book.split("/", 1)[0] for book in train_split["book1"]]
+        index = label_index(authors)
+        return [index[author] for author in authors], self.config.authors_per_batch
 
     def save_final(self, module, path, state_dict=None):
         weights = None if state_dict is None else _strip_prefix(state_dict, "bi_encoder.")

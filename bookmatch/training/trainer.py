@@ -260,12 +260,15 @@ def run_training(task: Task, on_step: Callable[[int], None] | None = None) -> Pa
     collate = task.collator(pad_multiple)
 
     # one global batch (batch_size per process) has no text twice; each process takes its slice of it
+    groups, groups_per_batch = task.batch_groups(train_split) or (None, 1)
     sampler = NoDuplicatesBatchSampler(
         text_key_ids(list(train_split["text1"]), list(train_split["text2"])),
         batch_size=config.batch_size * world_size,
         seed=config.seed,
         lengths=list(train_data["length"]) if config.group_by_length else None,
         drop_last=world_size > 1,
+        groups=groups,
+        groups_per_batch=groups_per_batch * world_size,
     )
     batches_per_epoch = [len(sampler.batches(epoch)) for epoch in range(config.epochs)]
     total_steps = sum(batches_per_epoch) // config.grad_accum
