@@ -15,13 +15,24 @@ median step time after `--warmup` steps.
         losses.MultipleNegativesRankingLoss on (text1, text2) columns; gradient clipping at 1.0 (the
         SentenceTransformerTrainer default).
 
-FLOPs per step (nanoGPT's estimate_mfu, for fwd + bwd): 6 * N * tokens + 12 * layers * seq^2 * hidden * seqs,
-with N the NON-embedding parameter count (embedding lookups are not matmuls; the all-parameter count is
-printed as well). MFU = FLOPs per step / step time / (--peak-tflops * 1e12); 989 = H100/H200 bf16 dense.
+FLOPs per step (nanoGPT's estimate_mfu, for fwd + bwd): 6 * N * len + 12 * layers * len^2 * hidden per sequence,
+summed over the step's sequences at their unpadded lengths, with N the NON-embedding parameter count (embedding
+lookups are not matmuls; the all-parameter count is printed as well). MFU = FLOPs per step / step time / (--peak-tflops * 1e12); 989 = H100/H200 bf16 dense.
 
   python scripts/bench_train.py --device cuda --size base,large --seq-len 512 --batch-pairs 32 --json-out bench_train.json
   python scripts/bench_train.py --device cpu --size tiny --seq-len 64 --steps 3      # smoke test
   python scripts/bench_train.py --device cpu --size minilm --seq-len 128 --batch-pairs 16   # cpu-small's step
+
+`--lengths-from DATA` replaces the fixed-length random batch by batches of real passages: each side's token
+count (capped at --seq-len) comes from the train split of a dataset made by `bookmatch prepare`, counted with
+`--tokenizer`; the ids stay random. Each path then batches them as it would in training: ours with the trainer's
+NoDuplicatesBatchSampler, length-grouped, both sides padded to the batch's longest text (to a multiple of 8 on
+CUDA, as the trainer's collator); st with no-duplicates batches in random order (sentence-transformers has no
+length grouping), each column padded to its own longest, as its tokenizer does. Figures are then totals over the
+timed steps (pairs/s, real tokens/s excluding padding), and FLOPs and MFU count real tokens only: padding is
+work the device does for nothing.
+
+  python scripts/bench_train.py --device cpu --size minilm --seq-len 512 --batch-pairs 16 --lengths-from DATA
 """
 
 from __future__ import annotations
@@ -68,6 +79,9 @@ class Result:
     peak_memory_gb: float | None
     steps_timed: int
     attn_implementation: str
+    pairs_per_s: float
+    real_tokens_per_s: float  # tokens that are not padding
+    pad_fraction: float  # share of the computed token positions that were padding
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -84,6 +98,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--peak-tflops", type=float, default=989.0, help="peak dense TFLOP/s of the device")
     parser.add_argument("--projection-dim", type=int, default=256)
     parser.add_argument("--chunks-per-book", type=int, default=4, help="sequences sharing a SupCon label")
+    parser.add_argument("--lengths-from", type=Path, default=None, help="a prepared dataset: real passage lengths")
+    parser.add_argument("--tokenizer", default="sentence-transformers/all-MiniLM-L6-v2", help="counts --lengths-from tokens")
     parser.add_argument("--json-out", type=Path, default=None)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -120,29 +136,94 @@ def count_params(model) -> tuple[int, int]:
 
 
 def step_flops(params_non_embedding: int, layers: int, hidden: int, seqs: int, seq_len: int) -> float:
-    tokens = seqs * seq_len
-    return 6.0 * params_non_embedding * tokens + 12.0 * layers * seq_len**2 * hidden * seqs
+    return sequence_flops(params_non_embedding, layers, hidden, [seq_len] * seqs)
+
+
+def sequence_flops(params_non_embedding: int, layers: int, hidden: int, lengths) -> float:
+    """fwd + bwd FLOPs of sequences of these (unpadded) lengths."""
+    return sum(6.0 * params_non_embedding * n + 12.0 * layers * n**2 * hidden for n in lengths)
 
 
 def make_batch(args, vocab: int, device):
     """Random token ids for text1 and text2, pair labels (half positives) and book labels for SupCon."""
     import torch
 
-    generator = torch.Generator().manual_seed(args.seed + 1)
     pairs = args.batch_pairs
-    shape = (pairs, args.seq_len)
-    text1 = torch.randint(3, vocab, shape, generator=generator)  # ids 0-2 are RoBERTa's <s>, <pad>, </s>
-    text2 = torch.randint(3, vocab, shape, generator=generator)
     pair_labels = (torch.arange(pairs) % 2 == 0).long()
     books = torch.arange(2 * pairs) // max(1, args.chunks_per_book)
     books[pairs:] = torch.where(pair_labels.bool(), books[:pairs], books[pairs:] + 10_000)  # positives share a book
-    mask = torch.ones(shape, dtype=torch.long)
+    full = [args.seq_len] * pairs
+    return padded_batch(full, full, args.seq_len, args.seq_len, pair_labels, books, vocab, device, args.seed + 1)
+
+
+def padded_batch(lengths_a, lengths_b, width_a: int, width_b: int, pair_labels, book_labels, vocab: int, device, seed: int):
+    """Random ids (never RoBERTa's <s>, <pad>, </s>: 0-2) for texts of the given lengths, padded with id 1 to
+    width_a / width_b, with their attention masks."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+
+    def side(lengths, width):
+        ids = torch.randint(3, vocab, (len(lengths), width), generator=generator)
+        mask = (torch.arange(width)[None, :] < torch.tensor(lengths)[:, None]).long()
+        ids = ids.masked_fill(mask == 0, 1)
+        return {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
+
     return {
-        "text1": {"input_ids": text1.to(device), "attention_mask": mask.to(device)},
-        "text2": {"input_ids": text2.to(device), "attention_mask": mask.to(device)},
+        "text1": side(lengths_a, width_a),
+        "text2": side(lengths_b, width_b),
         "pair_labels": pair_labels.to(device),
-        "book_labels": books.to(device),
+        "book_labels": book_labels.to(device),
     }
+
+
+def real_length_batches(args, vocab: int, device) -> dict[str, list[dict]]:
+    """Per path, warmup + steps batches of real passage lengths, batched and padded as that path trains."""
+    import torch
+    from datasets import load_from_disk
+    from transformers import AutoTokenizer
+
+    from bookmatch.models.resolve import resolve_model_path
+    from bookmatch.training.samplers import NoDuplicatesBatchSampler, text_key_ids
+
+    split = load_from_disk(str(args.lengths_from))["train"]
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(args.tokenizer))
+    texts_a, texts_b = list(split["text1"]), list(split["text2"])
+
+    def lengths(texts):
+        return [min(len(ids), args.seq_len) for ids in tokenizer(texts, verbose=False)["input_ids"]]
+
+    len_a, len_b = lengths(texts_a), lengths(texts_b)
+    labels = torch.tensor(split["label"])
+    book_index: dict[str, int] = {}
+    books = torch.tensor([[book_index.setdefault(b, len(book_index)) for b in pair] for pair in zip(split["book1"], split["book2"])])
+    keys = text_key_ids(texts_a, texts_b)
+    wanted = args.warmup + args.steps
+    multiple = 8 if device.type == "cuda" else 1
+
+    def round_up(n):
+        return -(-n // multiple) * multiple
+
+    samplers = {
+        "ours": NoDuplicatesBatchSampler(keys, args.batch_pairs, args.seed, lengths=[max(a, b) for a, b in zip(len_a, len_b)]),
+        "st": NoDuplicatesBatchSampler(keys, args.batch_pairs, args.seed),
+    }
+    out = {}
+    for path, sampler in samplers.items():
+        full = [rows for rows in sampler.batches(0) if len(rows) == args.batch_pairs][:wanted]
+        if len(full) < wanted:
+            raise SystemExit(f"error: {args.lengths_from} gives {len(full)} full batches of {args.batch_pairs} pairs; fewer --steps")
+        batches = []
+        for i, rows in enumerate(full):
+            a, b = [len_a[r] for r in rows], [len_b[r] for r in rows]
+            if path == "ours":  # both sides stacked into one encoder call, padded to one width
+                width_a = width_b = round_up(max(a + b))
+            else:
+                width_a, width_b = max(a), max(b)
+            book_labels = torch.cat([books[rows, 0], books[rows, 1]])
+            batches.append(padded_batch(a, b, width_a, width_b, labels[rows], book_labels, vocab, device, args.seed + 1 + i))
+        out[path] = batches
+    return out
 
 
 def make_optimizer(params, device):
@@ -154,7 +235,7 @@ def make_optimizer(params, device):
         return torch.optim.AdamW(params, lr=1e-5, weight_decay=0.01)
 
 
-def ours_step_fn(encoder, args, batch, device):
+def ours_step_fn(encoder, args, device):
     """Our training step: the project's BiEncoder inside the trainer's ContrastiveModule (pair CE + SupCon +
     distillation from teacher logits, weighted by ContrastiveTrainConfig's defaults)."""
     import torch
@@ -178,20 +259,21 @@ def ours_step_fn(encoder, args, batch, device):
     optimizer = make_optimizer(model.parameters(), device)
     pairs, n_side = args.batch_pairs, bi_encoder.side_features.dim
     generator = torch.Generator().manual_seed(args.seed + 2)
-    inputs = {
-        "input_ids_a": batch["text1"]["input_ids"],
-        "attention_mask_a": batch["text1"]["attention_mask"],
-        "input_ids_b": batch["text2"]["input_ids"],
-        "attention_mask_b": batch["text2"]["attention_mask"],
-        "style_a": torch.randn(pairs, n_side, generator=generator).to(device),
-        "style_b": torch.randn(pairs, n_side, generator=generator).to(device),
-        "label": batch["pair_labels"],
-        "work_a": batch["book_labels"][:pairs],
-        "work_b": batch["book_labels"][pairs:],
-        "teacher_logits": torch.randn(pairs, 2, generator=generator).to(device),
-    }
+    style_a, style_b, teacher_logits = (torch.randn(pairs, n, generator=generator).to(device) for n in (n_side, n_side, 2))
 
-    def step():
+    def step(batch):
+        inputs = {
+            "input_ids_a": batch["text1"]["input_ids"],
+            "attention_mask_a": batch["text1"]["attention_mask"],
+            "input_ids_b": batch["text2"]["input_ids"],
+            "attention_mask_b": batch["text2"]["attention_mask"],
+            "style_a": style_a,
+            "style_b": style_b,
+            "label": batch["pair_labels"],
+            "work_a": batch["book_labels"][:pairs],
+            "work_b": batch["book_labels"][pairs:],
+            "teacher_logits": teacher_logits,
+        }
         with autocast(device, not args.no_bf16):
             loss = model(inputs)["loss"]
         loss.backward()
@@ -203,7 +285,7 @@ def ours_step_fn(encoder, args, batch, device):
     return step, (model, optimizer), encoder.config._attn_implementation
 
 
-def st_step_fn(model_dir: Path, args, batch, device):
+def st_step_fn(model_dir: Path, args, device):
     """Stock sentence-transformers: Transformer + mean Pooling, MultipleNegativesRankingLoss, same loop."""
     import torch
     from sentence_transformers import SentenceTransformer
@@ -221,12 +303,11 @@ def st_step_fn(model_dir: Path, args, batch, device):
     model = SentenceTransformer(modules=[transformer, pooling], device=str(device))
     loss = MultipleNegativesRankingLoss(model)
     optimizer = make_optimizer(model.parameters(), device)
-    # Fresh dicts each step: the modules write their outputs into the features dict.
-    columns = [batch["text1"], batch["text2"]]
-
-    def step():
+    def step(batch):
+        # Fresh dicts each step: the modules write their outputs into the features dict.
+        columns = [dict(batch["text1"]), dict(batch["text2"])]
         with autocast(device, not args.no_bf16):
-            value = loss([dict(c) for c in columns], labels=None)
+            value = loss(columns, labels=None)
         value.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)  # the HF/ST trainers clip at 1.0 by default
         optimizer.step()
@@ -242,20 +323,21 @@ def autocast(device, enabled: bool):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
-def time_steps(step, args, device) -> list[float]:
+def time_steps(step, batches: list[dict], warmup: int, device) -> list[float]:
+    """Seconds of each step after the first `warmup` batches (which run untimed)."""
     import torch
 
     def sync():
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
-    for _ in range(args.warmup):
-        step()
+    for batch in batches[:warmup]:
+        step(batch)
     sync()
     times = []
-    for _ in range(args.steps):
+    for batch in batches[warmup:]:
         start = time.perf_counter()
-        step()
+        step(batch)
         sync()
         times.append(time.perf_counter() - start)
     return times
@@ -275,8 +357,11 @@ def bench_size(size: str, args, device, work_dir: Path) -> list[Result]:
     encoder = build_random_roberta(size, args.seq_len, args.seed)
     params, params_non_embedding = count_params(encoder)
     config = encoder.config
-    flops = step_flops(params_non_embedding, config.num_hidden_layers, config.hidden_size, 2 * args.batch_pairs, args.seq_len)
-    batch = make_batch(args, config.vocab_size, device)
+    if args.lengths_from is None:
+        batch = make_batch(args, config.vocab_size, device)
+        batches = {path: [batch] * (args.warmup + args.steps) for path in args.path_names}
+    else:
+        batches = real_length_batches(args, config.vocab_size, device)
     model_dir = work_dir / f"roberta-{size}"
     if "st" in args.path_names:
         save_for_sentence_transformers(encoder, model_dir)
@@ -288,11 +373,18 @@ def bench_size(size: str, args, device, work_dir: Path) -> list[Result]:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(device)
         if path == "ours":
-            step, keep, attention = ours_step_fn(build_random_roberta(size, args.seq_len, args.seed).to(device), args, batch, device)
+            step, keep, attention = ours_step_fn(build_random_roberta(size, args.seq_len, args.seed).to(device), args, device)
         else:
-            step, keep, attention = st_step_fn(model_dir, args, batch, device)
-        times = time_steps(step, args, device)
-        median = statistics.median(times)
+            step, keep, attention = st_step_fn(model_dir, args, device)
+        times = time_steps(step, batches[path], args.warmup, device)
+        timed = batches[path][args.warmup :]
+        # fixed batches: the median step (robust to a slow outlier); real lengths: the mean, since steps differ
+        step_s = statistics.median(times) if args.lengths_from is None else statistics.fmean(times)
+        per_step = len(timed)
+        real_lengths = [n for b in timed for side in ("text1", "text2") for n in b[side]["attention_mask"].sum(1).tolist()]
+        positions = sum(b[side]["input_ids"].numel() for b in timed for side in ("text1", "text2")) / per_step
+        real = sum(real_lengths) / per_step
+        flops = sequence_flops(params_non_embedding, config.num_hidden_layers, config.hidden_size, real_lengths) / per_step
         seqs = 2 * args.batch_pairs
         results.append(
             Result(
@@ -305,14 +397,17 @@ def bench_size(size: str, args, device, work_dir: Path) -> list[Result]:
                 seq_len=args.seq_len,
                 params=params,
                 params_non_embedding=params_non_embedding,
-                median_step_s=median,
-                seqs_per_s=seqs / median,
-                tokens_per_s=seqs * args.seq_len / median,
-                achieved_tflops=flops / median / 1e12,
-                mfu=flops / median / (args.peak_tflops * 1e12),
+                median_step_s=step_s,
+                seqs_per_s=seqs / step_s,
+                tokens_per_s=positions / step_s,
+                achieved_tflops=flops / step_s / 1e12,
+                mfu=flops / step_s / (args.peak_tflops * 1e12),
                 peak_memory_gb=torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
                 steps_timed=len(times),
                 attn_implementation=str(attention),
+                pairs_per_s=args.batch_pairs / step_s,
+                real_tokens_per_s=real / step_s,
+                pad_fraction=1 - real / positions,
             )
         )
         del step, keep
@@ -323,13 +418,17 @@ def bench_size(size: str, args, device, work_dir: Path) -> list[Result]:
 
 
 def format_table(results: list[Result]) -> str:
-    header = f"{'size':<6} {'path':<5} {'params(M)':>9} {'step(ms)':>9} {'seq/s':>9} {'tok/s':>11} {'TFLOP/s':>8} {'MFU':>6} {'mem(GB)':>8}"
+    header = (
+        f"{'size':<6} {'path':<5} {'params(M)':>9} {'step(ms)':>9} {'seq/s':>9} {'tok/s':>11} {'real tok/s':>11} "
+        f"{'pad':>6} {'TFLOP/s':>8} {'MFU':>6} {'mem(GB)':>8}"
+    )
     lines = [header, "-" * len(header)]
     for r in results:
         memory = "-" if r.peak_memory_gb is None else f"{r.peak_memory_gb:.1f}"
         lines.append(
             f"{r.size:<6} {r.path:<5} {r.params / 1e6:>9.1f} {r.median_step_s * 1e3:>9.1f} {r.seqs_per_s:>9.1f} "
-            f"{r.tokens_per_s:>11,.0f} {r.achieved_tflops:>8.2f} {r.mfu:>6.1%} {memory:>8}"
+            f"{r.tokens_per_s:>11,.0f} {r.real_tokens_per_s:>11,.0f} {r.pad_fraction:>6.1%} {r.achieved_tflops:>8.2f} "
+            f"{r.mfu:>6.1%} {memory:>8}"
         )
     return "\n".join(lines)
 
@@ -358,7 +457,9 @@ def main(argv=None) -> int:
         "bf16": not args.no_bf16,
         "peak_tflops": args.peak_tflops,
         "warmup": args.warmup,
-        "flops_formula": "6*N_non_embedding*tokens + 12*layers*seq^2*hidden*seqs per step",
+        "lengths_from": None if args.lengths_from is None else str(args.lengths_from),
+        "step_statistic": "median" if args.lengths_from is None else "mean",
+        "flops_formula": "sum over sequences of 6*N_non_embedding*len + 12*layers*len^2*hidden, len without padding",
     }
     payload = {"meta": meta, "results": [asdict(r) for r in results]}
     print(json.dumps(payload, indent=1))
