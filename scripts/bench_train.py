@@ -184,6 +184,7 @@ def real_length_batches(args, vocab: int, device) -> dict[str, list[dict]]:
     from transformers import AutoTokenizer
 
     from bookmatch.models.resolve import resolve_model_path
+    from bookmatch.training.data import label_index
     from bookmatch.training.samplers import NoDuplicatesBatchSampler, text_key_ids
 
     split = load_from_disk(str(args.lengths_from))["train"]
@@ -195,8 +196,9 @@ def real_length_batches(args, vocab: int, device) -> dict[str, list[dict]]:
 
     len_a, len_b = lengths(texts_a), lengths(texts_b)
     labels = torch.tensor(split["label"])
-    book_index: dict[str, int] = {}
-    books = torch.tensor([[book_index.setdefault(b, len(book_index)) for b in pair] for pair in zip(split["book1"], split["book2"])])
+    books1, books2 = list(split["book1"]), list(split["book2"])
+    book_index = label_index(books1 + books2)
+    books = torch.tensor([[book_index[a], book_index[b]] for a, b in zip(books1, books2)])
     keys = text_key_ids(texts_a, texts_b)
     wanted = args.warmup + args.steps
     multiple = 8 if device.type == "cuda" else 1
