@@ -135,10 +135,6 @@ def count_params(model) -> tuple[int, int]:
     return total, total - embedding
 
 
-def step_flops(params_non_embedding: int, layers: int, hidden: int, seqs: int, seq_len: int) -> float:
-    return sequence_flops(params_non_embedding, layers, hidden, [seq_len] * seqs)
-
-
 def sequence_flops(params_non_embedding: int, layers: int, hidden: int, lengths) -> float:
     """fwd + bwd FLOPs of sequences of these (unpadded) lengths."""
     return sum(6.0 * params_non_embedding * n + 12.0 * layers * n**2 * hidden for n in lengths)

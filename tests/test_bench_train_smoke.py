@@ -22,8 +22,8 @@ def _load_script():
 
 def test_flop_estimate_follows_nanogpt_formula():
     bench = _load_script()
-    # 6 * N * tokens + 12 * layers * seq^2 * hidden * seqs
-    assert bench.step_flops(1000, 2, 8, 3, 16) == 6 * 1000 * 48 + 12 * 2 * 16**2 * 8 * 3
+    # 6 * N * tokens + 12 * layers * seq^2 * hidden * seqs, for 3 sequences of 16 tokens
+    assert bench.sequence_flops(1000, 2, 8, [16] * 3) == 6 * 1000 * 48 + 12 * 2 * 16**2 * 8 * 3
     encoder = bench.build_random_roberta("tiny", 64, seed=0)
     total, non_embedding = bench.count_params(encoder)
     hidden, layers, _, intermediate, _ = bench.SIZES["tiny"]

@@ -105,8 +105,8 @@ def rank_results(tmp_path_factory):
     try:
         mp.spawn(_worker, args=(str(out_dir / "rendezvous-1"), str(out_dir)), nprocs=WORLD_SIZE, join=True)
     except mp.ProcessExitedException:
-        # Two full-suite runs in eleven sessions saw a worker abort ("terminate called without an active
-        # exception", inside torch) that 64 standalone runs, 4 at a time on 2 cores, never showed: once more.
+        # Two full-suite runs (of many, over twelve sessions) saw a worker abort ("terminate called without an
+        # active exception", inside torch) that 64 standalone runs, 4 at a time on 2 cores, never showed: once more.
         mp.spawn(_worker, args=(str(out_dir / "rendezvous-2"), str(out_dir)), nprocs=WORLD_SIZE, join=True)
     return [torch.load(out_dir / f"rank{rank}.pt", weights_only=False) for rank in range(WORLD_SIZE)]
 
