@@ -98,7 +98,8 @@ def _training_complete(run_dir: Path) -> bool:
 
 def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
     """Run every unfinished stage; return the test metrics (and eval-pairs metrics when asked)."""
-    from bookmatch.calibration import CALIBRATION_FILE, STYLE_CALIBRATION_FILE, CalibrateConfig, calibrate
+    from bookmatch.calibration import CalibrateConfig, calibrate
+    from bookmatch.inference.calibration import CALIBRATION_FILE, STYLE_CALIBRATION_FILE
     from bookmatch.evaluation.evaluate import METRICS_FILE, REPORT_FILES, EvaluateConfig, evaluate
     from bookmatch.prepare import run_prepare
     from bookmatch.prepare.config import PrepareConfig

@@ -81,7 +81,7 @@ def main() -> None:
     from sentence_transformers.losses import MultipleNegativesRankingLoss
     from sentence_transformers.training_args import BatchSamplers
 
-    from bookmatch.calibration import load_labelled_pairs
+    from bookmatch.inference.pairs_file import load_labelled_pairs
     from bookmatch.models.resolve import resolve_model_path
     from bookmatch.precision import autocast, resolve_mixed_precision
 

@@ -141,7 +141,7 @@ def bench_cli(label: str, models: dict[str, Path], pairs, tmp: Path, precision: 
     return row
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=64, help="Pairs for the tiny model.")
     parser.add_argument("--minilm-pairs", type=int, default=24, help="Pairs for the MiniLM backbone (slow on CPU).")
@@ -154,7 +154,7 @@ def main() -> None:
     parser.add_argument("--cohort", type=int, default=256, help="Score cohort size, as calibrate gives a bi-encoder (0: none).")
     parser.add_argument("--no-minilm", action="store_true", help="Skip the all-MiniLM-L6-v2 backbone.")
     parser.add_argument("--no-tiny", action="store_true", help="Skip the tiny random backbone.")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     import torch
 

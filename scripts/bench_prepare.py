@@ -72,7 +72,7 @@ def run_once(config: dict) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--books", type=Path, required=True)
     parser.add_argument("--limit", type=int, default=None, help="Use only the first N books (sorted).")
@@ -81,7 +81,7 @@ def main() -> None:
     parser.add_argument("--num-chunks-for-embed", type=int, default=16)
     parser.add_argument("--miner-precision", default="auto", help="Comma-separated miner precisions to compare, e.g. no,auto.")
     parser.add_argument("--memory", default="", help="Comma-separated book counts to compare peak RSS, e.g. 100,406.")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     scratch = Path(tempfile.mkdtemp(prefix="bench_prepare_"))
     try:

@@ -52,13 +52,13 @@ def book_by_book(raw: list[bytes], megabytes: float) -> None:
     print(f"{'book by book':>15}: {megabytes / seconds:7.1f} MB/s per core  ({seconds:.2f} s CPU, {sum(counts):,} chunks)")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--books", required=True, type=Path)
     parser.add_argument("--limit-mb", type=float, default=0, help="Stop reading books after this many MB (0: all).")
     parser.add_argument("--spacy-mb", type=float, default=2.0, help="MB of clean text to run spaCy on.")
     parser.add_argument("--book-by-book-first", action="store_true", help="Time the book-by-book pass before the stage-by-stage one (order check).")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     files = sorted(p for p in args.books.rglob("*.txt") if p.is_file())
     raw: list[bytes] = []

@@ -5,15 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bookmatch.calibration import (
-    Calibration,
-    StyleCalibration,
-    best_threshold,
-    binary_nll,
-    fit_style_calibration,
-    fit_temperature,
-    probability_from_margin,
-)
+from bookmatch.inference.calibration import Calibration, StyleCalibration, best_threshold, binary_nll, fit_style_calibration, fit_temperature, probability_from_margin
 from bookmatch.errors import InputError
 from bookmatch.evaluation.metrics import expected_calibration_error
 
@@ -120,7 +112,7 @@ def test_style_knots_reproduce_isotonic_regression():
     '[1, 2]',
 ])
 def test_corrupt_calibration_file_is_refused(tmp_path, content):
-    from bookmatch.calibration import load_calibration
+    from bookmatch.inference.calibration import load_calibration
 
     (tmp_path / "calibration.json").write_text(content)
     with pytest.raises(InputError, match="re-run `bookmatch calibrate`") as info:
@@ -140,7 +132,7 @@ def test_corrupt_calibration_file_is_refused(tmp_path, content):
 def test_corrupt_style_calibration_file_is_refused(tmp_path, knots):
     import json
 
-    from bookmatch.calibration import load_style_calibration
+    from bookmatch.inference.calibration import load_style_calibration
 
     (tmp_path / "style_calibration.json").write_text(json.dumps(knots))
     with pytest.raises(InputError, match="re-run `bookmatch calibrate`") as info:
@@ -151,7 +143,7 @@ def test_corrupt_style_calibration_file_is_refused(tmp_path, knots):
 def test_valid_calibration_files_load(tmp_path):
     import json
 
-    from bookmatch.calibration import load_calibration, load_style_calibration
+    from bookmatch.inference.calibration import load_calibration, load_style_calibration
 
     (tmp_path / "calibration.json").write_text(json.dumps({"temperature": 2.0, "threshold": 0.4, "offset": -0.5}))
     (tmp_path / "style_calibration.json").write_text(json.dumps({"x": [-0.5, 0.1, 0.1, 0.9], "y": [0.0, 0.2, 0.3, 1.0]}))

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bookmatch.calibration import CalibrateConfig, calibrate, probability_from_margin
+from bookmatch.calibration import CalibrateConfig, calibrate
+from bookmatch.inference.calibration import probability_from_margin
 from bookmatch.cohort import COHORT_FILE, ScoreCohort, select_cohort_texts
 from bookmatch.errors import InputError
 from bookmatch.inference import BiEncoderScorer, Matcher
@@ -158,7 +159,7 @@ def test_pairs_without_a_train_split_calibrate_without_a_cohort(run, tmp_path, c
 def test_margins_against_equal_the_classifier_on_every_pair(tiny_encoder_dir, features):
     import torch
 
-    from bookmatch.calibration import logit_margin
+    from bookmatch.inference.calibration import logit_margin
     from bookmatch.models.bi_encoder import BiEncoder, TextEmbeddings
 
     torch.manual_seed(3)

@@ -102,7 +102,7 @@ def test_calibrate_then_evaluate_dataset(models, dataset_dir, tmp_path):
     # (cohort-normalised) margins, recovered here from the calibrated probabilities
     from scipy.special import logit
 
-    from bookmatch.calibration import binary_nll, probability_from_margin
+    from bookmatch.inference.calibration import binary_nll, probability_from_margin
 
     calibrated = np.clip([p["probability"] for p in predictions], 1e-7, 1 - 1e-7)
     normalized = logit(calibrated) * written["temperature"] + written["offset"]
@@ -205,7 +205,7 @@ def test_two_stage_prefilter_applies_without_calibration(models, dataset_dir, tm
                                       report_dir=str(report), prefilter_threshold=prefilter, max_pairs=12, precision="no", device="cpu"))
     assert metrics["calibration"] is None and metrics["prefilter_threshold"] == prefilter
     predictions = [json.loads(line) for line in (report / "predictions.jsonl").read_text().splitlines()]
-    from bookmatch.calibration import load_labelled_pairs
+    from bookmatch.inference.pairs_file import load_labelled_pairs
 
     pairs = load_labelled_pairs(str(dataset_dir), "test", max_pairs=12)
     matcher = Matcher.from_pretrained(own["bi"], cross_model=own["cross"], device="cpu", precision="no", prefilter_threshold=prefilter)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from bookmatch.calibration import probability_from_margin
+from bookmatch.inference.calibration import probability_from_margin
 from bookmatch.cli import main
 from bookmatch.errors import InputError, ModelLoadError
 from bookmatch.inference import Matcher, read_pairs_jsonl, two_stage_decision

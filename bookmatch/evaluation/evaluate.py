@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from bookmatch.calibration import Calibration, load_calibration, load_labelled_pairs, load_score_cohort, probability_from_margin
+from bookmatch.inference.calibration import Calibration, load_calibration, load_score_cohort, probability_from_margin
+from bookmatch.inference.pairs_file import load_labelled_pairs
 from bookmatch.config import ConfigError, check_batch_size, save_config
 from bookmatch.errors import InputError
 from bookmatch.evaluation import plots
@@ -77,7 +78,7 @@ def _two_stage(bi_margin, cross_margin, bi_cal: Calibration, cross_cal: Calibrat
 def evaluate(config: EvaluateConfig) -> dict[str, Any]:
     """Write metrics.json, report.md, roc.png, reliability.png, score_histograms.png, predictions.jsonl and
     config.yaml into `config.report_dir`; return the metrics dict."""
-    from bookmatch.inference import BI_ENCODER, CROSS_ENCODER, BiEncoderScorer, CrossEncoderScorer, load_bi_encoder, load_cross_encoder
+    from bookmatch.inference import BI_ENCODER, BiEncoderScorer, CrossEncoderScorer, load_bi_encoder, load_cross_encoder
     from bookmatch.progress import summary_line
 
     if config.mode == "two-stage" and not config.cross_model_dir:
@@ -95,74 +96,98 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
     config = dataclasses.replace(config, precision=bi.precision)  # saved resolved: what the scores were computed in
     start = time.perf_counter()
     bi_raw = bi.raw_scores(pairs.text1, pairs.text2, batch_size=config.batch_size, show_progress=True)
-
-    if config.mode == "contrastive":
-        raw_p = probability_from_margin(bi_raw.margin)
-        uncalibrated = _Scores(raw_p, raw_p >= 0.5, 0.5)
-        calibrated = None
-        if bi_cal is not None:
-            cal_p = bi_cal.probabilities(bi_raw.score)
-            calibrated = _Scores(cal_p, cal_p >= bi_cal.threshold, bi_cal.threshold)
-        calibration_info = None if bi_cal is None else {"temperature": bi_cal.temperature, "offset": bi_cal.offset, "threshold": bi_cal.threshold,
-                                                        "score_cohort": len(bi.cohort) if bi.cohort is not None else 0}
+    if cross is None:
+        outcome = _contrastive_outcome(bi_raw, bi_cal, bi)
     else:
-        cross_cal = load_calibration(config.cross_model_dir, CROSS_ENCODER)
-        # The prefilter the user gives applies in both settings, as `Matcher` / `infer two-stage` apply it;
-        # without one, each setting uses its own bi-encoder threshold (0.5 uncalibrated).
-        raw_prefilter = config.prefilter_threshold if config.prefilter_threshold is not None else 0.5
-        prefilter = config.prefilter_threshold if config.prefilter_threshold is not None else (bi_cal.threshold if bi_cal else 0.5)
-        # The cross-encoder only reads pairs that pass a prefilter in either setting.
-        needed = probability_from_margin(bi_raw.margin) >= raw_prefilter
-        if bi_cal is not None:
-            needed |= bi_cal.probabilities(bi_raw.score) >= prefilter
-        cross_margin = np.full(len(pairs), np.nan)
-        idx = np.flatnonzero(needed)
-        if len(idx):
-            cross_margin[idx] = cross.raw_scores([pairs.text1[i] for i in idx], [pairs.text2[i] for i in idx], batch_size=config.batch_size).margin
-        uncalibrated = _two_stage(bi_raw.margin, cross_margin, Calibration(), Calibration(), raw_prefilter)
-        calibrated = None
-        if bi_cal is not None or cross_cal is not None:
-            calibrated = _two_stage(bi_raw.score, cross_margin, bi_cal or Calibration(), cross_cal or Calibration(), prefilter)
-        calibration_info = {
-            "bi_temperature": (bi_cal or Calibration()).temperature,
-            "prefilter_threshold": prefilter,
-            "cross_temperature": (cross_cal or Calibration()).temperature,
-            "cross_threshold": (cross_cal or Calibration()).threshold,
-        } if calibrated is not None else None
+        outcome = _two_stage_outcome(config, pairs, bi_raw, bi_cal, cross)
     seconds = time.perf_counter() - start
 
+    metrics = _metrics(config, pairs.source, labels, kinds, outcome, bi_raw.cosine, seconds)
+    # metrics.json marks a finished report: drop an old one first and write it last, so a run cut while
+    # plotting is redone instead of skipped with files missing.
+    (report_dir / METRICS_FILE).unlink(missing_ok=True)
+    _write_predictions(report_dir / "predictions.jsonl", labels, kinds, outcome.uncalibrated, outcome.calibrated, bi_raw.cosine)
+    plot_files = _write_plots(report_dir, labels, kinds, outcome.uncalibrated, outcome.calibrated)
+    atomic_write_text(report_dir / "report.md", render_report(metrics, plot_files))
+    save_config(config, report_dir / "config.yaml")
+    atomic_write_json(report_dir / METRICS_FILE, metrics)
+    log.info(summary_line("evaluate: scored", len(pairs), seconds, "pairs"))
+    return metrics
+
+
+@dataclass
+class _Outcome:
+    """Scores of one evaluation before and (when the model has a calibration) after calibrating."""
+
+    uncalibrated: _Scores
+    calibrated: _Scores | None
+    calibration_info: dict[str, Any] | None
+    prefilter_threshold: float | None = None  # two-stage: the prefilter the reported (final) scores used
+
+
+def _contrastive_outcome(bi_raw, bi_cal: Calibration | None, bi) -> _Outcome:
+    raw_p = probability_from_margin(bi_raw.margin)
+    uncalibrated = _Scores(raw_p, raw_p >= 0.5, 0.5)
+    if bi_cal is None:
+        return _Outcome(uncalibrated, None, None)
+    cal_p = bi_cal.probabilities(bi_raw.score)
+    info = {"temperature": bi_cal.temperature, "offset": bi_cal.offset, "threshold": bi_cal.threshold,
+            "score_cohort": len(bi.cohort) if bi.cohort is not None else 0}
+    return _Outcome(uncalibrated, _Scores(cal_p, cal_p >= bi_cal.threshold, bi_cal.threshold), info)
+
+
+def _two_stage_outcome(config: EvaluateConfig, pairs, bi_raw, bi_cal: Calibration | None, cross) -> _Outcome:
+    from bookmatch.inference import CROSS_ENCODER
+
+    cross_cal = load_calibration(config.cross_model_dir, CROSS_ENCODER)
+    # The prefilter the user gives applies in both settings, as `Matcher` / `infer two-stage` apply it;
+    # without one, each setting uses its own bi-encoder threshold (0.5 uncalibrated).
+    raw_prefilter = config.prefilter_threshold if config.prefilter_threshold is not None else 0.5
+    prefilter = config.prefilter_threshold if config.prefilter_threshold is not None else (bi_cal.threshold if bi_cal else 0.5)
+    # The cross-encoder only reads pairs that pass a prefilter in either setting.
+    needed = probability_from_margin(bi_raw.margin) >= raw_prefilter
+    if bi_cal is not None:
+        needed |= bi_cal.probabilities(bi_raw.score) >= prefilter
+    cross_margin = np.full(len(pairs), np.nan)
+    idx = np.flatnonzero(needed)
+    if len(idx):
+        cross_margin[idx] = cross.raw_scores([pairs.text1[i] for i in idx], [pairs.text2[i] for i in idx], batch_size=config.batch_size).margin
+    uncalibrated = _two_stage(bi_raw.margin, cross_margin, Calibration(), Calibration(), raw_prefilter)
+    if bi_cal is None and cross_cal is None:
+        return _Outcome(uncalibrated, None, None, raw_prefilter)
+    calibrated = _two_stage(bi_raw.score, cross_margin, bi_cal or Calibration(), cross_cal or Calibration(), prefilter)
+    info = {
+        "bi_temperature": (bi_cal or Calibration()).temperature,
+        "prefilter_threshold": prefilter,
+        "cross_temperature": (cross_cal or Calibration()).temperature,
+        "cross_threshold": (cross_cal or Calibration()).threshold,
+    }
+    return _Outcome(uncalibrated, calibrated, info, prefilter)
+
+
+def _metrics(config: EvaluateConfig, source: str, labels, kinds, outcome: _Outcome, cosine, seconds: float) -> dict[str, Any]:
+    uncalibrated, calibrated = outcome.uncalibrated, outcome.calibrated
     final = calibrated or uncalibrated
-    metrics: dict[str, Any] = {
+    return {
         "model_dir": str(config.model_dir),
         "cross_model_dir": config.cross_model_dir,
         "mode": config.mode,
         "precision": config.precision,
-        "source": pairs.source,
-        "pairs": len(pairs),
+        "source": source,
+        "pairs": len(labels),
         "positives": int(labels.sum()),
-        "calibration": calibration_info,
-        "prefilter_threshold": None if config.mode == "contrastive" else (prefilter if calibrated is not None else raw_prefilter),
+        "calibration": outcome.calibration_info,
+        "prefilter_threshold": outcome.prefilter_threshold,
         "uncalibrated": compute_metrics(labels, uncalibrated.probability, uncalibrated.threshold, uncalibrated.decisions),
         "calibrated": None if calibrated is None else compute_metrics(labels, calibrated.probability, calibrated.threshold, calibrated.decisions),
         "by_kind": {
             "uncalibrated": metrics_by_kind(labels, uncalibrated.probability, kinds, uncalibrated.threshold, uncalibrated.decisions),
             "calibrated": None if calibrated is None else metrics_by_kind(labels, calibrated.probability, kinds, calibrated.threshold, calibrated.decisions),
         },
-        "style_similarity": {"auc": compute_metrics(labels, (bi_raw.cosine + 1) / 2)["auc"]} if bi_raw.cosine is not None else None,
+        "style_similarity": {"auc": compute_metrics(labels, (cosine + 1) / 2)["auc"]} if cosine is not None else None,
         "stages": None if final.stage is None else {str(k): int(v) for k, v in zip(*np.unique(final.stage, return_counts=True))},
         "seconds": round(seconds, 3),
     }
-
-    # metrics.json marks a finished report: drop an old one first and write it last, so a run cut while
-    # plotting is redone instead of skipped with files missing.
-    (report_dir / METRICS_FILE).unlink(missing_ok=True)
-    _write_predictions(report_dir / "predictions.jsonl", labels, kinds, uncalibrated, calibrated, bi_raw.cosine)
-    plot_files = _write_plots(report_dir, labels, kinds, uncalibrated, calibrated)
-    atomic_write_text(report_dir / "report.md", render_report(metrics, plot_files))
-    save_config(config, report_dir / "config.yaml")
-    atomic_write_json(report_dir / METRICS_FILE, metrics)
-    log.info(summary_line("evaluate: scored", len(pairs), seconds, "pairs"))
-    return metrics
 
 
 def _writable_report_dir(path: str) -> Path:

@@ -11,7 +11,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from bookmatch.calibration import Calibration, StyleCalibration, load_calibration, load_score_cohort, load_style_calibration
+from bookmatch.inference.calibration import Calibration, StyleCalibration, load_calibration, load_score_cohort, load_style_calibration
 from bookmatch.config import check_batch_size
 from bookmatch.errors import InputError, ModelLoadError
 from bookmatch.inference.loading import BI_ENCODER, CROSS_ENCODER, detect_model_kind, load_bi_encoder, load_cross_encoder

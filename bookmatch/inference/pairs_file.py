@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -77,3 +78,59 @@ def is_valid_unicode(text: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+@dataclass
+class LabelledPairs:
+    text1: list[str]
+    text2: list[str]
+    labels: list[int]
+    kinds: list[str]
+    source: str
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def load_labelled_pairs(data_dir: str | os.PathLike | None = None, split: str = "validation", pairs_file: str | os.PathLike | None = None, max_pairs: int | None = None) -> LabelledPairs:
+    """Labelled pairs from a prepared DatasetDict split, or from a JSONL file (`text1, text2, label[, kind]`).
+
+    The kind of a dataset pair is its `neg_type` for negatives and "positive" for positives.
+    """
+    if (data_dir is None) == (pairs_file is None):
+        raise InputError("give exactly one of --data (a prepared dataset folder) or --pairs (a JSONL file)")
+    if pairs_file is not None:
+        rows = []
+        for _, row in read_pairs_jsonl(pairs_file, require_label=True):
+            rows.append(row)
+            if max_pairs is not None and len(rows) >= max_pairs:
+                break
+        return LabelledPairs(
+            [r["text1"] for r in rows], [r["text2"] for r in rows], [int(r["label"]) for r in rows],
+            [str(r.get("kind") or ("positive" if int(r["label"]) == 1 else "negative")) for r in rows], str(pairs_file),
+        )
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise InputError(f"dataset folder {data_dir} does not exist: pass the folder written by `bookmatch prepare`")
+    from datasets import load_from_disk
+
+    try:
+        dataset = load_from_disk(str(data_dir))
+    except (FileNotFoundError, ValueError, OSError) as err:
+        raise InputError(f"{data_dir} is not a saved dataset ({err}); pass the folder written by `bookmatch prepare`") from err
+    if split not in dataset:
+        raise InputError(f"dataset {data_dir} has no split {split!r} (it has {', '.join(dataset.keys())})")
+    part = dataset[split]
+    if max_pairs is not None and len(part) > max_pairs:
+        part = part.select(range(max_pairs))
+    for column in ("text1", "text2", "label"):
+        if column not in part.column_names:
+            raise InputError(f"dataset {data_dir} split {split!r} lacks the column {column!r}")
+    labels = [int(v) for v in part["label"]]
+    if "neg_type" in part.column_names:
+        kinds = ["positive" if label == 1 else (neg or "negative") for label, neg in zip(labels, part["neg_type"])]
+    elif "pair_type" in part.column_names:
+        kinds = list(part["pair_type"])
+    else:
+        kinds = ["positive" if label == 1 else "negative" for label in labels]
+    return LabelledPairs(list(part["text1"]), list(part["text2"]), labels, kinds, f"{data_dir}[{split}]")

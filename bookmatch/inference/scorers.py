@@ -12,6 +12,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from bookmatch.errors import InputError
+from bookmatch.inference.calibration import logit_margin
 from bookmatch.inference.loading import CROSS_ENCODER, detect_model_kind, load_bi_encoder, load_cross_encoder
 
 
@@ -180,8 +181,6 @@ class BiEncoderScorer:
     def raw_scores(self, text1: Sequence[str], text2: Sequence[str], batch_size: int = 64, show_progress: bool = False) -> RawScores:
         import torch
 
-        from bookmatch.calibration import logit_margin
-
         # One embed call over both sides: a text on both sides, or in many pairs, is encoded once.
         emb = self.embed(list(text1) + list(text2), batch_size=batch_size, show_progress=show_progress)
         n = len(text1)
@@ -236,8 +235,6 @@ class CrossEncoderScorer:
         return [[_pair_truncation_warning(max_tokens)] if is_over else [] for is_over in over]
 
     def raw_scores(self, text1: Sequence[str], text2: Sequence[str], batch_size: int = 64, show_progress: bool = False) -> RawScores:
-        from bookmatch.calibration import logit_margin
-
         pairs = list(zip(text1, text2))
         if not pairs:
             return RawScores(margin=np.zeros(0))

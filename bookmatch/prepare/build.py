@@ -12,6 +12,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -20,7 +21,7 @@ import numpy as np
 from bookmatch.config import config_to_dict, save_config
 from bookmatch.errors import InputError
 from bookmatch.prepare.config import PrepareConfig
-from bookmatch.prepare.dedup import common_shingles, drop_boilerplate_chunks, group_works
+from bookmatch.prepare.dedup import WorkGrouping, common_shingles, drop_boilerplate_chunks, group_works
 from bookmatch.prepare.pairs import COLUMNS, NEG_TYPES, PairOptions, pair_columns, sample_split_pairs
 from bookmatch.prepare.records import BookRecord
 from bookmatch.prepare.scan import assign_book_ids
@@ -120,33 +121,63 @@ def build_dataset(
     books_found: int,
     config: PrepareConfig,
     out: str | Path,
-    timer: Timer | None = None,
-    store: ChunkStore | None = None,
+    timer: Timer,
+    store: ChunkStore,
 ) -> Path:
     """Group works, drop boilerplate, mine, split, pair and save a DatasetDict with its manifest at `out`.
 
-    Chunk texts come from `store` when the records carry none (spilled while scanning), else from the records.
-    The records are consumed: boilerplate chunks are dropped from them and their sentence hashes released.
+    Chunk texts come from `store` (spilled there while scanning). The records are consumed: boilerplate chunks
+    are dropped from them and their sentence hashes released.
     """
-    timer = timer or Timer()
     started = time.perf_counter()
     records = sorted(records, key=lambda r: r.path)
     assign_book_ids(records)
-
     with timer.stage("dedup"):
         grouping = group_works(
             records, config.containment_threshold, config.min_shared_shingles, config.max_books_per_shingle,
             config.large_overlap_shingles, config.boilerplate_min_works,
         )
     with timer.stage("boilerplate"):
-        common = common_shingles(records, grouping.copy_of, config.boilerplate_min_works)
-        dropped_chunks = sum(
-            drop_boilerplate_chunks(r, common, config.chunk_size, config.boilerplate_max_fraction) for r in records
-        )
-        del common
-        for record in records:
-            # No later stage reads the per-sentence hashes, and they are half of what a book holds in memory.
-            record.sentence_hashes = record.gram_shingles = _NO_HASHES
+        dropped_chunks = _drop_boilerplate(records, grouping, config)
+    books = _used_books(records, grouping, skipped, books_found, dropped_chunks)
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Chosen texts go to memory-mapped Arrow files beside the output (same disk), removed when done.
+    spill_dir = Path(tempfile.mkdtemp(prefix=f".{out.name}.texts-", dir=out.parent))
+    try:
+        return _pairs_and_save(books, config, out, timer, started, _Spill(books.kept, store, spill_dir))
+    finally:
+        shutil.rmtree(spill_dir, ignore_errors=True)
+
+
+def _drop_boilerplate(records: list[BookRecord], grouping: WorkGrouping, config: PrepareConfig) -> int:
+    """Drop chunks made of text shared across works (licences, editors' notes); the number dropped."""
+    common = common_shingles(records, grouping.copy_of, config.boilerplate_min_works)
+    dropped_chunks = sum(drop_boilerplate_chunks(r, common, config.chunk_size, config.boilerplate_max_fraction) for r in records)
+    for record in records:
+        # No later stage reads the per-sentence hashes, and they are half of what a book holds in memory.
+        record.sentence_hashes = record.gram_shingles = _NO_HASHES
+    return dropped_chunks
+
+
+@dataclass
+class _UsedBooks:
+    """The books left after dedup and boilerplate, numbered 0..n-1, with their works and authors."""
+
+    records: list[BookRecord]  # every scanned book, for the manifest's duplicate lists
+    grouping: WorkGrouping  # dedup over `records`
+    skipped: list[dict[str, str]]
+    books_found: int
+    dropped_chunks: int
+    kept: list[BookRecord]
+    work_of: list[int]  # kept book -> work number
+    work_ids: list[str]  # work number -> work id (the smallest book id among its used copies)
+    author_of: list[str]
+
+
+def _used_books(records: list[BookRecord], grouping: WorkGrouping, skipped: list[dict[str, str]], books_found: int,
+                dropped_chunks: int) -> _UsedBooks:
     skipped = list(skipped)
     used = []
     for index, record in enumerate(records):
@@ -155,7 +186,6 @@ def build_dataset(
         else:
             skipped.append({"path": record.path, "reason": "every chunk was boilerplate shared with other books"})
     skipped.sort(key=lambda s: s["path"])
-
     if not used:
         examples = "; ".join(f"{s['path']}: {s['reason']}" for s in skipped[:3])
         raise InputError(f"no usable book among the {books_found} files found ({examples}{'; ...' if len(skipped) > 3 else ''}): "
@@ -170,43 +200,37 @@ def build_dataset(
     work_number = {w: n for n, w in enumerate(work_ids)}
     work_of = [work_number[work_id_of_root[root]] for root in root_of]
     author_of = [r.folder_author.lower() or r.author.lower() for r in kept]
+    return _UsedBooks(records, grouping, skipped, books_found, dropped_chunks, kept, work_of, work_ids, author_of)
 
-    def chunk_texts(wanted: dict[int, set[int]]) -> Iterator[tuple[int, int, str]]:
-        """(kept book, chunk, text) for the wanted chunk positions of kept books, streamed."""
-        if store is None:
-            for b in sorted(wanted):
-                for c in sorted(wanted[b]):
-                    yield b, c, kept[b].chunks[c]
-            return
-        by_path = {kept[b].path: {kept[b].chunk_ids[c] for c in cs} for b, cs in wanted.items()}
-        book_of_path = {kept[b].path: b for b in wanted}
-        chunk_of = {b: {kept[b].chunk_ids[c]: c for c in cs} for b, cs in wanted.items()}
-        for path, stored, text in store.iter_texts(by_path):
-            b = book_of_path[path]
-            yield b, chunk_of[b][stored], text
 
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # Chosen texts go to memory-mapped Arrow files beside the output (same disk), removed when done.
-    spill_dir = Path(tempfile.mkdtemp(prefix=f".{out.name}.texts-", dir=out.parent))
+class _Spill:
+    """Writes the wanted chunk texts of kept books, streamed from the chunk store, to an Arrow table."""
 
-    def spill(wanted: dict[int, set[int]], name: str) -> TextTable:
-        table = TextTable(chunk_texts(wanted), spill_dir / f"{name}.arrow")
+    def __init__(self, kept: list[BookRecord], store: ChunkStore, folder: Path) -> None:
+        self.kept, self.store, self.folder = kept, store, folder
+
+    def __call__(self, wanted: dict[int, set[int]], name: str) -> TextTable:
+        table = TextTable(self._texts(wanted), self.folder / f"{name}.arrow")
         expected = sum(map(len, wanted.values()))
         if len(table) != expected:
             raise RuntimeError(f"{expected - len(table)} wanted chunk texts are missing from the chunk store")
         return table
 
-    try:
-        return _pairs_and_save(records, grouping, skipped, books_found, config, out, timer, started, kept, work_of,
-                               work_ids, author_of, dropped_chunks, spill)
-    finally:
-        shutil.rmtree(spill_dir, ignore_errors=True)
+    def _texts(self, wanted: dict[int, set[int]]) -> Iterator[tuple[int, int, str]]:
+        """(kept book, chunk, text) for the wanted chunk positions of kept books."""
+        kept = self.kept
+        by_path = {kept[b].path: {kept[b].chunk_ids[c] for c in cs} for b, cs in wanted.items()}
+        book_of_path = {kept[b].path: b for b in wanted}
+        chunk_of = {b: {kept[b].chunk_ids[c]: c for c in cs} for b, cs in wanted.items()}
+        for path, stored, text in self.store.iter_texts(by_path):
+            b = book_of_path[path]
+            yield b, chunk_of[b][stored], text
 
 
-def _pairs_and_save(records, grouping, skipped, books_found, config, out, timer, started, kept, work_of, work_ids,
-                    author_of, dropped_chunks, spill) -> Path:
+def _pairs_and_save(books: _UsedBooks, config: PrepareConfig, out: Path, timer: Timer, started: float,
+                    spill: Callable[[dict[int, set[int]], str], TextTable]) -> Path:
     """Mining, splits, pairs and the atomic save (build_dataset's second half, inside its spill folder)."""
+    kept, work_of, work_ids, author_of = books.kept, books.work_of, books.work_ids, books.author_of
     neighbours, embedded = None, 0
     if config.hard_negatives and len(kept) > 1:
         with timer.stage("mining"):
@@ -251,18 +275,18 @@ def _pairs_and_save(records, grouping, skipped, books_found, config, out, timer,
             write_dataset(columns, tmp, texts)
             del columns, texts
             manifest = {
-                "books_found": books_found,
+                "books_found": books.books_found,
                 "books_used": len(kept),
-                "skipped": skipped,
-                "duplicate_groups": [[records[i].path for i in group] for group in grouping.groups],
+                "skipped": books.skipped,
+                "duplicate_groups": [[books.records[i].path for i in group] for group in books.grouping.groups],
                 "duplicate_evidence": [
-                    {"a": records[a].path, "b": records[b].path, "containment": value}
-                    for (a, b), value in sorted(grouping.containment.items())
+                    {"a": books.records[a].path, "b": books.records[b].path, "containment": value}
+                    for (a, b), value in sorted(books.grouping.containment.items())
                 ],
                 "book_work": {r.book_id: work_ids[w] for r, w in zip(kept, work_of)},
                 "split_books": {name: sorted(kept[b].book_id for b in members) for name, members in split_members.items()},
                 "counts": counts,
-                "boilerplate_chunks_dropped": dropped_chunks,
+                "boilerplate_chunks_dropped": books.dropped_chunks,
                 "chunks_embedded": embedded,
                 "config": config_to_dict(config),
                 "timings": timer.timings,
