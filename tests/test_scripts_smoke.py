@@ -38,7 +38,7 @@ def test_bench_text_prints_throughput_and_splitter_agreement(corpus_dir, capsys)
 def test_bench_prepare_runs_prepare_in_a_subprocess(corpus_dir, capsys):
     _load("bench_prepare").main(["--books", str(corpus_dir / "books"), "--limit", "6", "--workers", "1"])
     out = capsys.readouterr().out
-    assert _figure(r"pairs (\d+)", out) > 0
+    assert _figure(r"pairs \{'train': (\d+)", out) > 0
     assert _figure(r"peak RSS: main (\d+) MB", out) > 0
     assert "stage timings (s): " in out and "dedup" in out
 
