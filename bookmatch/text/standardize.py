@@ -21,6 +21,7 @@ from pathlib import Path
 from bookmatch.errors import InputError
 from bookmatch.text.decode import UnreadableText, decode_bytes
 from bookmatch.text.gutenberg import BookMeta, parse_header, strip_boilerplate
+from bookmatch.text.names import one_line_name, unicode_name
 
 MIN_BOOK_CHARS = 2000
 
@@ -103,8 +104,9 @@ def slugify(text: str) -> str:
 
 
 def _display(path: Path) -> str:
-    # A carriage return inside a file name would break the one-line message.
-    return os.fspath(path).replace("\r", "\\r").replace("\n", "\\n")
+    # A carriage return inside a file name would break the one-line message; bytes that are not UTF-8 could
+    # not be written to a manifest or a terminal.
+    return one_line_name(os.fspath(path))
 
 
 def load_book(path: str | os.PathLike, min_chars: int = MIN_BOOK_CHARS) -> Book:
@@ -126,8 +128,8 @@ def load_book(path: str | os.PathLike, min_chars: int = MIN_BOOK_CHARS) -> Book:
         raise SkipBook(f"{where}: no book text after removing the Gutenberg header, licence and footer")
     if len(body) < min_chars:
         raise SkipBook(f"{where}: only {len(body)} characters of text after cleaning (need {min_chars}); not a book")
-    folder = path.parent.name
-    stem = path.stem
+    folder = unicode_name(path.parent.name)
+    stem = unicode_name(path.stem)
     return Book(
         path=path,
         author=meta.author or " ".join(folder.split()) or "unknown",
