@@ -147,6 +147,7 @@ class _BodyReader:
 
     def __init__(self, encoding: str, max_bytes: int) -> None:
         self.decompressor = _decompressor(encoding)
+        self.gzip = "gzip" in encoding.lower()
         self.max_bytes = max_bytes
         self.parts: list[bytes] = []
         self.size = 0
@@ -160,7 +161,7 @@ class _BodyReader:
 
     def feed(self, raw: bytes) -> None:
         self.raw_size += len(raw)
-        if self.raw_size > self.max_bytes:  # bytes after a gzip member's end pile up in unused_data otherwise
+        if self.raw_size > self.max_bytes:
             raise _too_big(self.max_bytes)
         if self.decompressor is None:
             return self._keep(raw)
@@ -170,6 +171,14 @@ class _BodyReader:
                 # max_length bounds each step's output; what is left waits in unconsumed_tail
                 self._keep(self.decompressor.decompress(data, self.max_bytes - self.size + 1))
                 data = self.decompressor.unconsumed_tail
+                if self.decompressor.eof and self.decompressor.unused_data:
+                    data = self.decompressor.unused_data
+                    if not data.strip(b"\0"):  # zero padding after the end, as gzip(1) tolerates
+                        data = b""
+                    elif self.gzip:  # gzip allows members one after another (RFC 1952), all under one cap
+                        self.decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
+                    else:
+                        raise _Unusable("data after the end of the deflate body")
         except zlib.error as err:
             raise _Unusable(f"body claims a compressed content encoding but is not ({err})") from err
 
