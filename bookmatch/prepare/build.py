@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import re
 import shutil
 import tempfile
 import time
@@ -19,6 +21,7 @@ import numpy as np
 
 from bookmatch.config import config_to_dict, save_config
 from bookmatch.errors import InputError
+from bookmatch.leftovers import sweep_dead
 from bookmatch.prepare.config import PrepareConfig
 from bookmatch.prepare.dedup import common_shingles, drop_boilerplate_chunks, group_works
 from bookmatch.prepare.pairs import COLUMNS, NEG_TYPES, PairOptions, pair_columns, sample_split_pairs
@@ -188,7 +191,9 @@ def build_dataset(
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     # Chosen texts go to memory-mapped Arrow files beside the output (same disk), removed when done.
-    spill_dir = Path(tempfile.mkdtemp(prefix=f".{out.name}.texts-", dir=out.parent))
+    # The folder name carries this process's ID: the next run removes what a killed one left, not a live run's.
+    sweep_dead(out.parent, re.escape(f".{out.name}.texts-") + r"(?:(?P<pid>\d+)-)?[^/]+")
+    spill_dir = Path(tempfile.mkdtemp(prefix=f".{out.name}.texts-{os.getpid()}-", dir=out.parent))
 
     def spill(wanted: dict[int, set[int]], name: str) -> TextTable:
         table = TextTable(chunk_texts(wanted), spill_dir / f"{name}.arrow")

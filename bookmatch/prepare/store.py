@@ -15,6 +15,7 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 
 from bookmatch.prepare.records import BookRecord
+from bookmatch.text.names import unicode_name
 
 ROWS_PER_GROUP = 16
 _META_COLUMNS = ["path", "author", "title", "chunk_starts", "chunk_topics", "sentence_hashes", "gram_shingles"]
@@ -65,8 +66,10 @@ class RecordWriter:
         if not self._pending:
             return
         rows = self._pending
+        # Names read from disk may hold bytes that are not UTF-8 (surrogate escapes): Arrow strings cannot.
         self._writer.write_table(pa.table({
-            "path": [r.path for r in rows], "author": [r.author for r in rows], "title": [r.title for r in rows],
+            "path": [unicode_name(r.path) for r in rows], "author": [unicode_name(r.author) for r in rows],
+            "title": [unicode_name(r.title) for r in rows],
             "chunks": [r.chunks for r in rows], "chunk_starts": [r.chunk_starts for r in rows],
             "chunk_topics": [r.chunk_topics for r in rows],
             "sentence_hashes": [np.asarray(r.sentence_hashes, dtype=np.uint64) for r in rows],
