@@ -109,6 +109,25 @@ def test_pairs_reader_takes_stdin_and_a_pipe(tmp_path, monkeypatch):
         list(read_pairs_jsonl(tmp_path))
 
 
+def test_batch_cli_reads_stdin_dash_and_sweeps_dead_runs_temp_output(models, tmp_path):
+    from click.testing import CliRunner
+
+    from bookmatch.cli import main
+    from bookmatch.inference.pairs_file import check_pairs_input
+
+    check_pairs_input("/dev/stdin")  # a character device or pipe, not a regular file: accepted
+    out = tmp_path / "scores.jsonl"
+    stale = tmp_path / f".scores.jsonl.tmp-{_dead_pid()}"
+    stale.write_bytes(b"")
+    lines = "".join(json.dumps({"text1": f"passage number {i}", "text2": "another passage"}) + "\n" for i in range(3))
+    result = CliRunner().invoke(main, ["infer", "contrastive", "--model", str(models["bi"]), "--device", "cpu",
+                                       "--precision", "no", "--input", "-", "--output", str(out)], input=lines)
+    assert result.exit_code == 0, result.output
+    assert [json.loads(line)["line"] for line in out.read_text(encoding="utf-8").splitlines()] == [1, 2, 3]
+    assert not stale.exists()
+
+
+@pytest.mark.slow  # a fresh Python process imports torch: ~50 s on the 2 loaded CI cores; the fast tests cover its parts
 def test_batch_scoring_reads_dev_stdin_and_sweeps_dead_runs_temp_output(models, tmp_path):
     """`--input /dev/stdin` in a real process (not a test runner's fake stdin); a 0-byte temp output a killed run
     left beside the output is removed."""
@@ -123,6 +142,6 @@ def test_batch_scoring_reads_dev_stdin_and_sweeps_dead_runs_temp_output(models, 
         input=lines.encode() + b'{"text1": "\xff\xfe", "text2": "z"}\n', capture_output=True, env=env, timeout=300,
     )
     assert result.returncode == 0, result.stderr.decode(errors="replace")[-2000:]
-    assert [json.loads(l)["line"] for l in out.read_text(encoding="utf-8").splitlines()] == [1, 2, 3, 4]
+    assert [json.loads(line)["line"] for line in out.read_text(encoding="utf-8").splitlines()] == [1, 2, 3, 4]
     assert b"stdin line 4 is not valid UTF-8" in result.stderr
     assert not stale.exists()
