@@ -72,6 +72,8 @@ def test_prepare_survives_odd_file_names_and_sweeps_killed_runs_leftovers(corpus
     used = {p for split in manifest["split_books"].values() for p in split}
     assert manifest["books_used"] == len(SMALL), manifest["skipped"]
     assert any("brain_xffchild" in book for book in used), used
+    removed = manifest["text_removed"]
+    assert removed["chars"]["header"] > 0 and removed["chars"]["footer"] > 0 and removed["books_holding_several"] == []
     assert not any(p.exists() for p in left)
     assert not list(tmp_path.glob(".data.*")), list(tmp_path.iterdir())
 

@@ -268,6 +268,7 @@ def _pairs_and_save(records, grouping, skipped, books_found, config, out, timer,
                 "split_books": {name: sorted(kept[b].book_id for b in members) for name, members in split_members.items()},
                 "counts": counts,
                 "boilerplate_chunks_dropped": dropped_chunks,
+                "text_removed": removed_totals(kept),
                 "chunks_embedded": embedded,
                 "config": config_to_dict(config),
                 "timings": timer.timings,
@@ -282,3 +283,14 @@ def _pairs_and_save(records, grouping, skipped, books_found, config, out, timer,
     manifest["timings"] = dict(timer.timings)
     atomic_write_json(out / "manifest.json", manifest)
     return out
+
+
+def removed_totals(records: Sequence[BookRecord]) -> dict:
+    """Characters of Gutenberg boilerplate standardization removed from the books used, by kind, and the files
+    found to hold more than one book (an end line followed by more book text: a boundary, not the end)."""
+    totals: dict[str, int] = {}
+    for record in records:
+        for kind, count in record.removed.items():
+            totals[kind] = totals.get(kind, 0) + int(count)
+    several = sorted(r.path for r in records if r.removed.get("boundaries"))
+    return {"chars": totals, "books_holding_several": several}

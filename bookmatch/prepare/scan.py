@@ -87,6 +87,7 @@ def load_book_record(path: Path, root: Path, options: ChunkingOptions) -> BookRe
         chunk_topics=[chunk_topic(t) for t in texts],
         sentence_hashes=sentence_hashes(sentences, options.shingle_min_words),
         gram_shingles=word_gram_shingles(book.text, options.gram_words, options.gram_keep_one_in),
+        removed=dict(book.removed),
     )
 
 

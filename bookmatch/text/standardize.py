@@ -20,7 +20,7 @@ from pathlib import Path
 
 from bookmatch.errors import InputError
 from bookmatch.text.decode import UnreadableText, decode_bytes
-from bookmatch.text.gutenberg import BookMeta, parse_header, strip_boilerplate
+from bookmatch.text.gutenberg import BookMeta, Removed, parse_header, strip_boilerplate_counted
 from bookmatch.text.names import one_line_name, unicode_name
 
 MIN_BOOK_CHARS = 2000
@@ -48,6 +48,8 @@ class Book:
     meta: BookMeta = field(default_factory=BookMeta)
     # `<folder>/<file stem>` as found on disk, the form the validation pairs use for `book1`/`book2`.
     source_id: str = ""
+    # Characters of Gutenberg boilerplate removed, by kind (`Removed.as_dict`), and the books-in-one-file boundaries.
+    removed: dict[str, int] = field(default_factory=dict)
 
 
 def normalize_unicode(text: str) -> str:
@@ -87,13 +89,18 @@ def reflow(text: str) -> str:
 
 def standardize(text: str) -> str:
     """Decoded book text -> clean body text (boilerplate removed, normalized, re-flowed)."""
+    return standardize_counted(text)[0]
+
+
+def standardize_counted(text: str) -> tuple[str, Removed]:
+    """`standardize`, and the characters of Gutenberg boilerplate it removed, by kind (for the manifest)."""
     if "\r" in text:
         text = text.replace("\r\n", "\n").replace("\r", "\n")
     text = normalize_unicode(text)
-    text = strip_boilerplate(text)
+    text, removed = strip_boilerplate_counted(text)
     if "_" in text:
         text = text.replace("_", "")
-    return reflow(text)
+    return reflow(text), removed
 
 
 def slugify(text: str) -> str:
@@ -123,7 +130,7 @@ def load_book(path: str | os.PathLike, min_chars: int = MIN_BOOK_CHARS) -> Book:
         raise SkipBook(str(err)) from err
     raw = normalize_unicode(raw)
     meta = parse_header(raw)
-    body = standardize(raw)
+    body, removed = standardize_counted(raw)
     if not body:
         raise SkipBook(f"{where}: no book text after removing the Gutenberg header, licence and footer")
     if len(body) < min_chars:
@@ -137,4 +144,5 @@ def load_book(path: str | os.PathLike, min_chars: int = MIN_BOOK_CHARS) -> Book:
         text=body,
         meta=meta,
         source_id=f"{folder}/{stem}",
+        removed=removed.as_dict(),
     )
