@@ -147,3 +147,28 @@ def test_batch_scoring_reads_dev_stdin_and_sweeps_dead_runs_temp_output(models, 
     assert [json.loads(line)["line"] for line in out.read_text(encoding="utf-8").splitlines()] == [1, 2, 3, 4]
     assert b"stdin line 4 is not valid UTF-8" in result.stderr
     assert not stale.exists()
+
+
+def test_a_pairs_line_over_the_limit_is_a_bad_line_read_past_in_pieces(tmp_path, monkeypatch):
+    from bookmatch.errors import InputError
+    from bookmatch.inference import pairs_file
+
+    monkeypatch.setattr(pairs_file, "MAX_LINE_CHARS", 100)
+    good = json.dumps({"text1": "a", "text2": "b"})
+    source = tmp_path / "pairs.jsonl"
+    source.write_text(good + "\n" + json.dumps({"text1": "x" * 1000, "text2": "y"}) + "\n" + good + "\n", encoding="utf-8")
+    with pytest.raises(InputError, match="line 2: longer than 100 characters"):
+        list(read_pairs_jsonl(source))
+    bad: list[str] = []
+    assert [n for n, _ in read_pairs_jsonl(source, skip_bad_lines=True, bad_lines=bad)] == [1, 3]
+    assert len(bad) == 1 and "line 2" in bad[0]
+
+
+def test_a_book_file_over_the_size_limit_is_skipped_with_a_reason(tmp_path, monkeypatch):
+    from bookmatch.text import standardize
+
+    monkeypatch.setattr(standardize, "MAX_BOOK_FILE_BYTES", 1000)
+    big = tmp_path / "big.txt"
+    big.write_text("word " * 1000, encoding="utf-8")
+    with pytest.raises(standardize.SkipBook, match="over the 1,000-byte limit"):
+        standardize.load_book(big)

@@ -18,6 +18,9 @@ log = logging.getLogger(__name__)
 
 
 STDIN = "-"
+# Longest JSON line read (characters): far above any passage pair the models read (a bi-encoder reads at most
+# max_windows x max_seq_length tokens, ~150 KB of text), low enough that one hostile line cannot fill memory.
+MAX_LINE_CHARS = 16 * 1024 * 1024
 # Bytes that are not UTF-8, as the surrogateescape reader sees them (one U+DC80-U+DCFF per byte).
 _ESCAPED_BYTES = re.compile("[\udc80-\udcff]+")
 _NOT_UTF8_SHOWN = 3
@@ -76,7 +79,15 @@ def read_pairs_jsonl(
     shown = "stdin" if os.fspath(path) == STDIN else str(path)
     not_utf8 = 0
     with _open_lines(path) as handle:
-        for number, line in enumerate(handle, start=1):
+        for number, line in enumerate(_bounded_lines(handle), start=1):
+            if line is None:
+                problem = f"longer than {MAX_LINE_CHARS:,} characters (the limit for one pair)"
+                if not skip_bad_lines:
+                    raise InputError(f"{shown} line {number}: {problem}; shorten the texts"
+                                     + (f" or pass {skip_hint}" if skip_hint else ""))
+                if bad_lines is not None:
+                    bad_lines.append(f"{shown} line {number}: {problem}")
+                continue
             if _ESCAPED_BYTES.search(line):
                 line = _ESCAPED_BYTES.sub(lambda m: "\ufffd" * len(m.group()), line)
                 not_utf8 += 1
@@ -101,6 +112,20 @@ def read_pairs_jsonl(
     if warnings is None and not_utf8 > _NOT_UTF8_SHOWN:
         log.warning("%s: %d more line(s) held bytes that are not UTF-8 (replaced by U+FFFD)", shown,
                     not_utf8 - _NOT_UTF8_SHOWN)
+
+
+def _bounded_lines(handle: IO[str]) -> Iterator[str | None]:
+    """The lines of `handle`, with None in place of a line over MAX_LINE_CHARS (read past in pieces, never whole)."""
+    while True:
+        line = handle.readline(MAX_LINE_CHARS + 1)
+        if not line:
+            return
+        if len(line) <= MAX_LINE_CHARS or line.endswith("\n"):
+            yield line
+            continue
+        while line and not line.endswith("\n"):
+            line = handle.readline(MAX_LINE_CHARS)
+        yield None
 
 
 def _warn_not_utf8(where: str, count: int, warnings: list[str] | None) -> None:

@@ -24,6 +24,9 @@ from bookmatch.text.gutenberg import BookMeta, Removed, parse_header, strip_boil
 from bookmatch.text.names import one_line_name, unicode_name
 
 MIN_BOOK_CHARS = 2000
+# Largest book file read (bytes); a larger one is skipped with a reason rather than read whole into memory. The
+# largest Gutenberg texts are ~ 30 MB; ingest's download cap is 128 MiB, so whatever ingest fetched fits.
+MAX_BOOK_FILE_BYTES = 256 * 1024 * 1024
 
 _TYPOGRAPHY = {
         "\u2018": "'", "\u2019": "'", "\u201a": "'", "\u201b": "'", "\u2032": "'",
@@ -121,6 +124,9 @@ def load_book(path: str | os.PathLike, min_chars: int = MIN_BOOK_CHARS) -> Book:
     path = Path(path)
     where = _display(path)
     try:
+        size = path.stat().st_size
+        if size > MAX_BOOK_FILE_BYTES:
+            raise SkipBook(f"{where}: {size:,} bytes, over the {MAX_BOOK_FILE_BYTES:,}-byte limit for one book")
         data = path.read_bytes()
     except OSError as err:
         raise SkipBook(f"{where}: cannot read ({err.strerror or err})") from err
