@@ -12,8 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bookmatch.errors import BookmatchError, InputError
-from bookmatch.ingest import safe_name
 from bookmatch.inference.pairs_file import read_pairs_jsonl
+from bookmatch.ingest import safe_name
 from bookmatch.text.decode import decode_bytes
 from bookmatch.text.gutenberg import BookMeta, parse_header, strip_boilerplate_counted
 from bookmatch.text.names import unicode_name

@@ -22,7 +22,7 @@ SMALL = ["Emshwiller, Ed/Derelict.txt", "Emshwiller, Ed/Laboratory.txt", "Emshwi
 
 
 def _dead_pid() -> int:
-    child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
     return int(child.stdout)
 
 
@@ -141,7 +141,7 @@ def test_batch_scoring_reads_dev_stdin_and_sweeps_dead_runs_temp_output(models, 
     result = subprocess.run(
         [sys.executable, "-m", "bookmatch", "infer", "contrastive", "--model", str(models["bi"]), "--device", "cpu",
          "--precision", "no", "--input", "/dev/stdin", "--output", str(out)],
-        input=lines.encode() + b'{"text1": "\xff\xfe", "text2": "z"}\n', capture_output=True, env=env, timeout=300,
+        input=lines.encode() + b'{"text1": "\xff\xfe", "text2": "z"}\n', capture_output=True, env=env, timeout=300, check=False,
     )
     assert result.returncode == 0, result.stderr.decode(errors="replace")[-2000:]
     assert [json.loads(line)["line"] for line in out.read_text(encoding="utf-8").splitlines()] == [1, 2, 3, 4]

@@ -329,7 +329,7 @@ def _dead_pid() -> int:
     import subprocess
     import sys
 
-    child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
     return int(child.stdout)
 
 
@@ -367,7 +367,7 @@ def test_cli_refuses_bad_option_values_in_one_line(tmp_path, args, says):
 def test_config_file_values_are_checked_before_any_request(tmp_path):
     from bookmatch.errors import InputError
 
-    for bad in (dict(retries=-1), dict(mirror="http://h:99999"), dict(concurrency=0), dict(timeout=float("nan"))):
+    for bad in ({"retries": -1}, {"mirror": "http://h:99999"}, {"concurrency": 0}, {"timeout": float("nan")}):
         with pytest.raises(InputError):
             fetch_books([1], tmp_path / "o", GutenbergConfig(**bad))
 

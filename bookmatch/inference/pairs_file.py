@@ -50,7 +50,7 @@ def _open_lines(path: Path) -> Iterator[IO[str]]:
             stream.detach()  # leave sys.stdin usable
         return
     try:
-        handle = open(path, encoding="utf-8-sig", errors="surrogateescape")
+        handle = open(path, encoding="utf-8-sig", errors="surrogateescape")  # noqa: SIM115 - closed by the with below
     except OSError as err:
         raise InputError(f"cannot read pairs file {path}: {err.strerror or err}") from err
     with handle:

@@ -7,7 +7,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bookmatch.errors import InputError
-from bookmatch.ingest import IngestIndex, free_destination, sweep_ingest_leftovers, write_atomically
+from bookmatch.ingest import (
+    IngestIndex,
+    free_destination,
+    sweep_ingest_leftovers,
+    write_atomically,
+)
 from bookmatch.text.names import unicode_name
 
 

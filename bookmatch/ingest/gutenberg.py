@@ -18,7 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
-from bookmatch.ingest import IngestIndex, free_destination, sweep_ingest_leftovers, write_atomically
+from bookmatch.ingest import (
+    IngestIndex,
+    free_destination,
+    sweep_ingest_leftovers,
+    write_atomically,
+)
 
 DEFAULT_MAX_BOOK_BYTES = 128 * 1024 * 1024
 URL_TEMPLATES = (
@@ -122,7 +127,7 @@ def parse_ids(text: str) -> list[int]:
 # Content codings the body reader decompresses itself, chunk by chunk, under the size cap (httpx would inflate
 # each network chunk whole first: 64 KB of a gzip bomb is 64 MB). Nothing else is asked for.
 ACCEPT_ENCODING = "gzip, deflate"
-_HTML_START = re.compile(rb"\s*(?:<!doctype\s+html|<html|<head|<body|<\?xml[^>]*>\s*<(?:!doctype\s+)?html)", re.I)
+_HTML_START = re.compile(rb"\s*(?:<!doctype\s+html|<html|<head|<body|<\?xml[^>]*>\s*<(?:!doctype\s+)?html)", re.IGNORECASE)
 
 
 def _decompressor(encoding: str):

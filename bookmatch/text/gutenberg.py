@@ -11,6 +11,7 @@ new `*** START OF THE/THIS PROJECT GUTENBERG EBOOK ... ***` / `*** END OF ...`; 
 
 from __future__ import annotations
 
+import itertools
 import re
 from dataclasses import dataclass
 
@@ -263,7 +264,7 @@ def strip_boilerplate_counted(text: str) -> tuple[str, Removed]:
     removed.header = spans[0][0]
     removed.footer = len(text) - spans[-1][1]
     removed.boundaries = len(spans) - 1
-    removed.between_books = sum(b[0] - a[1] for a, b in zip(spans, spans[1:]))
+    removed.between_books = sum(b[0] - a[1] for a, b in itertools.pairwise(spans))
     # Each book in the file is cleaned as if alone: its credits open its own text, its notes close it.
     parts = [_clean_part(text[a:b], removed) for a, b in spans]
     body = "\n\n".join(part for part in parts if part)

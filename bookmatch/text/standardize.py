@@ -20,7 +20,12 @@ from pathlib import Path
 
 from bookmatch.errors import InputError
 from bookmatch.text.decode import UnreadableText, decode_bytes
-from bookmatch.text.gutenberg import BookMeta, Removed, parse_header, strip_boilerplate_counted
+from bookmatch.text.gutenberg import (
+    BookMeta,
+    Removed,
+    parse_header,
+    strip_boilerplate_counted,
+)
 from bookmatch.text.names import one_line_name, unicode_name
 
 MIN_BOOK_CHARS = 2000
