@@ -20,6 +20,9 @@ from bookmatch.text.decode import decode_bytes
 from bookmatch.text.gutenberg import parse_header
 
 SLOW, FLAKY, CUT, MISSING, FALLBACK, BROKEN, GZIP = 101, 102, 103, 104, 105, 106, 107
+# Hostile answers: a gzip bomb, a redirect loop, a body that claims gzip and is not, an HTML page with status 200,
+# a well-formed gzip-encoded book (the control: compression itself is fine).
+BOMB, LOOP, FAKE_GZIP, HTML, GZIP_OK = 201, 202, 203, 204, 205
 # The client timeout leaves room for a loaded test machine; the slow answer is well past it.
 TIMEOUT, SLOW_SECONDS = 1.0, 2.5
 
@@ -82,6 +85,16 @@ class FaultyMirror:
             return self.send(handler, 500, b"server error")
         if ebook_id == BROKEN:
             return self.send(handler, 503, b"always down")
+        if ebook_id == LOOP:
+            handler.send_response(302)
+            handler.send_header("Location", handler.path)
+            handler.send_header("Content-Length", "0")
+            handler.end_headers()
+            return
+        if ebook_id in (BOMB, FAKE_GZIP, GZIP_OK):
+            return self.send(handler, 200, body, encoding="gzip")
+        if ebook_id == HTML:
+            return self.send(handler, 200, body, content_type="text/html; charset=utf-8")
         if ebook_id == CUT and seen <= 2:
             # Promise more bytes than are sent, then close: a truncated download.
             handler.send_response(200)
@@ -94,11 +107,14 @@ class FaultyMirror:
         return self.send(handler, 200, body)
 
     @staticmethod
-    def send(handler, status: int, body: bytes) -> None:
+    def send(handler, status: int, body: bytes, content_type: str = "text/plain; charset=utf-8",
+             encoding: str | None = None) -> None:
         try:
             handler.send_response(status)
             handler.send_header("Content-Length", str(len(body)))
-            handler.send_header("Content-Type", "text/plain; charset=utf-8")
+            handler.send_header("Content-Type", content_type)
+            if encoding:
+                handler.send_header("Content-Encoding", encoding)
             handler.end_headers()
             handler.wfile.write(body)
         except (BrokenPipeError, ConnectionResetError):
@@ -237,3 +253,141 @@ def test_import_folder_lays_out_books_and_reports_skips(corpus_dir, tmp_path):
     result = CliRunner().invoke(main, ["ingest", "folder", "--src", str(src), "--out", str(tmp_path / "cli")])
     assert result.exit_code == 0, result.output
     assert "imported: 2 books" in result.output and "4 skipped" in result.output
+
+
+# ---- hostile mirror ---------------------------------------------------------------------------------------------
+
+def _gzip_bomb(inflated_mib: int) -> bytes:
+    """About 1 KB of gzip per MiB of zeros: gzip members one after another (valid, RFC 1952) inflate to
+    `inflated_mib` MiB; built in milliseconds, where one deflate stream of 1 GiB takes half a minute."""
+    import gzip
+
+    return gzip.compress(bytes(1 << 20), 9) * inflated_mib
+
+
+@pytest.fixture()
+def hostile(corpus_dir):
+    import gzip
+
+    books = _small_books(corpus_dir, 2)
+    html = b"<!DOCTYPE html>\n<html><head><title>Error</title></head><body>Please log in</body></html>\n" * 40
+    served = {BOMB: _gzip_bomb(1024), LOOP: books[0], FAKE_GZIP: books[0], HTML: html, GZIP_OK: gzip.compress(books[1]),
+              FALLBACK: books[0]}
+    with FaultyMirror(served) as server:
+        server.plain = {GZIP_OK: books[1], FALLBACK: books[0]}
+        yield server
+
+
+def test_hostile_answers_fail_their_id_and_the_others_land(hostile, tmp_path):
+    """A 1 MB body inflating to 1 GiB stops at the cap with bounded memory; a redirect loop, a fake gzip body and
+    an HTML page each become that ID's failure with a reason; the good IDs beside them are written."""
+    import tracemalloc
+
+    assert len(hostile.books[BOMB]) < 1.1e6
+    out = tmp_path / "books"
+    cap = 16 << 20
+    tracemalloc.start()
+    try:
+        report = fetch_books([BOMB, LOOP, FAKE_GZIP, HTML, GZIP_OK, FALLBACK], out,
+                             _config(hostile, max_book_bytes=cap, retries=1, timeout=20.0))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert set(report.fetched) == {GZIP_OK, FALLBACK}, report.failed
+    for ebook_id in (GZIP_OK, FALLBACK):
+        assert report.fetched[ebook_id].read_text(encoding="utf-8") == decode_bytes(hostile.plain[ebook_id])
+    assert "cap" in report.failed[BOMB] and f"{cap:,}" in report.failed[BOMB]
+    assert peak < 4 * cap, f"peak {peak / 1e6:.0f} MB while refusing a gzip bomb under a {cap >> 20} MiB cap"
+    assert "TooManyRedirects" in report.failed[LOOP]
+    assert "compressed" in report.failed[FAKE_GZIP]
+    assert "HTML page" in report.failed[HTML]
+    written = [p for p in out.rglob("*") if p.is_file() and p.name != INDEX_NAME]
+    assert sorted(written) == sorted(report.fetched.values())
+    assert not [p for p in out.rglob(".*") if p.name != INDEX_NAME], "temp files left behind"
+
+
+def test_default_cap_is_well_above_a_large_book():
+    assert GutenbergConfig().max_book_bytes >= 100 * 1024 * 1024
+
+
+def test_fetch_never_overwrites_a_file_it_did_not_write(hostile, tmp_path):
+    out = tmp_path / "books"
+    meta = parse_header(decode_bytes(hostile.plain[FALLBACK]))
+    mine = book_destination(out, meta.author, meta.title, taken=set())
+    mine.parent.mkdir(parents=True)
+    mine.write_text("the user's own notes, not from this mirror", encoding="utf-8")
+    report = fetch_books([FALLBACK], out, _config(hostile))
+    assert mine.read_text(encoding="utf-8") == "the user's own notes, not from this mirror"
+    assert report.fetched[FALLBACK] == mine.with_name(f"{mine.stem} (2).txt")
+    # The index says the second file is ours: a forced refetch rewrites it in place, still sparing the user's.
+    again = fetch_books([FALLBACK], out, _config(hostile, skip_existing=False))
+    assert again.fetched[FALLBACK] == report.fetched[FALLBACK]
+    assert mine.read_text(encoding="utf-8") == "the user's own notes, not from this mirror"
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+    return int(child.stdout)
+
+
+def test_next_ingest_removes_temp_files_of_killed_runs(hostile, tmp_path):
+    out = tmp_path / "books"
+    (out / "Some Author").mkdir(parents=True)
+    dead = [out / f".{INDEX_NAME}.ingest-{_dead_pid()}.tmp", out / "Some Author" / f".A.txt.ingest-{_dead_pid()}.tmp"]
+    for path in dead:
+        path.write_bytes(b"")
+    import os
+
+    alive = out / f".B.txt.ingest-{os.getppid()}.tmp"  # a run still going beside this one keeps its temp file
+    alive.write_bytes(b"")
+    fetch_books([FALLBACK], out, _config(hostile))
+    assert not any(p.exists() for p in dead) and alive.exists()
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--retries", "-1"], "--retries"),
+    (["--concurrency", "0"], "--concurrency"),
+    (["--timeout", "0"], "--timeout"),
+    (["--mirror", "http://127.0.0.1:99999"], "Port out of range"),
+    (["--mirror", "not a url"], "not an http(s) URL"),
+    (["--mirror", "ftp://example.org"], "not an http(s) URL"),
+    (["--mirror", "http://[::1"], "not a valid URL"),
+    (["--max-book-bytes", "0"], "--max-book-bytes"),
+])
+def test_cli_refuses_bad_option_values_in_one_line(tmp_path, args, says):
+    result = CliRunner().invoke(main, ["ingest", "gutenberg", "--ids", "1", "--out", str(tmp_path / "o"), *args])
+    assert result.exit_code == 2, result.output
+    assert says in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_config_file_values_are_checked_before_any_request(tmp_path):
+    from bookmatch.errors import InputError
+
+    for bad in ({"retries": -1}, {"mirror": "http://h:99999"}, {"concurrency": 0}, {"timeout": float("nan")}):
+        with pytest.raises(InputError):
+            fetch_books([1], tmp_path / "o", GutenbergConfig(**bad))
+
+
+def test_import_folder_survives_names_that_are_not_utf8(corpus_dir, tmp_path):
+    import json
+    import os
+
+    src = tmp_path / "src"
+    src.mkdir()
+    books = _small_books(corpus_dir, 2)
+    odd_folder = os.path.join(os.fsencode(src), b"Auteur \xe9")  # Latin-1 bytes: not UTF-8
+    os.mkdir(odd_folder)
+    with open(os.path.join(odd_folder, b"livre \xff\xfe.txt"), "wb") as handle:
+        handle.write(books[0])
+    (src / ("x" * 240 + ".txt")).write_bytes(books[1])  # a name near the 255-byte limit
+    out = tmp_path / "out"
+    report = import_folder(src, out)
+    assert set(report.imported) == {"Auteur \\xe9/livre \\xff\\xfe.txt", "x" * 240 + ".txt"}, report.skipped
+    index = json.loads((out / INDEX_NAME).read_text(encoding="utf-8"))
+    assert set(index) == set(report.imported)
+    again = import_folder(src, out)
+    assert again.imported == {} and set(again.unchanged) == set(report.imported)

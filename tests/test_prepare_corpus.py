@@ -179,7 +179,8 @@ def test_sharded_prepare_and_merge_give_the_identical_dataset(small_books, prepa
     for name in single:
         assert single[name].to_list() == sharded[name].to_list()
     a, b = read_json(prepared / "manifest.json"), read_json(merged / "manifest.json")
-    for key in ("books_found", "books_used", "skipped", "duplicate_groups", "book_work", "split_books", "counts"):
+    for key in ("books_found", "books_used", "skipped", "duplicate_groups", "book_work", "split_books", "counts",
+                "text_removed"):
         assert a[key] == b[key], key
 
 

@@ -139,6 +139,36 @@ def test_a_closing_transcribers_note_is_cut_even_when_indented():
     assert stripped.endswith("Paragraph 199 of the story, which goes on for a while.")
 
 
+def _story(name: str, paragraphs: int = 12) -> str:
+    return "\n\n".join(f"{name} paragraph {i}. {PROSE}" for i in range(paragraphs))
+
+
+def test_two_books_in_one_file_keep_both_texts_and_count_the_boundary():
+    """An anthology assembled by hand: the first book's end line is a boundary, not the end of the text."""
+    from bookmatch.text.gutenberg import strip_boilerplate_counted
+
+    first, second = _story("First"), _story("Second")
+    joined = gutenberg_file(first, "new") + "\n\n" + gutenberg_file(second, "new")
+    body, removed = strip_boilerplate_counted(joined)
+    assert body == strip_boilerplate(gutenberg_file(first, "new")) + "\n\n" + strip_boilerplate(gutenberg_file(second))
+    assert removed.boundaries == 1 and removed.between_books > 0 and removed.credits > 0
+    assert removed.header + removed.between_books + removed.footer + removed.credits < len(joined) - len(body)
+    # The old-style end line of the issue, followed by the second book with no header of its own.
+    old_end = gutenberg_file(first, "old") + "\n\n" + second + "\n"
+    assert strip_boilerplate(old_end).endswith(second) and "First paragraph 11" in strip_boilerplate(old_end)
+
+
+def test_an_end_line_followed_by_licence_or_a_short_note_still_ends_the_book():
+    from bookmatch.text.gutenberg import strip_boilerplate_counted
+
+    story = _story("Only")
+    for tail in ("\n\nThis etext was scanned by a volunteer; see www.example.org for more.\n",
+                 "\n\n" + "Please donate to the Foundation. Copyright and license terms apply. " * 200):
+        body, removed = strip_boilerplate_counted(gutenberg_file(story, "old") + tail)
+        assert body == strip_boilerplate(gutenberg_file(story, "old"))
+        assert removed.boundaries == 0 and removed.footer >= len(tail)
+
+
 def test_licence_without_body_comes_back_empty():
     assert strip_boilerplate(gutenberg_file("", "new")) == ""
 

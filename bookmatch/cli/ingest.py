@@ -8,6 +8,21 @@ from pathlib import Path
 import click
 
 
+class _MirrorURL(click.ParamType):
+    """An http(s) base URL with a host and a port in 1-65535, checked before any work."""
+
+    name = "URL"
+
+    def convert(self, value, param, ctx):
+        from bookmatch.errors import InputError
+        from bookmatch.ingest.gutenberg import check_mirror_url
+
+        try:
+            return check_mirror_url(value)
+        except InputError as err:
+            self.fail(str(err), param, ctx)
+
+
 @click.group()
 def ingest() -> None:
     """Fetch or import books into a books folder laid out as <author>/<title>.txt."""
@@ -29,14 +44,20 @@ def _echo_problems(title: str, problems: dict, limit: int = 50) -> None:
 @click.option("--ids-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="A file of IDs (one or more a line, '#' comments).")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Books folder to fill.")
-@click.option("--concurrency", type=int, default=None, help="Downloads at once.  [default: 8]")
-@click.option("--timeout", type=float, default=None, help="Seconds one request may take.  [default: 60]")
-@click.option("--retries", type=int, default=None, help="Retries per URL on timeouts, 5xx, cut bodies.  [default: 4]")
-@click.option("--mirror", default=None, help="Gutenberg mirror base URL.  [default: https://www.gutenberg.org]")
+@click.option("--concurrency", type=click.IntRange(min=1, max=256), default=None, help="Downloads at once.  [default: 8]")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True, max=86400), default=None,
+              help="Seconds one request may take.  [default: 60]")
+@click.option("--retries", type=click.IntRange(min=0, max=100), default=None,
+              help="Retries per URL on timeouts, 5xx, cut bodies.  [default: 4]")
+@click.option("--mirror", type=_MirrorURL(), default=None,
+              help="Gutenberg mirror base URL (http or https).  [default: https://www.gutenberg.org]")
+@click.option("--max-book-bytes", type=click.IntRange(min=1), default=None,
+              help="Largest answer accepted, in decoded bytes; larger ones fail that ID.  [default: 134217728 (128 MiB)]")
 @click.option("--skip-existing/--no-skip-existing", default=None, help="Skip IDs already fetched.  [default: skip]")
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False), default=None,
               help="YAML file with GutenbergConfig options.")
-def gutenberg_command(ids_text, ids_file, out, concurrency, timeout, retries, mirror, skip_existing, config_file):
+def gutenberg_command(ids_text, ids_file, out, concurrency, timeout, retries, mirror, max_book_bytes, skip_existing,
+                      config_file):
     """Download Gutenberg books by ID (retries, backoff, skip what is already there)."""
     from bookmatch.config import build_config
     from bookmatch.errors import InputError
@@ -54,7 +75,7 @@ def gutenberg_command(ids_text, ids_file, out, concurrency, timeout, retries, mi
         raise InputError("no Gutenberg IDs given: pass --ids 1342,84 or --ids-file FILE")
     config = build_config(GutenbergConfig, config_file, {
         "concurrency": concurrency, "timeout": timeout, "retries": retries, "mirror": mirror,
-        "skip_existing": skip_existing,
+        "skip_existing": skip_existing, "max_book_bytes": max_book_bytes,
     })
     report = fetch_books(ids, out, config)
     if report.skipped:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +16,8 @@ from bookmatch.inference.calibration import Calibration, StyleCalibration, load_
 from bookmatch.config import check_batch_size
 from bookmatch.errors import InputError, ModelLoadError
 from bookmatch.inference.loading import BI_ENCODER, CROSS_ENCODER, detect_model_kind, load_bi_encoder, load_cross_encoder
-from bookmatch.inference.pairs_file import is_valid_unicode, read_pairs_jsonl
+from bookmatch.inference.pairs_file import check_pairs_input, is_valid_unicode, read_pairs_jsonl
+from bookmatch.leftovers import sweep_dead
 from bookmatch.inference.scorers import TRUNCATED, BiEncoderScorer, CrossEncoderScorer, longer_than, truncation_warning
 from bookmatch.storage import os_reason
 
@@ -231,8 +233,9 @@ class Matcher:
         bad_lines: list[str] = []
         short = truncated = scored = 0
         start = time.perf_counter()
-        if not input_path.is_file():
-            raise InputError(f"pairs file {input_path} does not exist")
+        check_pairs_input(input_path)  # a file, a pipe, /dev/stdin, or - for stdin
+        # A killed run leaves its (pid-named) temp output; the next run into the same place removes it.
+        sweep_dead(output_path.parent, re.escape(f".{output_path.name}.tmp-") + r"(?P<pid>\d+)")
         tmp = output_path.parent / f".{output_path.name}.tmp-{os.getpid()}"
         # Opened before any scoring: an output that cannot be written must fail in seconds, not after the run.
         try:

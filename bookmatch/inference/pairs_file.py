@@ -2,13 +2,60 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import logging
 import os
+import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import IO, Any, Iterator
 
 from bookmatch.errors import InputError
+
+log = logging.getLogger(__name__)
+
+
+STDIN = "-"
+# Longest JSON line read (characters): far above any passage pair the models read (a bi-encoder reads at most
+# max_windows x max_seq_length tokens, ~150 KB of text), low enough that one hostile line cannot fill memory.
+MAX_LINE_CHARS = 16 * 1024 * 1024
+# Bytes that are not UTF-8, as the surrogateescape reader sees them (one U+DC80-U+DCFF per byte).
+_ESCAPED_BYTES = re.compile("[\udc80-\udcff]+")
+_NOT_UTF8_SHOWN = 3
+
+
+def check_pairs_input(path: str | os.PathLike) -> None:
+    """InputError unless `path` is `-` (stdin) or something that can be read as a stream: a file, a pipe,
+    `/dev/stdin`. Called before any model work so a wrong path fails in seconds."""
+    if os.fspath(path) == STDIN:
+        return
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"pairs file {path} does not exist")
+    if path.is_dir():
+        raise InputError(f"pairs file {path} is a folder: pass a JSONL file (or - for stdin)")
+
+
+@contextlib.contextmanager
+def _open_lines(path: Path) -> Iterator[IO[str]]:
+    # surrogateescape keeps bytes that are not UTF-8 visible (as U+DC80-U+DCFF) so each line can be reported;
+    # utf-8-sig: a byte-order mark some editors write would otherwise make the first line bad JSON.
+    if os.fspath(path) == STDIN:
+        stream = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8-sig", errors="surrogateescape")
+        try:
+            yield stream
+        finally:
+            stream.detach()  # leave sys.stdin usable
+        return
+    try:
+        handle = open(path, encoding="utf-8-sig", errors="surrogateescape")  # noqa: SIM115 - closed by the with below
+    except OSError as err:
+        raise InputError(f"cannot read pairs file {path}: {err.strerror or err}") from err
+    with handle:
+        yield handle
 
 
 def read_pairs_jsonl(
@@ -17,20 +64,35 @@ def read_pairs_jsonl(
     skip_bad_lines: bool = False,
     bad_lines: list[str] | None = None,
     skip_hint: str | None = None,
+    warnings: list[str] | None = None,
 ) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, object) for each JSON line holding non-empty `text1` and `text2` (and `label` if required).
 
-    A bad line raises InputError naming the file and line, or with `skip_bad_lines` is described in
-    `bad_lines` (when given) and skipped. Blank lines are ignored. Bytes that are not UTF-8 are replaced.
+    `path` may be a file, a pipe or `/dev/stdin`, or `-` for stdin. A bad line raises InputError naming the file
+    and line, or with `skip_bad_lines` is described in `bad_lines` (when given) and skipped. Blank lines are
+    ignored. Bytes that are not UTF-8 are replaced by U+FFFD with a warning per line: appended to `warnings`
+    when given, else logged (the first few, then a count).
     `skip_hint`: the caller's flag that skips bad lines (e.g. "--skip-bad-lines"), suggested in the error;
     None where the caller has no such flag, so the message never points at an option that does not exist.
     """
+    check_pairs_input(path)
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"pairs file {path} does not exist")
-    # utf-8-sig: a byte-order mark some editors write would otherwise make the first line bad JSON
-    with open(path, encoding="utf-8-sig", errors="replace") as handle:
-        for number, line in enumerate(handle, start=1):
+    shown = "stdin" if os.fspath(path) == STDIN else str(path)
+    not_utf8 = 0
+    with _open_lines(path) as handle:
+        for number, line in enumerate(_bounded_lines(handle), start=1):
+            if line is None:
+                problem = f"longer than {MAX_LINE_CHARS:,} characters (the limit for one pair)"
+                if not skip_bad_lines:
+                    raise InputError(f"{shown} line {number}: {problem}; shorten the texts"
+                                     + (f" or pass {skip_hint}" if skip_hint else ""))
+                if bad_lines is not None:
+                    bad_lines.append(f"{shown} line {number}: {problem}")
+                continue
+            if _ESCAPED_BYTES.search(line):
+                line = _ESCAPED_BYTES.sub(lambda m: "\ufffd" * len(m.group()), line)
+                not_utf8 += 1
+                _warn_not_utf8(f"{shown} line {number}", not_utf8, warnings)
             if not line.strip():
                 continue
             problem = None
@@ -43,11 +105,36 @@ def read_pairs_jsonl(
             if problem is None:
                 yield number, row
                 continue
-            message = f"{path} line {number}: {problem}"
+            message = f"{shown} line {number}: {problem}"
             if not skip_bad_lines:
                 raise InputError(f"{message}; fix the line" + (f" or pass {skip_hint}" if skip_hint else ""))
             if bad_lines is not None:
                 bad_lines.append(message)
+    if warnings is None and not_utf8 > _NOT_UTF8_SHOWN:
+        log.warning("%s: %d more line(s) held bytes that are not UTF-8 (replaced by U+FFFD)", shown,
+                    not_utf8 - _NOT_UTF8_SHOWN)
+
+
+def _bounded_lines(handle: IO[str]) -> Iterator[str | None]:
+    """The lines of `handle`, with None in place of a line over MAX_LINE_CHARS (read past in pieces, never whole)."""
+    while True:
+        line = handle.readline(MAX_LINE_CHARS + 1)
+        if not line:
+            return
+        if len(line) <= MAX_LINE_CHARS or line.endswith("\n"):
+            yield line
+            continue
+        while line and not line.endswith("\n"):
+            line = handle.readline(MAX_LINE_CHARS)
+        yield None
+
+
+def _warn_not_utf8(where: str, count: int, warnings: list[str] | None) -> None:
+    message = f"{where} is not valid UTF-8: undecodable bytes were replaced by U+FFFD"
+    if warnings is not None:
+        warnings.append(message)
+    elif count <= _NOT_UTF8_SHOWN:
+        log.warning(message)
 
 
 def _pair_problem(row: Any, require_label: bool) -> str | None:

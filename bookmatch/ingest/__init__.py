@@ -7,11 +7,14 @@ This module holds the layout rules they share.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
 
-from bookmatch.storage import atomic_write_json, read_json
+from bookmatch.leftovers import sweep_dead, temp_name
+from bookmatch.storage import read_json
+from bookmatch.text.names import unicode_name
 
 INDEX_NAME = ".ingest_index.json"
 _MAX_NAME_BYTES = 150
@@ -20,7 +23,7 @@ _UNSAFE = re.compile(r"[\x00-\x1f\x7f/\\]+")
 
 def safe_name(text: str, fallback: str) -> str:
     """A file or folder name from free text: no slashes or control characters, at most 150 UTF-8 bytes."""
-    name = " ".join(_UNSAFE.sub(" ", text).split()).strip(" .")
+    name = " ".join(_UNSAFE.sub(" ", unicode_name(text)).split()).strip(" .")
     encoded = name.encode("utf-8")[:_MAX_NAME_BYTES]
     name = encoded.decode("utf-8", errors="ignore").strip(" .")
     return name or fallback
@@ -36,6 +39,51 @@ def book_destination(out_dir: Path, author: str | None, title: str | None, taken
         path = folder / f"{stem} ({number}).txt"
         number += 1
     return path
+
+
+def free_destination(out_dir: Path, author: str | None, title: str | None, taken: set[Path], own: Path | None) -> Path:
+    """Like `book_destination`, and also off every file already on disk except `own` (the file the index
+    records for this same source): a file ingest did not write is never overwritten."""
+    folder = out_dir / safe_name(author or "", "Unknown author")
+    stem = safe_name(title or "", "Untitled")
+    path, number = folder / f"{stem}.txt", 2
+    while path in taken or (path != own and (path.exists() or path.is_symlink())):
+        path = folder / f"{stem} ({number}).txt"
+        number += 1
+    return path
+
+
+_TEMP_KIND = "ingest"
+# `.<name>.ingest-<pid>.tmp`: what `write_atomically` leaves when a kill falls between its write and its rename.
+_LEFTOVER = r"\..+\." + _TEMP_KIND + r"-(?P<pid>\d+)\.tmp"
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Write through a temp file beside `path` and a rename; the temp name carries this process's ID so the
+    next ingest can remove it if this one is killed (`sweep_ingest_leftovers`)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / temp_name(path.name, _TEMP_KIND)
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def sweep_ingest_leftovers(out_dir: Path) -> int:
+    """Remove the temp files killed ingest runs left in `out_dir` and its author folders; how many."""
+    removed = len(sweep_dead(out_dir, _LEFTOVER))
+    try:
+        folders = [entry.path for entry in os.scandir(out_dir) if entry.is_dir(follow_symlinks=False)]
+    except OSError:
+        return removed
+    for folder in folders:
+        removed += len(sweep_dead(folder, _LEFTOVER))
+    return removed
 
 
 class IngestIndex:
@@ -66,4 +114,5 @@ class IngestIndex:
 
     def record(self, key: str, path: Path) -> None:
         self.entries[str(key)] = os.fspath(Path(path).relative_to(self.out_dir))
-        atomic_write_json(self.path, self.entries)
+        text = json.dumps(self.entries, indent=2, ensure_ascii=False) + "\n"
+        write_atomically(self.path, text.encode("utf-8"))

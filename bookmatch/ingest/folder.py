@@ -7,8 +7,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bookmatch.errors import InputError
-from bookmatch.ingest import IngestIndex, book_destination
-from bookmatch.storage import atomic_write_text
+from bookmatch.ingest import (
+    IngestIndex,
+    free_destination,
+    sweep_ingest_leftovers,
+    write_atomically,
+)
+from bookmatch.text.names import unicode_name
 
 
 @dataclass
@@ -27,8 +32,7 @@ def import_folder(src: str | Path, out: str | Path, skip_existing: bool = True) 
     written as decoded text (UTF-8, LF), not cleaned, like a fetched book.
     """
     from bookmatch.progress import progress
-    from bookmatch.text.decode import decode_bytes
-    from bookmatch.text.standardize import SkipBook, load_book
+    from bookmatch.text.standardize import SkipBook
 
     src, out = Path(src), Path(out)
     if not src.is_dir():
@@ -37,29 +41,40 @@ def import_folder(src: str | Path, out: str | Path, skip_existing: bool = True) 
     if not files:
         raise InputError(f"source folder {src} holds no .txt files")
     out.mkdir(parents=True, exist_ok=True)
+    sweep_ingest_leftovers(out)
     index = IngestIndex(out)
     taken = index.taken_paths()
     report = ImportReport()
     start = time.perf_counter()
     for path in progress(files, desc="import", total=len(files), unit="book"):
-        key = path.relative_to(src).as_posix()
+        # A name that is not UTF-8 is kept with its bytes spelled \xNN, so the index and messages can hold it.
+        key = unicode_name(path.relative_to(src).as_posix())
         if skip_existing and (existing := index.existing(key)) is not None:
             report.unchanged[key] = existing
             continue
         try:
-            book = load_book(path)
+            _import_one(path, key, out, index, taken, report)
         except SkipBook as err:
             report.skipped[key] = str(err)
-            continue
-        text = decode_bytes(path.read_bytes(), source=key)
-        previous = index.existing(key)
-        if previous is not None:
-            taken.discard(previous)
-        destination = book_destination(out, book.author, book.title, taken)
-        taken.add(destination)
-        atomic_write_text(destination, text)
-        index.record(key, destination)
-        report.imported[key] = destination
-        report.bytes += len(text.encode("utf-8"))
+        except OSError as err:
+            report.skipped[key] = f"cannot read or write it: {err.strerror or err}"
     report.seconds = time.perf_counter() - start
     return report
+
+
+def _import_one(path: Path, key: str, out: Path, index: IngestIndex, taken: set[Path], report: ImportReport) -> None:
+    from bookmatch.text.decode import decode_bytes
+    from bookmatch.text.standardize import load_book
+
+    book = load_book(path)
+    text = decode_bytes(path.read_bytes(), source=key)
+    previous = index.existing(key)
+    if previous is not None:
+        taken.discard(previous)
+    destination = free_destination(out, book.author, book.title, taken, own=previous)
+    taken.add(destination)
+    data = text.encode("utf-8")
+    write_atomically(destination, data)
+    index.record(key, destination)
+    report.imported[key] = destination
+    report.bytes += len(data)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import re
 import shutil
 import tempfile
 import time
@@ -20,6 +22,7 @@ import numpy as np
 
 from bookmatch.config import config_to_dict, save_config
 from bookmatch.errors import InputError
+from bookmatch.leftovers import sweep_dead
 from bookmatch.prepare.config import PrepareConfig
 from bookmatch.prepare.dedup import WorkGrouping, common_shingles, drop_boilerplate_chunks, group_works
 from bookmatch.prepare.pairs import COLUMNS, NEG_TYPES, PairOptions, pair_columns, sample_split_pairs
@@ -144,7 +147,9 @@ def build_dataset(
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     # Chosen texts go to memory-mapped Arrow files beside the output (same disk), removed when done.
-    spill_dir = Path(tempfile.mkdtemp(prefix=f".{out.name}.texts-", dir=out.parent))
+    # The folder name carries this process's ID: the next run removes what a killed one left, not a live run's.
+    sweep_dead(out.parent, re.escape(f".{out.name}.texts-") + r"(?:(?P<pid>\d+)-)?[^/]+")
+    spill_dir = Path(tempfile.mkdtemp(prefix=f".{out.name}.texts-{os.getpid()}-", dir=out.parent))
     try:
         return _pairs_and_save(books, config, out, timer, started, _Spill(books.kept, store, spill_dir))
     finally:
@@ -287,6 +292,7 @@ def _pairs_and_save(books: _UsedBooks, config: PrepareConfig, out: Path, timer: 
                 "split_books": {name: sorted(kept[b].book_id for b in members) for name, members in split_members.items()},
                 "counts": counts,
                 "boilerplate_chunks_dropped": books.dropped_chunks,
+                "text_removed": removed_totals(kept),
                 "chunks_embedded": embedded,
                 "config": config_to_dict(config),
                 "timings": timer.timings,
@@ -301,3 +307,14 @@ def _pairs_and_save(books: _UsedBooks, config: PrepareConfig, out: Path, timer: 
     manifest["timings"] = dict(timer.timings)
     atomic_write_json(out / "manifest.json", manifest)
     return out
+
+
+def removed_totals(records: Sequence[BookRecord]) -> dict:
+    """Characters of Gutenberg boilerplate standardization removed from the books used, by kind, and the files
+    found to hold more than one book (an end line followed by more book text: a boundary, not the end)."""
+    totals: dict[str, int] = {}
+    for record in records:
+        for kind, count in record.removed.items():
+            totals[kind] = totals.get(kind, 0) + int(count)
+    several = sorted(r.path for r in records if r.removed.get("boundaries"))
+    return {"chars": totals, "books_holding_several": several}

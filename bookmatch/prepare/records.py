@@ -27,6 +27,8 @@ class BookRecord:
     book_id: str = field(default="")  # author_slug/title_slug, assigned once over the whole sorted book list
     # Position of each chunk in the stored list; dropping boilerplate chunks keeps the others' positions.
     chunk_ids: list[int] = field(default_factory=list)
+    # Characters of boilerplate standardization removed, by kind (text.gutenberg.Removed): summed in the manifest.
+    removed: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.chunk_ids:

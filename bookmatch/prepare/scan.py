@@ -16,6 +16,7 @@ from typing import Callable, Iterator
 from bookmatch.errors import InputError
 from bookmatch.prepare.records import BookRecord, sentence_hashes, word_gram_shingles
 from bookmatch.prepare.topics import chunk_topic
+from bookmatch.text.names import unicode_name
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,8 @@ def load_book_record(path: Path, root: Path, options: ChunkingOptions) -> BookRe
     from bookmatch.text.chunking import chunk_book
     from bookmatch.text.standardize import SkipBook, load_book
 
-    relative = path.relative_to(root).as_posix()
+    # A name whose bytes are not UTF-8 is kept, spelled with \xNN escapes: the records file and manifest hold text.
+    relative = unicode_name(path.relative_to(root).as_posix())
     try:
         book = load_book(path)
         sentences = _splitter(options.splitter)(book.text)
@@ -71,7 +73,7 @@ def load_book_record(path: Path, root: Path, options: ChunkingOptions) -> BookRe
     except SkipBook as err:
         return relative, str(err) or "skipped"
     except Exception as err:  # a bad file must never stop the run; its reason goes to the manifest
-        return relative, f"{type(err).__name__}: {err}"
+        return relative, unicode_name(f"{type(err).__name__}: {err}")
     if not chunks:
         return relative, "no usable chunks (too short or not English prose)"
     keep = sample_chunk_indices(len(chunks), options.max_chunks_per_book, relative, options.seed)
@@ -79,12 +81,13 @@ def load_book_record(path: Path, root: Path, options: ChunkingOptions) -> BookRe
     return BookRecord(
         path=relative,
         author=book.author or "",
-        title=book.title or path.stem,
+        title=book.title or unicode_name(path.stem),
         chunks=texts,
         chunk_starts=[int(chunks[i].start_sentence) for i in keep],
         chunk_topics=[chunk_topic(t) for t in texts],
         sentence_hashes=sentence_hashes(sentences, options.shingle_min_words),
         gram_shingles=word_gram_shingles(book.text, options.gram_words, options.gram_keep_one_in),
+        removed=dict(book.removed),
     )
 
 

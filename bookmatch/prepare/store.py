@@ -9,12 +9,14 @@ identical records.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
 from bookmatch.prepare.records import BookRecord
+from bookmatch.text.names import unicode_name
 
 ROWS_PER_GROUP = 16
 _META_COLUMNS = ["path", "author", "title", "chunk_starts", "chunk_topics", "sentence_hashes", "gram_shingles"]
@@ -27,7 +29,7 @@ def _schema():
         ("path", pa.string()), ("author", pa.string()), ("title", pa.string()),
         ("chunks", pa.list_(pa.large_string())), ("chunk_starts", pa.list_(pa.int64())),
         ("chunk_topics", pa.list_(pa.string())), ("sentence_hashes", pa.list_(pa.uint64())),
-        ("gram_shingles", pa.list_(pa.uint64())),
+        ("gram_shingles", pa.list_(pa.uint64())), ("removed", pa.string()),
     ])
 
 
@@ -57,7 +59,8 @@ class RecordWriter:
         if len(self._pending) >= ROWS_PER_GROUP:
             self._flush()
         return BookRecord(record.path, record.author, record.title, None, record.chunk_starts,
-                          record.chunk_topics, record.sentence_hashes, gram_shingles=record.gram_shingles)
+                          record.chunk_topics, record.sentence_hashes, gram_shingles=record.gram_shingles,
+                          removed=record.removed)
 
     def _flush(self) -> None:
         import pyarrow as pa
@@ -65,12 +68,15 @@ class RecordWriter:
         if not self._pending:
             return
         rows = self._pending
+        # Names read from disk may hold bytes that are not UTF-8 (surrogate escapes): Arrow strings cannot.
         self._writer.write_table(pa.table({
-            "path": [r.path for r in rows], "author": [r.author for r in rows], "title": [r.title for r in rows],
+            "path": [unicode_name(r.path) for r in rows], "author": [unicode_name(r.author) for r in rows],
+            "title": [unicode_name(r.title) for r in rows],
             "chunks": [r.chunks for r in rows], "chunk_starts": [r.chunk_starts for r in rows],
             "chunk_topics": [r.chunk_topics for r in rows],
             "sentence_hashes": [np.asarray(r.sentence_hashes, dtype=np.uint64) for r in rows],
             "gram_shingles": [np.asarray(r.gram_shingles, dtype=np.uint64) for r in rows],
+            "removed": [json.dumps(r.removed, sort_keys=True) for r in rows],
         }, schema=_schema()))
         self._pending = []
 
@@ -85,9 +91,17 @@ class RecordWriter:
         self.close()
 
 
+def _column_names(path: str | Path) -> list[str]:
+    import pyarrow.parquet as pq
+
+    return pq.ParquetFile(str(path)).schema_arrow.names
+
+
 def read_records(path: str | Path, with_texts: bool = False) -> list[BookRecord]:
     """The records of one Parquet file; chunk texts only when `with_texts`."""
     columns = _META_COLUMNS + (["chunks"] if with_texts else [])
+    if "removed" in _column_names(path):  # records files written before the removal counts have none
+        columns = columns + ["removed"]
     records = []
     for batch in _row_groups(path, columns):
         data = batch.to_pydict() if with_texts else {n: batch.column(n) for n in columns}
@@ -103,6 +117,7 @@ def read_records(path: str | Path, with_texts: bool = False) -> list[BookRecord]
                 chunks=get("chunks") if with_texts else None,
                 chunk_starts=get("chunk_starts"), chunk_topics=get("chunk_topics"),
                 sentence_hashes=as_hashes("sentence_hashes"), gram_shingles=as_hashes("gram_shingles"),
+                removed=json.loads(get("removed") or "{}") if "removed" in columns else {},
             ))
     return records
 

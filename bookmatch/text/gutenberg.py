@@ -11,6 +11,7 @@ new `*** START OF THE/THIS PROJECT GUTENBERG EBOOK ... ***` / `*** END OF ...`; 
 
 from __future__ import annotations
 
+import itertools
 import re
 from dataclasses import dataclass
 
@@ -168,22 +169,126 @@ def _drop_credits(body: str) -> str:
         kept_from = end
     pieces.append(body[kept_from:])
     return "".join(pieces)
+
+
+@dataclass
+class Removed:
+    """Characters `strip_boilerplate` removed, by kind; `boundaries` counts end lines that were followed by more
+    book text (two books in one file), which end a part, not the text."""
+
+    header: int = 0
+    footer: int = 0
+    between_books: int = 0
+    notes: int = 0
+    illustrations: int = 0
+    credits: int = 0
+    boundaries: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+# Words of the Project Gutenberg licence and small print. Across the development corpus's 406 footers no run of
+# more than ~1,000 characters lacks all of them, while book text runs far longer without any: text after an end
+# line holding a longer free run is more book, not the footer.
+_LICENCE_WORDS = re.compile(
+    r"gutenberg|\be-?texts?\b|\be-?books?\b|licen[cs]e|copyright|trademark|donat|foundation|warrant|refund|royalt"
+    r"|distribut|https?:|www\.|e-?mail|archive|\btax|volunteer|public\s+domain|electronic\s+works?|small\s+print"
+    r"|disclaim|damages",
+    _I,
+)
+_MIN_BOOK_RUN = 2500
+
+
+def _first_book_run(text: str, start: int, end: int) -> int | None:
+    """Offset of the paragraph that opens the first run of >= _MIN_BOOK_RUN characters free of licence words in
+    text[start:end], or None when there is none (the span is footer, licence or a short note)."""
+    if end - start < _MIN_BOOK_RUN:
+        return None
+    previous = start
+    for match in _LICENCE_WORDS.finditer(text, start, end):
+        if match.start() - previous >= _MIN_BOOK_RUN:
+            break
+        previous = match.end()
+    else:
+        if end - previous < _MIN_BOOK_RUN:
+            return None
+    if previous == start:
+        return start
+    paragraph = text.find("\n\n", previous, end)  # the book resumes with the paragraph after the last licence word
+    return end if paragraph < 0 else paragraph + 2
+
+
+def _resume_after(text: str, footer: int) -> int | None:
+    """Where book text resumes after the end line at `footer` (another book's start marker, or more book text
+    without one), or None when everything after it is footer and licence."""
+    marker = _START_NEW.search(text, footer) or _START_OLD.search(text, footer)
+    if marker is not None:
+        after = marker.end()
+        if _first_book_run(text, after, _footer_start(text, after)) is not None:
+            return after
+    line_end = text.find("\n", footer)
+    after = len(text) if line_end < 0 else line_end + 1
+    return _first_book_run(text, after, _footer_start(text, after))
+
+
+def book_spans(text: str) -> list[tuple[int, int]]:
+    """(start, end) of each stretch of book text: after the header, up to an end line; an end line followed by
+    more book text is a boundary between two books (an anthology assembled by hand), and only the final
+    footer/licence block ends the text."""
+    spans = []
+    start = _header_end(text)
+    while True:
+        end = _footer_start(text, start)
+        spans.append((start, end))
+        if end >= len(text):
+            return spans
+        resume = _resume_after(text, end)
+        if resume is None or resume <= end:
+            return spans
+        start = resume
+
+
 def strip_boilerplate(text: str) -> str:
     """The body of a Gutenberg book: header, licence, footer, production credits and illustrations removed.
 
     A file holding only a licence comes back empty (or whitespace), so callers can skip it.
     """
-    start = _header_end(text)
-    body = text[start:_footer_start(text, start)]
+    return strip_boilerplate_counted(text)[0]
+
+
+def strip_boilerplate_counted(text: str) -> tuple[str, Removed]:
+    """`strip_boilerplate`, and how many characters of each kind it removed."""
+    removed = Removed()
+    spans = book_spans(text)
+    removed.header = spans[0][0]
+    removed.footer = len(text) - spans[-1][1]
+    removed.boundaries = len(spans) - 1
+    removed.between_books = sum(b[0] - a[1] for a, b in itertools.pairwise(spans))
+    # Each book in the file is cleaned as if alone: its credits open its own text, its notes close it.
+    parts = [_clean_part(text[a:b], removed) for a, b in spans]
+    body = "\n\n".join(part for part in parts if part)
+    return body.strip(), removed
+
+
+def _clean_part(body: str, removed: Removed) -> str:
+    """One book's text without director's notes, World Library notices, illustrations, a closing transcriber's
+    note and opening credits; what goes is added to `removed`."""
+    size = len(body)
     if "Executive Director" in body[:_DIRECTOR_NOTE_SPAN]:
         head = _DIRECTOR_NOTE.sub("", body[:_DIRECTOR_NOTE_SPAN], count=1)
         body = head + body[_DIRECTOR_NOTE_SPAN:]
     if "<<THIS ELECTRONIC VERSION" in body:
         body = _WORLD_LIBRARY.sub("", body)
+    removed.notes, size = removed.notes + size - len(body), len(body)
     if "llustration" in body:
         body = _ILLUSTRATION.sub("", body)
+    removed.illustrations, size = removed.illustrations + size - len(body), len(body)
     body = _drop_trailing_note(body)
-    return _drop_credits(body).strip()
+    removed.notes, size = removed.notes + size - len(body), len(body)
+    body = _drop_credits(body)
+    removed.credits += size - len(body)
+    return body.strip()
 
 
 def _drop_trailing_note(body: str) -> str:

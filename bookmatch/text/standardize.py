@@ -20,9 +20,18 @@ from pathlib import Path
 
 from bookmatch.errors import InputError
 from bookmatch.text.decode import UnreadableText, decode_bytes
-from bookmatch.text.gutenberg import BookMeta, parse_header, strip_boilerplate
+from bookmatch.text.gutenberg import (
+    BookMeta,
+    Removed,
+    parse_header,
+    strip_boilerplate_counted,
+)
+from bookmatch.text.names import one_line_name, unicode_name
 
 MIN_BOOK_CHARS = 2000
+# Largest book file read (bytes); a larger one is skipped with a reason rather than read whole into memory. The
+# largest Gutenberg texts are ~ 30 MB; ingest's download cap is 128 MiB, so whatever ingest fetched fits.
+MAX_BOOK_FILE_BYTES = 256 * 1024 * 1024
 
 _TYPOGRAPHY = {
         "\u2018": "'", "\u2019": "'", "\u201a": "'", "\u201b": "'", "\u2032": "'",
@@ -47,6 +56,8 @@ class Book:
     meta: BookMeta = field(default_factory=BookMeta)
     # `<folder>/<file stem>` as found on disk, the form the validation pairs use for `book1`/`book2`.
     source_id: str = ""
+    # Characters of Gutenberg boilerplate removed, by kind (`Removed.as_dict`), and the books-in-one-file boundaries.
+    removed: dict[str, int] = field(default_factory=dict)
 
 
 def normalize_unicode(text: str) -> str:
@@ -86,13 +97,18 @@ def reflow(text: str) -> str:
 
 def standardize(text: str) -> str:
     """Decoded book text -> clean body text (boilerplate removed, normalized, re-flowed)."""
+    return standardize_counted(text)[0]
+
+
+def standardize_counted(text: str) -> tuple[str, Removed]:
+    """`standardize`, and the characters of Gutenberg boilerplate it removed, by kind (for the manifest)."""
     if "\r" in text:
         text = text.replace("\r\n", "\n").replace("\r", "\n")
     text = normalize_unicode(text)
-    text = strip_boilerplate(text)
+    text, removed = strip_boilerplate_counted(text)
     if "_" in text:
         text = text.replace("_", "")
-    return reflow(text)
+    return reflow(text), removed
 
 
 def slugify(text: str) -> str:
@@ -103,8 +119,9 @@ def slugify(text: str) -> str:
 
 
 def _display(path: Path) -> str:
-    # A carriage return inside a file name would break the one-line message.
-    return os.fspath(path).replace("\r", "\\r").replace("\n", "\\n")
+    # A carriage return inside a file name would break the one-line message; bytes that are not UTF-8 could
+    # not be written to a manifest or a terminal.
+    return one_line_name(os.fspath(path))
 
 
 def load_book(path: str | os.PathLike, min_chars: int = MIN_BOOK_CHARS) -> Book:
@@ -112,6 +129,9 @@ def load_book(path: str | os.PathLike, min_chars: int = MIN_BOOK_CHARS) -> Book:
     path = Path(path)
     where = _display(path)
     try:
+        size = path.stat().st_size
+        if size > MAX_BOOK_FILE_BYTES:
+            raise SkipBook(f"{where}: {size:,} bytes, over the {MAX_BOOK_FILE_BYTES:,}-byte limit for one book")
         data = path.read_bytes()
     except OSError as err:
         raise SkipBook(f"{where}: cannot read ({err.strerror or err})") from err
@@ -121,13 +141,13 @@ def load_book(path: str | os.PathLike, min_chars: int = MIN_BOOK_CHARS) -> Book:
         raise SkipBook(str(err)) from err
     raw = normalize_unicode(raw)
     meta = parse_header(raw)
-    body = standardize(raw)
+    body, removed = standardize_counted(raw)
     if not body:
         raise SkipBook(f"{where}: no book text after removing the Gutenberg header, licence and footer")
     if len(body) < min_chars:
         raise SkipBook(f"{where}: only {len(body)} characters of text after cleaning (need {min_chars}); not a book")
-    folder = path.parent.name
-    stem = path.stem
+    folder = unicode_name(path.parent.name)
+    stem = unicode_name(path.stem)
     return Book(
         path=path,
         author=meta.author or " ".join(folder.split()) or "unknown",
@@ -135,4 +155,5 @@ def load_book(path: str | os.PathLike, min_chars: int = MIN_BOOK_CHARS) -> Book:
         text=body,
         meta=meta,
         source_id=f"{folder}/{stem}",
+        removed=removed.as_dict(),
     )
