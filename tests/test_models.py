@@ -26,7 +26,8 @@ TEXTS = [
 @pytest.fixture(scope="module")
 def bi_encoder(tiny_encoder_dir):
     torch.manual_seed(0)
-    return BiEncoder.from_backbone(str(tiny_encoder_dir), projection_dim=8, max_seq_length=48, classifier_hidden_dim=16)
+    return BiEncoder.from_backbone(str(tiny_encoder_dir), projection_dim=8, max_seq_length=48, classifier_hidden_dim=16,
+                                 lexical_buckets=0, pooled_cosine=False)
 
 
 def test_style_known_values():
