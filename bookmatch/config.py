@@ -10,6 +10,7 @@ resolved config next to the artifacts it wrote (`save_config`).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -168,11 +169,17 @@ def check_value(name: str, value: Any, hint: Any, meta: Mapping[str, Any], conve
     return value
 
 
+@functools.lru_cache(maxsize=None)
+def field_types(cls: type) -> dict[str, Any]:
+    """The resolved annotations of a config class (resolving them costs milliseconds: done once per class)."""
+    return typing.get_type_hints(cls)
+
+
 def check_settings(config: Any) -> None:
     """Check every field of the dataclass `config` that was declared with `setting(...)` (and the type of every
     other scalar field): the first bad one raises a ConfigError naming it. Configs call this in `__post_init__`,
     so a config built from Python is checked as strictly as one built from YAML or the CLI."""
-    hints = typing.get_type_hints(type(config))
+    hints = field_types(type(config))
     for f in dataclasses.fields(config):
         value = check_value(f.name, getattr(config, f.name), hints[f.name], f.metadata)
         object.__setattr__(config, f.name, value)  # an int given for a float field is stored as a float
@@ -210,7 +217,7 @@ def build_config(
     unknown = sorted(k if isinstance(k, str) and k.isidentifier() else _show(k) for k in set(values) - set(fields))
     if unknown:
         raise ConfigError(f"{where}unknown option(s) {', '.join(unknown)} for {cls.__name__}; known: {', '.join(fields)}")
-    hints = typing.get_type_hints(cls)
+    hints = field_types(cls)
     try:
         checked = {k: check_value(k, v, hints[k], fields[k].metadata, convert=True) for k, v in values.items()}
         return cls(**checked)

@@ -142,7 +142,7 @@ _yaml_values = st.recursive(_yaml_scalars, lambda inner: st.lists(inner, max_siz
     st.text(max_size=5), inner, max_size=3), max_leaves=5)
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(stage=st.sampled_from(sorted(STAGE_CLASSES)), data=st.data())
 def test_fuzz_the_config_builder_raises_only_config_errors(stage, data):
     """Any mapping of (mostly known) option names to any YAML value: a config, or a ConfigError; never another
