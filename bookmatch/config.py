@@ -104,8 +104,8 @@ def _allowed(scalar: Any, meta: Mapping[str, Any], nullable: bool) -> str:
         text = "one of " + ", ".join(meta["choices"])
     else:
         text = _TYPE_WORDS.get(scalar, getattr(scalar, "__name__", str(scalar)))
-        bounds = [f"{op} {bound:g}" for op, bound in ((">=", meta.get("ge")), (">", meta.get("gt")), ("<=", meta.get("le")))
-                  if bound is not None]
+        limits = ((">=", meta.get("ge")), (">", meta.get("gt")), ("<=", meta.get("le")))
+        bounds = [f"{op} {bound:g}" for op, bound in limits if bound is not None]
         if bounds:
             text += " " + " and ".join(bounds)
     return text + (" or null" if nullable else "")
@@ -216,7 +216,8 @@ def build_config(
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(k if isinstance(k, str) and k.isidentifier() else _show(k) for k in set(values) - set(fields))
     if unknown:
-        raise ConfigError(f"{where}unknown option(s) {', '.join(unknown)} for {cls.__name__}; known: {', '.join(fields)}")
+        raise ConfigError(f"{where}unknown option(s) {', '.join(unknown)} for {cls.__name__}; "
+                          f"known: {', '.join(fields)}")
     hints = field_types(cls)
     try:
         checked = {k: check_value(k, v, hints[k], fields[k].metadata, convert=True) for k, v in values.items()}

@@ -3,8 +3,9 @@
 Each stage follows a small protocol (`Stage`: `build` its config, `is_complete`, `run`) and owns its completion
 marker (the prepare manifest, a training run's train_summary.json, calibration.json, metrics.json; each stage
 writes its marker last, and calibrate/evaluate are also checked for their other outputs). A complete stage is
-skipped, and a training stage that was cut resumes from its latest checkpoint. Stage settings come from a preset (`bookmatch/configs/presets/<name>.yaml`), then an optional YAML
-file of the same shape, then `--set stage.option=value` overrides.
+skipped, and a training stage that was cut resumes from its latest checkpoint. Stage settings come from a preset
+(`bookmatch/configs/presets/<name>.yaml`), then an optional YAML file of the same shape, then `--set
+stage.option=value` overrides; every stage's config is built (and so checked) before the first stage runs.
 """
 
 from __future__ import annotations
@@ -65,8 +66,11 @@ def load_stage_options(preset: str, file: str | None = None, sets: list[str] | N
         stage, dot, option = key.partition(".")
         if not sep or not dot or not option or stage not in merged:
             raise ConfigError(f"--set {item!r}: expected stage.option=value with stage one of {', '.join(STAGES)}")
-        if not raw.strip():  # YAML reads nothing as null, which would silently keep the preset's value
-            raise ConfigError(f"--set {item!r}: no value after '='; give one, e.g. --set {key}=VALUE (null: --set {key}=null)")
+        if not raw.strip():
+            # YAML reads nothing as null, which used to leave the preset's value in place without a word: an empty
+            # value is the empty string, right for a text setting and refused by the check of any other
+            merged[stage][option] = ""
+            continue
         try:
             merged[stage][option] = yaml.safe_load(raw)
         except yaml.YAMLError as err:

@@ -98,7 +98,8 @@ def test_pipeline_set_validates_every_stage_and_refuses_an_empty_value(tmp_path,
 
     monkeypatch.setattr(bookmatch.prepare, "run_prepare", lambda *a, **k: pytest.fail("prepare ran"))
     out = tmp_path / "run"
-    for sets, expected in ((["contrastive.lr="], "no value after '='"),
+    assert load_stage_options("cpu-small", sets=["prepare.holdout_authors="])["prepare"]["holdout_authors"] == ""
+    for sets, expected in ((["contrastive.lr="], 'contrastive: lr must be a number > 0, got ""'),
                            (["contrastive.lr=-1"], "contrastive: lr must be a number > 0, got -1.0"),
                            (["contrastive.seed=null"], "contrastive: seed must be a whole number >= 0, got null"),
                            (["contrastive.max_steps=1.5"], "contrastive: max_steps must be a whole number >= 0"),
@@ -161,3 +162,21 @@ def test_fuzz_the_config_builder_raises_only_config_errors(stage, data):
             assert built == value or (value is False and built == "no"), (name, value, built)
         elif isinstance(value, (int, float)) and isinstance(built, (int, float)):
             assert built == value, (name, value, built)
+
+
+def test_prepare_sections_are_what_the_modules_take():
+    """The chunking section is exactly the per-book scan's options (with the seed); every field belongs to one
+    section or to the stage itself."""
+    from bookmatch.config import section_values
+    from bookmatch.prepare import config as prepare_config
+    from bookmatch.prepare.scan import ChunkingOptions
+    from bookmatch.prepare.shards import chunking_options
+
+    config = PrepareConfig(chunk_size=9, overlap=2, gram_words=5, seed=3)
+    chunking = section_values(config, prepare_config.ChunkingSettings)
+    assert ChunkingOptions(**chunking, seed=config.seed) == chunking_options(config)
+    sections = (prepare_config.ChunkingSettings, prepare_config.MiningSettings, prepare_config.DedupSettings,
+                prepare_config.SplitSettings, prepare_config.PairSettings)
+    owned = [f.name for section in sections for f in dataclasses.fields(section)]
+    assert len(owned) == len(set(owned))
+    assert set(f.name for f in dataclasses.fields(PrepareConfig)) - set(owned) == {"books", "out", "workers", "seed"}

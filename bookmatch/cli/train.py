@@ -20,10 +20,12 @@ def _precision_aliases(func):
     for flag, value, text in reversed([
         ("--bf16", "bf16", "bf16 mixed precision."),
         ("--fp16", "fp16", "fp16 mixed precision (with loss scaling)."),
-        ("--auto-precision", "auto", "bf16 where the device computes it natively (bf16 GPU, AVX512-BF16/AMX CPU), else fp32."),
+        ("--auto-precision", "auto", "bf16 where the device computes it natively (bf16 GPU, AVX512-BF16/AMX CPU), "
+                                     "else fp32."),
         ("--fp32", "no", "No mixed precision."),
     ]):
-        func = click.option(flag, "precision", flag_value=value, default=None, help=f"= --mixed-precision {value}: {text}")(func)
+        alias = click.option(flag, "precision", flag_value=value, default=None, help=f"= --mixed-precision {value}: {text}")
+        func = alias(func)
     return func
 
 

@@ -38,9 +38,9 @@ class EvaluateConfig:
     mode: str = setting("contrastive", "Which model decides.", choices=MODES)
     batch_size: int = setting(64, "Pairs per forward pass.", ge=1)
     max_pairs: int | None = setting(None, "Evaluate at most this many pairs (null: all).", ge=1)
-    prefilter_threshold: float | None = setting(None, "Two-stage: bi-encoder probability below which a pair is rejected "
-                                                "at once (null: the bi-encoder's calibrated threshold, else 0.5).",
-                                                ge=0, le=1)
+    prefilter_threshold: float | None = setting(None, "Two-stage: bi-encoder probability below which a pair is "
+                                                "rejected at once (null: the bi-encoder's calibrated threshold, else "
+                                                "0.5).", ge=0, le=1)
     device: str | None = setting(None, "torch device (null: cuda if available, else cpu).")
     precision: str = setting("auto", "Encoders' autocast: auto = bf16 where native, else fp32.", choices=PRECISIONS)
 

@@ -39,8 +39,9 @@ class BiEncoderSettings:
     pooled_cosine: bool = setting(True, "Give the classifier the cosine of the two pooled vectors.")
     # Training always reads the first window (cheap); reading the rest of a 14-sentence passage at inference
     # raised validation AUC by 0.03 (BENCHMARKS.md).
-    long_texts: str = setting("windows", "Texts longer than max_seq_length at inference: windows = read whole, window by "
-                              "window (averaged by tokens); truncate = the first window only.", choices=LONG_TEXT_MODES)
+    long_texts: str = setting("windows", "Texts longer than max_seq_length at inference: windows = read whole, "
+                              "window by window (averaged by tokens); truncate = the first window only.",
+                              choices=LONG_TEXT_MODES)
 
 
 # What a model folder saved before a setting existed meant by leaving it out: the feature was not there.

@@ -87,8 +87,8 @@ class ContrastiveTrainConfig(BiEncoderSettings, TrainConfig):
     temperature: float = setting(0.05, "SupCon temperature.", gt=0)
     # "random": an offset drawn per pair and side from the seed, so training sees every part of a passage, as
     # whole-passage inference does. Validation always reads the first window.
-    training_window: str = setting("first", "Which max_seq_length tokens of a longer training text are read: the first, "
-                                   "or a window at a seeded random offset.", choices=WINDOWS)
+    training_window: str = setting("first", "Which max_seq_length tokens of a longer training text are read: the "
+                                   "first, or a window at a seeded random offset.", choices=WINDOWS)
     # Batches by author: the author of a pair's first book, the folder part of its book id.
     authors_per_batch: int = setting(0, "Each batch takes its pairs from this many authors, so SupCon's in-batch "
                                      "negatives include an author's other books (0: random batches).", ge=0)
@@ -100,5 +100,6 @@ class ContrastiveTrainConfig(BiEncoderSettings, TrainConfig):
     topic_adversary_weight: float = setting(0.1, "Weight of the topic adversary's loss.", ge=0)
     topic_adversary_lambda: float = setting(0.1, "Gradient-reversal strength of the topic adversary.", ge=0)
     independence_weight: float = setting(0.0, "Weight of the embedding/topic independence loss (0: off).", ge=0)
-    cached_contrastive: bool = setting(False, "GradCache: a large contrastive batch in mini-batches of mini_batch_size.")
+    cached_contrastive: bool = setting(False, "GradCache: a large contrastive batch in mini-batches of "
+                                       "mini_batch_size.")
     mini_batch_size: int = setting(8, "GradCache mini-batch size.", ge=1)
