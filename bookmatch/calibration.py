@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from bookmatch.cohort import COHORT_FILE, ScoreCohort, select_cohort_texts, write_cohort
-from bookmatch.config import ConfigError, check_batch_size
+from bookmatch.config import check_settings, setting
 from bookmatch.errors import InputError
 from bookmatch.inference import BI_ENCODER, detect_model_kind, load_scorer
 from bookmatch.inference.calibration import (
@@ -23,7 +23,7 @@ from bookmatch.inference.calibration import (
     probability_from_margin, style_calibration_path,
 )
 from bookmatch.inference.pairs_file import load_labelled_pairs
-from bookmatch.precision import check_precision
+from bookmatch.precision import PRECISIONS
 from bookmatch.progress import summary_line
 from bookmatch.storage import atomic_write_json
 
@@ -32,29 +32,24 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class CalibrateConfig:
-    model_dir: str = ""
-    data_dir: str | None = None
-    pairs_file: str | None = None
-    split: str = "validation"
-    target: str = "accuracy"
-    batch_size: int = 64
-    max_pairs: int | None = None
-    device: str | None = None
-    fit_offset: bool = True  # Platt scaling (T and an offset); False: the temperature alone
-    precision: str = "auto"  # encoders' autocast: auto (bf16 where native) | no | bf16 | fp16
-    # Bi-encoder score cohort (bookmatch.cohort): this many training passages spread over the training books
-    # (0 = no normalisation); 64 to 546 measured about equal, and each costs every scored text one classifier row.
-    cohort_size: int = 256
-    cohort_data: str | None = None  # prepared dataset whose train split gives the cohort [default: data_dir]
+    model_dir: str = setting("", "The model's final/ folder (bi-encoder or cross-encoder).", cli=False)
+    data_dir: str | None = setting(None, "Prepared dataset folder (from `bookmatch prepare`).", cli=False)
+    pairs_file: str | None = setting(None, "Or a JSONL file of labelled pairs (text1, text2, label).", cli=False)
+    split: str = setting("validation", "Dataset split to fit on.")
+    target: str = setting("accuracy", "Metric the threshold maximises.", choices=TARGETS)
+    batch_size: int = setting(64, "Pairs per forward pass.", ge=1)
+    max_pairs: int | None = setting(None, "Use at most this many pairs (null: all).", ge=1)
+    device: str | None = setting(None, "torch device (null: cuda if available, else cpu).")
+    fit_offset: bool = setting(True, "Platt scaling (a temperature and an offset); false: the temperature alone.")
+    precision: str = setting("auto", "Encoders' autocast: auto = bf16 where native, else fp32.", choices=PRECISIONS)
+    # 64 to 546 measured about equal, and each costs every scored text one classifier row.
+    cohort_size: int = setting(256, "Bi-encoder score cohort (bookmatch.cohort): training passages spread over the "
+                               "training books that normalise margins (0: none).", ge=0)
+    cohort_data: str | None = setting(None, "Prepared dataset whose train split gives the cohort (null: data_dir).")
 
     def __post_init__(self) -> None:
-        check_precision(self.precision)
         # Checked here, not when the stage runs: the pipeline builds every config before prepare and training.
-        if self.target not in TARGETS:
-            raise ConfigError(f"target must be one of {', '.join(TARGETS)}, got {self.target!r}")
-        check_batch_size(self.batch_size)
-        if self.cohort_size < 0:
-            raise ConfigError(f"cohort_size must be >= 0 (0 = no score normalisation), got {self.cohort_size}")
+        check_settings(self)
 
 
 def calibrate(config: CalibrateConfig | str | os.PathLike, data_dir: str | os.PathLike | None = None, target: str | None = None, **options: Any) -> dict[str, Any]:

@@ -1,10 +1,11 @@
 """The whole job in one call: prepare -> teacher -> contrastive (distilled) -> calibrate -> evaluate.
 
-A stage is skipped when its own completion marker says it finished (the prepare manifest, a training run's
-train_summary.json, calibration.json, metrics.json; each stage writes its marker last, and calibrate/evaluate are
-also checked for their other outputs), and a training stage that was cut resumes from its latest
-checkpoint. Stage settings come from a preset (`bookmatch/configs/presets/<name>.yaml`), then an optional YAML
-file of the same shape, then `--set stage.option=value` overrides.
+Each stage follows a small protocol (`Stage`: `build` its config, `is_complete`, `run`) and owns its completion
+marker (the prepare manifest, a training run's train_summary.json, calibration.json, metrics.json; each stage
+writes its marker last, and calibrate/evaluate are also checked for their other outputs). A complete stage is
+skipped, and a training stage that was cut resumes from its latest checkpoint. Stage settings come from a preset
+(`bookmatch/configs/presets/<name>.yaml`), then an optional YAML file of the same shape, then `--set
+stage.option=value` overrides; every stage's config is built (and so checked) before the first stage runs.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import yaml
 
@@ -63,8 +64,13 @@ def load_stage_options(preset: str, file: str | None = None, sets: list[str] | N
     for item in sets or []:
         key, sep, raw = item.partition("=")
         stage, dot, option = key.partition(".")
-        if not sep or not dot or stage not in merged:
+        if not sep or not dot or not option or stage not in merged:
             raise ConfigError(f"--set {item!r}: expected stage.option=value with stage one of {', '.join(STAGES)}")
+        if not raw.strip():
+            # YAML reads nothing as null, which used to leave the preset's value in place without a word: an empty
+            # value is the empty string, right for a text setting and refused by the check of any other
+            merged[stage][option] = ""
+            continue
         try:
             merged[stage][option] = yaml.safe_load(raw)
         except yaml.YAMLError as err:
@@ -96,100 +102,240 @@ def _training_complete(run_dir: Path) -> bool:
     return summary.exists() and bool(read_json(summary).get("complete")) and (run_dir / "final").is_dir()
 
 
+# ------------------------------------------------------------------------------------------------ stages
+
+
+class Stage(Protocol):
+    """One step of the pipeline: the config it runs with, whether its outputs are complete (its own marker), and
+    the run itself. `build` is pure (no files read or written), so the pipeline builds every stage's config before
+    any stage runs, exactly as the stage will."""
+
+    name: str
+
+    def build(self) -> Any: ...
+
+    def is_complete(self) -> bool: ...
+
+    def run(self, config: Any) -> None: ...
+
+
+@dataclass
+class _Layout:
+    """Where the pipeline's stages read and write, under `out`."""
+
+    out: Path
+
+    @property
+    def data(self) -> Path:
+        return self.out / "data" / "processed"
+
+    @property
+    def teacher(self) -> Path:
+        return self.out / "models" / "book_matcher"
+
+    @property
+    def student(self) -> Path:
+        return self.out / "models" / "book_matcher_contrastive"
+
+    @property
+    def reports(self) -> Path:
+        return self.out / "reports"
+
+
+def _build(cls: type, name: str, options: dict[str, Any], fixed: dict[str, Any]) -> Any:
+    """A stage config: its options as read from YAML (null is a value), then what the pipeline fixes (paths)."""
+    return build_config(cls, settings={**options, **fixed}, where=f"{name}: ")
+
+
+@dataclass
+class PrepareStage:
+    options: dict[str, Any]
+    books: str
+    layout: _Layout
+    name: str = "prepare"
+
+    def build(self):
+        from bookmatch.prepare.config import PrepareConfig
+
+        return _build(PrepareConfig, "prepare", self.options, {"books": self.books, "out": str(self.layout.data)})
+
+    def is_complete(self) -> bool:
+        manifest = self.layout.data / "manifest.json"
+        return manifest.exists() and bool(read_json(manifest).get("complete"))
+
+    def run(self, config) -> None:
+        import bookmatch.prepare
+
+        bookmatch.prepare.run_prepare(config)
+
+
+@dataclass
+class TrainStage:
+    """The teacher (cross-encoder) or the student (the contrastive bi-encoder, distilled from `teacher`)."""
+
+    name: str  # "teacher" or "contrastive"
+    options: dict[str, Any]
+    layout: _Layout
+    teacher: str = ""  # the student's teacher folder ('' = no distillation)
+
+    @property
+    def run_dir(self) -> Path:
+        return self.layout.teacher if self.name == "teacher" else self.layout.student
+
+    def build(self):
+        from bookmatch.training.config import ContrastiveTrainConfig, CrossTrainConfig
+
+        fixed = {"data": str(self.layout.data), "out": str(self.run_dir), "resume": True}
+        if self.name == "teacher":
+            return _build(CrossTrainConfig, "cross", self.options, fixed)
+        return _build(ContrastiveTrainConfig, "contrastive", self.options, {**fixed, "teacher": self.teacher})
+
+    def is_complete(self) -> bool:
+        return _training_complete(self.run_dir)
+
+    def run(self, config) -> None:
+        import bookmatch.training.trainer as trainer
+
+        (trainer.train_cross if self.name == "teacher" else trainer.train_contrastive)(config)
+
+
+@dataclass
+class CalibrateStage:
+    options: dict[str, Any]
+    layout: _Layout
+    name: str = "calibrate"
+
+    def build(self):
+        from bookmatch.calibration import CalibrateConfig
+
+        fixed = {"model_dir": str(self.layout.student / "final"), "data_dir": str(self.layout.data)}
+        return _build(CalibrateConfig, "calibrate", self.options, fixed)
+
+    def is_complete(self) -> bool:
+        from bookmatch.inference.calibration import CALIBRATION_FILE, STYLE_CALIBRATION_FILE
+
+        # calibrate writes calibration.json last; the style map is checked too, for runs cut by older versions
+        return all((self.layout.student / name).exists() for name in (CALIBRATION_FILE, STYLE_CALIBRATION_FILE))
+
+    def run(self, config) -> None:
+        import bookmatch.calibration
+
+        bookmatch.calibration.calibrate(config)
+
+
+@dataclass
+class EvaluateStage:
+    """One evaluation: the test split (`source` names data_dir and split) or a labelled pairs file."""
+
+    evaluation: str  # "test" or "eval_pairs"
+    source: dict[str, Any]
+    options: dict[str, Any]
+    layout: _Layout
+
+    @property
+    def name(self) -> str:
+        return f"evaluate:{self.evaluation}"
+
+    @property
+    def report_dir(self) -> Path:
+        return self.layout.reports / self.evaluation
+
+    def build(self):
+        from bookmatch.evaluation.evaluate import EvaluateConfig
+
+        fixed = {**self.source, "model_dir": str(self.layout.student / "final"), "report_dir": str(self.report_dir)}
+        return _build(EvaluateConfig, "evaluate", self.options, fixed)
+
+    def is_complete(self) -> bool:
+        from bookmatch.evaluation.evaluate import METRICS_FILE, REPORT_FILES
+
+        # evaluate writes metrics.json last; the other outputs are checked too, for runs cut by older versions
+        if not all((self.report_dir / file).exists() for file in (METRICS_FILE, *REPORT_FILES)):
+            return False
+        if "pairs_file" in self.source:  # a report on another pairs file than this run's --eval-pairs is stale
+            return read_json(self.report_dir / METRICS_FILE).get("source") == str(self.source["pairs_file"])
+        return True
+
+    def run(self, config) -> None:
+        import bookmatch.evaluation.evaluate as evaluate_module
+
+        evaluate_module.evaluate(config)
+
+    def metrics(self) -> dict[str, Any]:
+        from bookmatch.evaluation.evaluate import METRICS_FILE
+
+        return read_json(self.report_dir / METRICS_FILE)
+
+
+# ------------------------------------------------------------------------------------------------ the run
+
+
+def _wants_teacher(options: dict[str, dict[str, Any]]) -> bool:
+    return options.get("contrastive", {}).get("teacher", "auto") not in ("", None, False)
+
+
+def _stages(config: PipelineConfig, layout: _Layout) -> tuple[list[Stage], TrainStage, TrainStage]:
+    """Every stage to run, in order; the teacher (in the list only when the settings ask for one) and the student
+    are returned too, since the student's teacher is decided once the teacher has trained."""
+    options = config.stages
+    student_options = {k: v for k, v in options.get("contrastive", {}).items() if k != "teacher"}
+    teacher = TrainStage("teacher", options.get("cross", {}), layout)
+    student = TrainStage("contrastive", student_options, layout)
+    evaluations = {"test": {"data_dir": str(layout.data), "split": "test"}}
+    if config.eval_pairs:
+        evaluations["eval_pairs"] = {"pairs_file": config.eval_pairs}
+    stages: list[Stage] = [PrepareStage(options.get("prepare", {}), config.books, layout)]
+    stages += [teacher] if _wants_teacher(options) else []
+    stages += [student, CalibrateStage(options.get("calibrate", {}), layout)]
+    stages += [EvaluateStage(name, source, options.get("evaluate", {}), layout) for name, source in evaluations.items()]
+    return stages, teacher, student
+
+
+def _distil_from(teacher: TrainStage, min_auc: float) -> str:
+    """The teacher's final/ folder, or '' when its best validation AUC is too low to learn from."""
+    auc = read_json(teacher.run_dir / "train_summary.json").get("best_val_auc")
+    if auc is None or auc < min_auc:
+        log.warning(
+            "pipeline: the teacher's best validation AUC is %s (< %.2f): training the bi-encoder without "
+            "distillation; give the teacher more steps or a larger backbone (the gpu preset) to distil", auc, min_auc,
+        )
+        return ""
+    return str(teacher.run_dir / "final")
+
+
 def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
     """Run every unfinished stage; return the test metrics (and eval-pairs metrics when asked)."""
-    from bookmatch.calibration import CalibrateConfig, calibrate
-    from bookmatch.inference.calibration import CALIBRATION_FILE, STYLE_CALIBRATION_FILE
-    from bookmatch.evaluation.evaluate import METRICS_FILE, REPORT_FILES, EvaluateConfig, evaluate
-    from bookmatch.prepare import run_prepare
-    from bookmatch.prepare.config import PrepareConfig
-    from bookmatch.training.config import ContrastiveTrainConfig, CrossTrainConfig
-    from bookmatch.training.trainer import train_contrastive, train_cross
-
-    options = config.stages
     # Input files too are checked before any work.
     if config.eval_pairs and not Path(config.eval_pairs).is_file():
         raise InputError(f"--eval-pairs {config.eval_pairs} does not exist (or is not a file): pass a JSONL file of labelled pairs")
-    # Every stage's options are checked before any work: a bad value late in the list must not cost a prepare
-    # and a training run first. Paths and the teacher are filled in per stage below.
-    for stage_name, cls in (("prepare", PrepareConfig), ("cross", CrossTrainConfig), ("contrastive", ContrastiveTrainConfig),
-                            ("calibrate", CalibrateConfig), ("evaluate", EvaluateConfig)):
-        stage_options = dict(options.get(stage_name, {}))
-        if stage_name == "contrastive":
-            stage_options["teacher"] = ""
-        try:
-            build_config(cls, overrides=stage_options)
-        except (ValueError, TypeError) as err:  # ConfigError, or a config's own check of its values
-            raise ConfigError(f"{stage_name}: {err}") from None
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(config, out / "pipeline_config.yaml")
-    data_dir = out / "data" / "processed"
-    teacher_dir = out / "models" / "book_matcher"
-    student_dir = out / "models" / "book_matcher_contrastive"
-    reports = out / "reports"
+    layout = _Layout(Path(config.out))
+    stages, teacher, student = _stages(config, layout)
+    # Every stage's config is built before any work, by the stage's own `build`: a bad value late in the list
+    # must not cost a prepare and a training run first. (The student is checked without its teacher, which is
+    # only known once the teacher has trained; the teacher's settings are checked even when no teacher is trained.)
+    with_teacher = _wants_teacher(config.stages)
+    for stage in stages if with_teacher else [*stages, teacher]:
+        stage.build()
+    layout.out.mkdir(parents=True, exist_ok=True)
+    save_config(config, layout.out / "pipeline_config.yaml")
     timings: dict[str, float] = {}
     started = time.perf_counter()
-
-    def stage(name: str, done: bool, action) -> None:
-        if done:
-            log.info("pipeline: %s already complete, skipped", name)
-            return
-        log.info("pipeline: %s ...", name)
-        t0 = time.perf_counter()
-        action()
-        timings[name] = round(time.perf_counter() - t0, 1)
-        log.info("pipeline: %s done in %.1f s", name, timings[name])
-
-    manifest = data_dir / "manifest.json"
-    stage(
-        "prepare",
-        manifest.exists() and bool(read_json(manifest).get("complete")),
-        lambda: run_prepare(build_config(PrepareConfig, overrides={**options.get("prepare", {}), "books": config.books, "out": str(data_dir)})),
-    )
-    use_teacher = options.get("contrastive", {}).get("teacher", "auto") not in ("", None, False)
-    if use_teacher:
-        cross = {**options.get("cross", {}), "data": str(data_dir), "out": str(teacher_dir), "resume": True}
-        stage("teacher", _training_complete(teacher_dir), lambda: train_cross(build_config(CrossTrainConfig, overrides=cross)))
-    if use_teacher:
-        teacher_auc = read_json(teacher_dir / "train_summary.json").get("best_val_auc")
-        if teacher_auc is None or teacher_auc < config.min_teacher_auc:
-            log.warning(
-                "pipeline: the teacher's best validation AUC is %s (< %.2f): training the bi-encoder without "
-                "distillation; give the teacher more steps or a larger backbone (the gpu preset) to distil",
-                teacher_auc, config.min_teacher_auc,
-            )
-            use_teacher = False
-    contrastive = {**options.get("contrastive", {}), "data": str(data_dir), "out": str(student_dir), "resume": True}
-    contrastive["teacher"] = str(teacher_dir / "final") if use_teacher else ""
-    stage(
-        "contrastive",
-        _training_complete(student_dir),
-        lambda: train_contrastive(build_config(ContrastiveTrainConfig, overrides=contrastive)),
-    )
-    calib = options.get("calibrate", {})
-    calibrated = [student_dir]
-    stage(
-        "calibrate",
-        # calibrate writes calibration.json last; the style map is checked too, for runs cut by older versions
-        all((run / CALIBRATION_FILE).exists() and (run / STYLE_CALIBRATION_FILE).exists() for run in calibrated),
-        lambda: [calibrate(build_config(CalibrateConfig, overrides={**calib, "model_dir": str(run / "final"), "data_dir": str(data_dir)})) for run in calibrated],
-    )
-    evaluations = {"test": {"data_dir": str(data_dir), "split": "test"}}
-    if config.eval_pairs:
-        evaluations["eval_pairs"] = {"pairs_file": config.eval_pairs}
     results: dict[str, Any] = {}
-    for name, source in evaluations.items():
-        report_dir = reports / name
-        metrics_file = report_dir / METRICS_FILE
-        evaluation = {**options.get("evaluate", {}), **source, "model_dir": str(student_dir / "final"), "report_dir": str(report_dir)}
-        # evaluate writes metrics.json last; the other outputs are checked too, for runs cut by older versions
-        done = all((report_dir / file).exists() for file in (METRICS_FILE, *REPORT_FILES))
-        if done and "pairs_file" in source:  # a report on another pairs file than this run's --eval-pairs is stale
-            done = read_json(metrics_file).get("source") == str(source["pairs_file"])
-        stage(f"evaluate:{name}", done, lambda evaluation=evaluation: evaluate(build_config(EvaluateConfig, overrides=evaluation)))
-        results[name] = read_json(metrics_file)
-    atomic_write_json(out / "pipeline_summary.json", {"timings": timings, "total_seconds": round(time.perf_counter() - started, 1), "complete": True})
+    for stage in stages:
+        if stage is student and with_teacher:
+            student.teacher = _distil_from(teacher, config.min_teacher_auc)
+        if stage.is_complete():
+            log.info("pipeline: %s already complete, skipped", stage.name)
+        else:
+            log.info("pipeline: %s ...", stage.name)
+            t0 = time.perf_counter()
+            stage.run(stage.build())
+            timings[stage.name] = round(time.perf_counter() - t0, 1)
+            log.info("pipeline: %s done in %.1f s", stage.name, timings[stage.name])
+        if isinstance(stage, EvaluateStage):
+            results[stage.evaluation] = stage.metrics()
+    atomic_write_json(layout.out / "pipeline_summary.json",
+                      {"timings": timings, "total_seconds": round(time.perf_counter() - started, 1), "complete": True})
     return results
 
 

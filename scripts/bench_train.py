@@ -249,6 +249,9 @@ def ours_step_fn(encoder, args, device):
         max_seq_length=args.seq_len,
         pooling=train_config.pooling,
         side_features=train_config.side_features,
+        lexical_buckets=0,  # the encoder step alone (as measured so far): no signatures, no pooled cosine
+        name_top_k=0,
+        pooled_cosine=False,
     )
     bi_encoder = BiEncoder(model_config, encoder, tokenizer=None)  # token ids are given: no tokenizer needed
     model = ContrastiveModule(bi_encoder, train_config, rank=0, world_size=1, num_topics=0).to(device)

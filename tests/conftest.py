@@ -59,7 +59,8 @@ def models(tiny_encoder_dir, tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("tiny_models")
     torch.manual_seed(0)
     bi = BiEncoder.from_backbone(
-        str(tiny_encoder_dir), projection_dim=16, classifier_hidden_dim=32, max_seq_length=64, lexical_buckets=256, lexical_top_k=8
+        str(tiny_encoder_dir), projection_dim=16, classifier_hidden_dim=32, max_seq_length=64, lexical_buckets=256, lexical_top_k=8,
+        name_top_k=0, pooled_cosine=False,
     )
     bi.fit_lexical(SAMPLE_TEXTS)
     bi.save_pretrained(root / "bi" / "final")

@@ -155,7 +155,8 @@ def test_pairs_without_a_train_split_calibrate_without_a_cohort(run, tmp_path, c
     assert written["score_normalization"] is None and "not normalised" in caplog.text
 
 
-@pytest.mark.parametrize("features", [{}, {"lexical_buckets": 64, "lexical_top_k": 8, "name_top_k": 4, "pooled_cosine": True}])
+@pytest.mark.parametrize("features", [{"lexical_buckets": 0, "pooled_cosine": False},  # the plain model
+                                      {"lexical_buckets": 64, "lexical_top_k": 8, "name_top_k": 4, "pooled_cosine": True}])
 def test_margins_against_equal_the_classifier_on_every_pair(tiny_encoder_dir, features):
     import torch
 

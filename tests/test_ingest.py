@@ -207,10 +207,10 @@ def test_cli_gutenberg_exit_code_and_summary(mirror, tmp_path):
     assert ok.exit_code == 0, ok.output
     assert "already fetched, skipped: 2" in ok.output
     bad = runner.invoke(main, ["ingest", "gutenberg", "--ids", "12,abc", "--out", str(out)])
-    assert bad.exit_code == 2 and "not a Gutenberg ID: 'abc'" in bad.output
+    assert bad.exit_code == 4 and "not a Gutenberg ID: 'abc'" in bad.output
     (tmp_path / "latin1.txt").write_bytes(b"1342\n\xff\xfe bad\n")
     unreadable = runner.invoke(main, ["ingest", "gutenberg", "--ids-file", str(tmp_path / "latin1.txt"), "--out", str(out)])
-    assert unreadable.exit_code == 2 and "cannot read it as UTF-8" in unreadable.output
+    assert unreadable.exit_code == 4 and "cannot read it as UTF-8" in unreadable.output
     assert "Traceback" not in unreadable.output and len(unreadable.output.strip().splitlines()) == 1
 
 

@@ -26,7 +26,8 @@ TEXTS = [
 @pytest.fixture(scope="module")
 def bi_encoder(tiny_encoder_dir):
     torch.manual_seed(0)
-    return BiEncoder.from_backbone(str(tiny_encoder_dir), projection_dim=8, max_seq_length=48, classifier_hidden_dim=16)
+    return BiEncoder.from_backbone(str(tiny_encoder_dir), projection_dim=8, max_seq_length=48, classifier_hidden_dim=16,
+                                 lexical_buckets=0, pooled_cosine=False)
 
 
 def test_style_known_values():
@@ -192,7 +193,8 @@ def test_bi_encoder_lexical_signature_roundtrip_and_effect(tiny_encoder_dir, tmp
 
     torch.manual_seed(0)
     model = BiEncoder.from_backbone(
-        str(tiny_encoder_dir), projection_dim=8, max_seq_length=48, classifier_hidden_dim=16, lexical_buckets=512, lexical_top_k=16
+        str(tiny_encoder_dir), projection_dim=8, max_seq_length=48, classifier_hidden_dim=16, lexical_buckets=512, lexical_top_k=16,
+        name_top_k=0, pooled_cosine=False,
     )
     corpus = TEXTS + ["Captain Nemo steered the Nautilus past Vanikoro.", "Nemo and Aronnax left Vanikoro behind."]
     model.fit_lexical(corpus)

@@ -56,14 +56,14 @@ def test_option_values_written_as_text_take_the_declared_types(tmp_path):
     yaml_file.write_text("seed: '5'\nhard_negatives: 'no'\nn_positive_per_book: '12'\nmin_shared_shingles: 2.0\n")
     prepare = build_config(PrepareConfig, file=yaml_file)
     assert (prepare.seed, prepare.hard_negatives, prepare.n_positive_per_book, prepare.min_shared_shingles) == (5, False, 12, 2)
-    with pytest.raises(ConfigError, match="option lr: expected float"):
+    with pytest.raises(ConfigError, match="lr must be a number > 0, got \"fast\""):
         build_config(ContrastiveTrainConfig, overrides={"lr": "fast"})
     out = tmp_path / "run"
     result = CliRunner().invoke(main, ["pipeline", "--out", str(out), "--set", "contrastive.lr=fast"])
-    assert result.exit_code == 2 and "contrastive: option lr: expected float" in result.output
+    assert result.exit_code == 4 and 'contrastive: lr must be a number > 0, got "fast"' in result.output
     assert not out.exists()
     result = CliRunner().invoke(main, ["pipeline", "--out", str(out), "--set", "contrastive.mixed_precision=fp8"])
-    assert result.exit_code == 2 and "mixed_precision must be one of" in result.output and not out.exists()
+    assert result.exit_code == 4 and "mixed_precision must be one of" in result.output and not out.exists()
 
 
 def test_tiny_pipeline_end_to_end_then_skips(corpus_dir, tiny_encoder_dir, tmp_path):
@@ -118,7 +118,7 @@ def test_bad_config_file_and_set_values_are_one_line_errors(tmp_path):
         (["--set", "calibrate.target=[oops"], "--set 'calibrate.target=[oops': the value is not valid YAML"),
     ):
         result = CliRunner().invoke(main, ["pipeline", "--out", str(out)] + args)
-        assert result.exit_code == 2, result.output
+        assert result.exit_code == 4, result.output
         assert expected in result.stderr and len(result.stderr.strip().splitlines()) == 1
         assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit)
     assert not out.exists()
@@ -139,7 +139,7 @@ def test_bad_options_fail_before_any_stage(tmp_path, monkeypatch, args, expected
     monkeypatch.setattr(bookmatch.prepare, "run_prepare", never)
     out = tmp_path / "run"
     result = CliRunner().invoke(main, ["pipeline", "--out", str(out)] + args)
-    assert result.exit_code == 2, result.output
+    assert result.exit_code == 4, result.output
     assert expected in result.stderr and "Traceback" not in result.output
     assert not out.exists()
 

@@ -238,10 +238,10 @@ def test_cli_bare_form_with_yaml_config_and_one_line_errors(small_books, tmp_pat
     assert saved["max_chunks_per_book"] == 30 and saved["seed"] == 3 and saved["hard_negatives"] is False
 
     missing = runner.invoke(main, ["prepare", "--books", str(tmp_path / "nope"), "--out", str(tmp_path / "x")])
-    assert missing.exit_code == 2
+    assert missing.exit_code == 4
     assert "error: books folder" in missing.output and "Traceback" not in missing.output
     bad = runner.invoke(main, ["prepare", "--books", str(small_books), "--out", str(tmp_path / "x"), "--train-ratio", "1.5"])
-    assert bad.exit_code == 2 and "error: prepare config" in bad.output
+    assert bad.exit_code == 4 and "error: prepare config" in bad.output
 
 
 # Every group of books sharing text in the development corpus, checked by hand from titles and the shared
@@ -342,4 +342,4 @@ def test_cli_shard_and_merge(small_books, tmp_path):
     dataset = load_from_disk(str(tmp_path / "data"))
     assert sum(len(split) for split in dataset.values()) > 0
     wrong = runner.invoke(main, ["prepare", "merge", "--shards", str(tmp_path / "shards"), "--out", str(tmp_path / "x"), "--chunk-size", "9"])
-    assert wrong.exit_code == 2 and "chunked with" in wrong.output
+    assert wrong.exit_code == 4 and "chunked with" in wrong.output

@@ -380,7 +380,7 @@ def test_cli_bad_data_is_one_line_error(tmp_path, tiny_encoder_dir):
     from bookmatch.cli import main
 
     result = CliRunner().invoke(main, ["train", "cross", "--data", str(tmp_path / "missing"), "--model", str(tiny_encoder_dir), "--out", str(tmp_path / "o")])
-    assert result.exit_code == 2
+    assert result.exit_code == 4
     assert "does not exist" in result.output and "Traceback" not in result.output
 
 

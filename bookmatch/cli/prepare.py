@@ -4,46 +4,23 @@ from __future__ import annotations
 
 import click
 
+from bookmatch.cli.options import config_options
 from bookmatch.errors import InputError
+from bookmatch.prepare.config import PrepareConfig
 
-_CONFIG_OPTIONS = [
-    click.option("--chunk-size", type=int, default=None, help="Sentences per passage [14]."),
-    click.option("--overlap", type=int, default=None, help="Sentences shared by consecutive passages [4]."),
-    click.option("--max-chunks-per-book", type=int, default=None, help="Passages kept per book, sampled with the seed [800]."),
-    click.option("--splitter", type=click.Choice(["regex", "spacy"]), default=None, help="Sentence splitter [regex]."),
-    click.option("--hard-negatives/--no-hard-negatives", default=None, help="Mine nearest books as hard negatives [on]."),
-    click.option("--miner-model", default=None, help="sentence-transformers model for mining [all-MiniLM-L6-v2]."),
-    click.option("--miner-precision", type=click.Choice(["auto", "no", "bf16", "fp16"]), default=None,
-                 help="Miner autocast: auto = bf16 where the device computes it natively, else fp32 [auto]."),
-    click.option("--num-chunks-for-embed", type=int, default=None, help="Passages embedded per book for mining [80]."),
-    click.option("--num-hard-negative-books", type=int, default=None, help="Nearest books kept per book [50]."),
-    click.option("--knn-backend", type=click.Choice(["faiss", "torch"]), default=None, help="Exact k-NN backend [faiss]."),
-    click.option("--n-positive-per-book", type=int, default=None, help="Positive pairs per book [= negatives]."),
-    click.option("--n-negative-per-book", type=int, default=None, help="Negative pairs per book [40]."),
-    click.option("--holdout-authors", default=None, help='Authors whose works all go to test, e.g. "Alcott;Baum".'),
-    click.option("--train-ratio", type=float, default=None, help="Share of works in train [0.8]."),
-    click.option("--val-ratio", type=float, default=None, help="Share of works in validation [0.1]."),
-    click.option("--workers", type=int, default=None, help="Processes loading and chunking books [2]."),
-    click.option("--seed", type=int, default=None, help="Seed for sampling, pairs and splits [13]."),
-    click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False), default=None,
-                 help="YAML of PrepareConfig fields; flags override it."),
-]
+_CONFIG_FILE = click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False), default=None,
+                            help="YAML of PrepareConfig fields; flags override it.")
 
 
 def _config_options(func):
-    for option in reversed(_CONFIG_OPTIONS):
-        func = option(func)
-    return func
+    """One option per PrepareConfig setting (generated from its declarations), then --config."""
+    return _CONFIG_FILE(config_options(PrepareConfig)(func))
 
 
 def _build(config_file, **overrides):
-    from bookmatch.config import ConfigError, build_config
-    from bookmatch.prepare.config import PrepareConfig
+    from bookmatch.config import build_config
 
-    try:
-        return build_config(PrepareConfig, file=config_file, overrides=overrides)
-    except (ConfigError, TypeError) as err:
-        raise InputError(f"prepare config: {err}") from err
+    return build_config(PrepareConfig, file=config_file, overrides=overrides, where="prepare config: ")
 
 
 @click.group(invoke_without_command=True)

@@ -15,12 +15,12 @@ import numpy as np
 
 from bookmatch.inference.calibration import Calibration, load_calibration, load_score_cohort, probability_from_margin
 from bookmatch.inference.pairs_file import load_labelled_pairs
-from bookmatch.config import ConfigError, check_batch_size, save_config
+from bookmatch.config import check_settings, save_config, setting
 from bookmatch.errors import InputError
 from bookmatch.evaluation import plots
 from bookmatch.evaluation.metrics import compute_metrics, metrics_by_kind
 from bookmatch.evaluation.report import render_report
-from bookmatch.precision import check_precision
+from bookmatch.precision import PRECISIONS
 from bookmatch.storage import atomic_write_json, atomic_write_text, os_reason
 
 log = logging.getLogger(__name__)
@@ -30,27 +30,24 @@ MODES = ("contrastive", "two-stage")
 
 @dataclass
 class EvaluateConfig:
-    model_dir: str = ""
-    report_dir: str = ""
-    data_dir: str | None = None
-    pairs_file: str | None = None
-    split: str = "test"
-    cross_model_dir: str | None = None
-    mode: str = "contrastive"
-    batch_size: int = 64
-    max_pairs: int | None = None
-    prefilter_threshold: float | None = None  # two-stage: default the bi-encoder's calibrated threshold, else 0.5
-    device: str | None = None
-    precision: str = "auto"  # encoders' autocast: auto (bf16 where native) | no | bf16 | fp16
+    model_dir: str = setting("", "The bi-encoder's final/ folder.", cli=False)
+    report_dir: str = setting("", "Folder for metrics.json, report.md, plots, predictions.jsonl.", cli=False)
+    data_dir: str | None = setting(None, "Prepared dataset folder (from `bookmatch prepare`).", cli=False)
+    pairs_file: str | None = setting(None, "Or a JSONL file: text1, text2, label[, kind].", cli=False)
+    split: str = setting("test", "Dataset split to evaluate.")
+    cross_model_dir: str | None = setting(None, "Cross-encoder final/ folder (two-stage).", cli=False)
+    mode: str = setting("contrastive", "Which model decides.", choices=MODES)
+    batch_size: int = setting(64, "Pairs per forward pass.", ge=1)
+    max_pairs: int | None = setting(None, "Evaluate at most this many pairs (null: all).", ge=1)
+    prefilter_threshold: float | None = setting(None, "Two-stage: bi-encoder probability below which a pair is "
+                                                "rejected at once (null: the bi-encoder's calibrated threshold, else "
+                                                "0.5).", ge=0, le=1)
+    device: str | None = setting(None, "torch device (null: cuda if available, else cpu).")
+    precision: str = setting("auto", "Encoders' autocast: auto = bf16 where native, else fp32.", choices=PRECISIONS)
 
     def __post_init__(self) -> None:
-        check_precision(self.precision)
         # Checked here, not when the stage runs: the pipeline builds every config before prepare and training.
-        if self.mode not in MODES:
-            raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
-        check_batch_size(self.batch_size)
-        if self.prefilter_threshold is not None and not 0.0 <= self.prefilter_threshold <= 1.0:
-            raise ConfigError(f"prefilter_threshold must lie in [0, 1], got {self.prefilter_threshold}")
+        check_settings(self)
 
 
 # Written last by `evaluate`: its presence means every other report file is complete (the pipeline's marker).

@@ -18,8 +18,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from bookmatch.config import check_settings, setting
 from bookmatch.errors import ModelLoadError, first_line
-from bookmatch.models.pooling import POOLING_MODES, pool
+from bookmatch.models.pooling import pool
+from bookmatch.models.settings import ABSENT_FROM_OLD_FOLDERS, LONG_TEXT_MODES, BiEncoderSettings  # noqa: F401
 from bookmatch.models.resolve import check_tokenizer, resolve_model_path
 from bookmatch.storage import atomic_directory, atomic_write_json
 from bookmatch.text.lexical import LexicalFingerprint, signature_cosine
@@ -35,43 +37,23 @@ LEXICAL_COSINE_CENTER = 0.1
 LEXICAL_COSINE_SCALE = 0.1
 POOLED_COSINE_CENTER = 0.5
 POOLED_COSINE_SCALE = 0.2
-LONG_TEXT_MODES = ("windows", "truncate")
 
 
 @dataclass
-class BiEncoderConfig:
-    backbone: str
-    projection_dim: int = 256
-    max_seq_length: int = 256
-    pooling: str = "mean"
-    side_features: str = "style_v1"
+class BiEncoderConfig(BiEncoderSettings):
+    """A built bi-encoder, as saved in `bookmatch_config.json`: its settings, its backbone and what the build
+    filled in."""
+
+    backbone: str = ""
+    max_seq_length: int = setting(256, "Tokens per text the encoder reads (per window at inference).", ge=1)
     side_feature_names: list[str] = field(default_factory=list)  # filled from `side_features` on build
-    classifier_hidden_dim: int = 512
-    dropout: float = 0.1
+    classifier_hidden_dim: int = setting(512, "Hidden width of the pair classifier.", ge=1)
+    dropout: float = setting(0.1, "Dropout in the pair classifier.", ge=0, le=1)
     hidden_size: int = 0  # the encoder's width, filled on build
-    # Lexical signature per side (0 = off): the `lexical_top_k` heaviest IDF-weighted content-word buckets of
-    # each text; the classifier gets the two signatures' cosine. Names, places and rare words shared by two
-    # passages are the strongest same-book evidence, and a truncated, mean-pooled embedding dilutes them.
-    lexical_buckets: int = 0
-    lexical_top_k: int = 64
-    # A second signature over proper names (capitalised words not at a sentence start), same bucket count;
-    # 0 = off. Characters' names are what two passages of one novel share most reliably.
-    name_top_k: int = 0
-    # Feed the cosine of the two pooled vectors to the classifier as one scalar: the MLP otherwise has to
-    # learn a dot product from [u, v, |u-v|, u*v], which takes far more steps than a short run has.
-    pooled_cosine: bool = False
-    # Texts longer than max_seq_length at inference: "windows" reads the whole text as consecutive windows of
-    # max_seq_length tokens (at most `max_windows`) and averages their pooled vectors weighted by tokens;
-    # "truncate" reads only the first window. Training always reads the first window (cheap); reading the
-    # rest of a 14-sentence passage at inference raised validation AUC by 0.03 (BENCHMARKS.md).
-    long_texts: str = "windows"
-    max_windows: int = 64
+    max_windows: int = setting(64, "Windows read per text at most (long_texts = windows).", ge=1)
 
     def __post_init__(self) -> None:
-        if self.pooling not in POOLING_MODES:
-            raise ValueError(f"unknown pooling {self.pooling!r}; choose one of {', '.join(POOLING_MODES)}")
-        if self.long_texts not in LONG_TEXT_MODES:
-            raise ValueError(f"unknown long_texts {self.long_texts!r}; choose one of {', '.join(LONG_TEXT_MODES)}")
+        check_settings(self)
         self.side_feature_names = list(get_side_feature_set(self.side_features).names)
 
 
@@ -142,7 +124,7 @@ class BiEncoder(nn.Module):
             values = json.loads(config_path.read_text(encoding="utf-8"))
             values.pop("model_type", None)
             known = {f.name for f in dataclasses.fields(BiEncoderConfig)}
-            config = BiEncoderConfig(**{k: v for k, v in values.items() if k in known})
+            config = BiEncoderConfig(**{**ABSENT_FROM_OLD_FOLDERS, **{k: v for k, v in values.items() if k in known}})
             encoder = AutoModel.from_config(AutoConfig.from_pretrained(model_dir, local_files_only=True))
             tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
         except (OSError, ValueError, TypeError, json.JSONDecodeError) as err:

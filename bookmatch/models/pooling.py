@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-POOLING_MODES = ("mean", "cls", "max")
+from bookmatch.models.settings import POOLING_MODES  # noqa: F401  (declared with the settings that choose it)
 
 
 def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, mode: str = "mean") -> torch.Tensor:

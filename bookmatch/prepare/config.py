@@ -1,81 +1,107 @@
-"""`PrepareConfig`: every knob of the pair-dataset stage, with the defaults we tuned on the dev corpus."""
+"""`PrepareConfig`: every knob of the pair-dataset stage, with the defaults we tuned on the dev corpus.
+
+Each field is declared once with `setting(default, help, allowed values)`; `bookmatch prepare` generates its
+options from these declarations, and every value is checked when the config is built.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bookmatch.config import ConfigError
+from bookmatch.config import ConfigError, check_settings, setting
+from bookmatch.precision import PRECISIONS
 
 
 @dataclass
-class PrepareConfig:
-    books: str = ""
-    out: str = ""
+class ChunkingSettings:
+    """How each book becomes passages and shingles (the scan, per book: `prepare.scan.ChunkingOptions`)."""
+
     # Chunking: 14 sentences with 4 shared between neighbours, the passage length the matcher is judged on.
-    chunk_size: int = 14
-    overlap: int = 4
-    max_chunks_per_book: int = 800
-    splitter: str = "regex"
-    # Hard negatives: nearest books by mean MiniLM embedding of a sample of their chunks.
-    hard_negatives: bool = True
-    miner_model: str = "sentence-transformers/all-MiniLM-L6-v2"
-    num_chunks_for_embed: int = 80
-    num_hard_negative_books: int = 50
-    embed_batch_size: int = 64
-    # The miner's precision: "auto" embeds under bf16 autocast where the device computes bf16 natively (1.6x the
-    # chunks/s of fp32 on the 2-core EPYC; centroids agree to cosine 0.99997), fp32 elsewhere; or no | bf16 | fp16.
-    miner_precision: str = "auto"
-    knn_backend: str = "faiss"  # "faiss" or "torch" (blocked matmul); both are exact and agree
-    knn_block_size: int = 4096
-    # Pairs per book; None means "as many positives as negatives" so classes stay balanced.
-    n_positive_per_book: int | None = None
-    n_negative_per_book: int = 40
-    # Share of each negative kind; a kind a book cannot have (no other work by its author, mining off) falls
-    # back to random.
-    neg_mix_hard: float = 0.3
-    neg_mix_same_author: float = 0.3
-    neg_mix_same_topic: float = 0.2
-    neg_mix_random: float = 0.2
-    holdout_authors: str = ""
-    train_ratio: float = 0.8
-    val_ratio: float = 0.1
+    chunk_size: int = setting(14, "Sentences per passage.", ge=2)
+    overlap: int = setting(4, "Sentences shared by consecutive passages (< chunk_size).", ge=0)
+    max_chunks_per_book: int = setting(800, "Passages kept per book, sampled with the seed.", ge=2)
+    splitter: str = setting("regex", "Sentence splitter.", choices=("regex", "spacy"))
+    # Shingles for duplicate detection (prepare/dedup.py), computed while a book is scanned.
+    gram_words: int = setting(8, "Words per dedup shingle.", ge=1)
+    gram_keep_one_in: int = setting(16, "One dedup shingle in this many kept (by hash).", ge=1)
+    shingle_min_words: int = setting(6, "Sentences of at least this many words are hashed for boilerplate.", ge=1)
+
+
+@dataclass
+class MiningSettings:
+    """Hard negatives: nearest books by mean MiniLM embedding of a sample of their chunks (prepare/mining.py)."""
+
+    hard_negatives: bool = setting(True, "Mine nearest books as hard negatives.")
+    miner_model: str = setting("sentence-transformers/all-MiniLM-L6-v2", "sentence-transformers model for mining.")
+    num_chunks_for_embed: int = setting(80, "Passages embedded per book for mining.", ge=1)
+    num_hard_negative_books: int = setting(50, "Nearest books kept per book.", ge=0)
+    embed_batch_size: int = setting(64, "Passages per forward pass of the miner.", ge=1)
+    # "auto": 1.6x the chunks/s of fp32 on the 2-core EPYC; centroids agree to cosine 0.99997.
+    miner_precision: str = setting("auto", "Miner autocast: auto = bf16 where the device computes it natively, else "
+                                   "fp32.", choices=PRECISIONS)
+    knn_backend: str = setting("faiss", "Exact k-NN backend (both agree).", choices=("faiss", "torch"))
+    knn_block_size: int = setting(4096, "Rows per block of the torch k-NN backend.", ge=1)
+
+
+@dataclass
+class DedupSettings:
+    """Duplicate works and shared text between books (prepare/dedup.py)."""
+
     # Duplicate works (prepare/dedup.py): shingles are runs of `gram_words` words (letters only), one run in
     # `gram_keep_one_in` kept, by hash, so every book keeps the same runs. Copies: the smaller book shares
     # >= `containment_threshold` of its shingles (and >= `min_shared_shingles`) with the larger. Shared text:
     # >= `large_overlap_shingles` shingles in common (about 125 x 16 = 2,000 words: a story, a long poem),
     # not counting shingles held by `boilerplate_min_works` or more copy-groups (publishers' advertisements).
-    gram_words: int = 8
-    gram_keep_one_in: int = 16
-    containment_threshold: float = 0.5
-    min_shared_shingles: int = 20
-    large_overlap_shingles: int = 125
-    # A shingle in more books than this is too common to say anything about duplication (and costs
-    # quadratic candidate pairs), so the inverted index skips it.
-    max_books_per_shingle: int = 50
-    # Sentences of at least `shingle_min_words` words are hashed for boilerplate detection.
-    shingle_min_words: int = 6
-    # Boilerplate: a sentence found in at least this many distinct works is boilerplate; a chunk made of
-    # more than `boilerplate_max_fraction` such sentences is dropped.
-    boilerplate_min_works: int = 3
-    boilerplate_max_fraction: float = 0.3
-    workers: int = 2
-    seed: int = 13
+    containment_threshold: float = setting(0.5, "Share of the smaller book's shingles in the larger that makes a copy.",
+                                           ge=0, le=1)
+    min_shared_shingles: int = setting(20, "Shingles two copies share at least.", ge=1)
+    large_overlap_shingles: int = setting(125, "Shingles in common that make shared text (a story, a long poem).", ge=1)
+    # Above this a shingle says nothing about duplication (and costs quadratic candidate pairs).
+    max_books_per_shingle: int = setting(50, "A shingle in more books than this is skipped by the index.", ge=1)
+    boilerplate_min_works: int = setting(3, "A sentence in this many distinct works is boilerplate.", ge=1)
+    boilerplate_max_fraction: float = setting(0.3, "A passage with more than this share of boilerplate is dropped.",
+                                              ge=0, le=1)
+
+
+@dataclass
+class SplitSettings:
+    """Works to train / validation / test (prepare/splits.py)."""
+
+    holdout_authors: str = setting("", 'Authors whose works all go to test, e.g. "Alcott;Baum".')
+    train_ratio: float = setting(0.8, "Share of works in train.", gt=0, le=1)
+    val_ratio: float = setting(0.1, "Share of works in validation.", ge=0, le=1)
+
+
+@dataclass
+class PairSettings:
+    """Pairs per book and the mix of negative kinds (prepare/pairs.py)."""
+
+    # None keeps classes balanced.
+    n_positive_per_book: int | None = setting(None, "Positive pairs per book (null: as many as negatives).", ge=0)
+    n_negative_per_book: int = setting(40, "Negative pairs per book.", ge=0)
+    # A kind a book cannot have (no other work by its author, mining off) falls back to random.
+    neg_mix_hard: float = setting(0.3, "Share of hard (mined) negatives.", ge=0, le=1)
+    neg_mix_same_author: float = setting(0.3, "Share of same-author negatives.", ge=0, le=1)
+    neg_mix_same_topic: float = setting(0.2, "Share of same-topic negatives.", ge=0, le=1)
+    neg_mix_random: float = setting(0.2, "Share of random negatives.", ge=0, le=1)
+
+
+@dataclass
+class PrepareConfig(PairSettings, SplitSettings, DedupSettings, MiningSettings, ChunkingSettings):
+    """Every setting of the pair-dataset stage: its sections (each the settings one module reads), the folders,
+    the workers and the seed. YAML, `--set` and the CLI name the fields flat, as before."""
+
+    books: str = setting("", "Folder of <author>/<title>.txt books.", cli=False)
+    out: str = setting("", "Output folder for the DatasetDict and manifest.json.", cli=False)
+    workers: int = setting(2, "Processes loading and chunking books.", ge=1)
+    seed: int = setting(13, "Seed for sampling, pairs and splits.", ge=0)
 
     def __post_init__(self) -> None:
-        if self.chunk_size < 2 or not 0 <= self.overlap < self.chunk_size:
-            raise ConfigError(f"chunk_size must be >= 2 and 0 <= overlap < chunk_size (got {self.chunk_size}, {self.overlap})")
-        if self.splitter not in ("regex", "spacy"):
-            raise ConfigError(f"splitter must be 'regex' or 'spacy', not {self.splitter!r}")
-        if not (0 < self.train_ratio and 0 <= self.val_ratio and self.train_ratio + self.val_ratio <= 1):
-            raise ConfigError(f"need 0 < train_ratio, 0 <= val_ratio, train_ratio + val_ratio <= 1 (got {self.train_ratio}, {self.val_ratio})")
-        if self.miner_precision not in ("no", "bf16", "fp16", "auto"):
-            raise ConfigError(f"miner_precision must be one of no, bf16, fp16, auto, not {self.miner_precision!r}")
-        if self.knn_backend not in ("faiss", "torch"):
-            raise ConfigError(f"knn_backend must be 'faiss' or 'torch', not {self.knn_backend!r}")
-        if self.gram_words < 1 or self.gram_keep_one_in < 1:
-            raise ConfigError(f"gram_words and gram_keep_one_in must be >= 1 (got {self.gram_words}, {self.gram_keep_one_in})")
-        if self.max_chunks_per_book < 2 or self.n_negative_per_book < 0 or self.workers < 1:
-            raise ConfigError("max_chunks_per_book must be >= 2, n_negative_per_book >= 0, workers >= 1")
+        check_settings(self)
+        if self.overlap >= self.chunk_size:
+            raise ConfigError(f"overlap must be < chunk_size ({self.chunk_size}), got {self.overlap}")
+        if self.train_ratio + self.val_ratio > 1:
+            raise ConfigError(f"train_ratio + val_ratio must be <= 1, got {self.train_ratio} + {self.val_ratio}")
 
     @property
     def positives_per_book(self) -> int:

@@ -1,106 +1,105 @@
-"""Training configs: the tuned defaults of the original design; YAML (`--config`) and CLI flags override them."""
+"""Training configs: the tuned defaults of the original design; YAML (`--config`) and CLI flags override them.
+
+Each field is declared once with `setting(default, help, allowed values)`; `bookmatch train` generates its
+options from these declarations, and every value is checked when the config is built.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bookmatch.precision import check_precision
+from bookmatch.config import check_settings, setting
+from bookmatch.models.settings import BiEncoderSettings
+from bookmatch.precision import PRECISIONS
+
+WINDOWS = ("first", "random")
 
 
 @dataclass
 class TrainConfig:
     """Options shared by the cross-encoder teacher and the contrastive bi-encoder."""
 
-    data: str = ""  # folder written by `bookmatch prepare` (DatasetDict + manifest.json)
-    out: str = ""  # run folder: checkpoint-<step>/, final/, config.yaml, train_summary.json
-    model: str = "roberta-large"  # backbone name or local folder (resolved offline unless local_files_only=False)
-    local_files_only: bool = True
-    epochs: int = 3
-    batch_size: int = 8  # pairs per device per micro-batch
-    lr: float = 2e-5
-    weight_decay: float = 0.01
-    warmup_steps: int = 1000
-    warmup_max_fraction: float = 0.1  # short runs: warmup is capped at this fraction of the total steps
-    max_steps: int = 0  # > 0 stops after this many optimizer steps
-    max_seq_length: int = 256
-    max_grad_norm: float = 1.0
-    # no | bf16 | fp16 | auto: bf16 where the device computes it natively (a bf16-capable GPU; a CPU with
-    # AVX512-BF16 or AMX, where a MiniLM training step measured 1.6x faster), else no. Saved resolved.
-    mixed_precision: str = "no"
-    gradient_checkpointing: bool = False
-    compile: bool = False
-    grad_accum: int = 1
-    eval_steps: int = 500
-    eval_max_pairs: int = 2000  # validation pairs per evaluation (a fixed seeded subsample)
-    eval_batch_size: int = 64
-    save_steps: int = 500
-    save_total_limit: int = 2
-    patience: int = 5  # evaluations without a better validation AUC before stopping; 0 disables
-    seed: int = 42
-    cpu: bool = False
-    sample: int = 0  # > 0: train on a seeded subsample of this many training pairs
-    resume: bool = False
-    group_by_length: bool = True
-    num_workers: int = 0  # data-loader worker processes
-    preprocess_workers: int = 0  # processes for tokenizing + style features (datasets.map num_proc); 0: in-process
-    log_steps: int = 50
-    # Learning rate of the randomly initialised heads (classifier, projection); 0 = `lr`. Short runs need the
-    # heads to move much faster than the pretrained encoder.
-    head_lr: float = 0.0
+    data: str = setting("", "Folder written by `bookmatch prepare` (DatasetDict + manifest.json).")
+    out: str = setting("", "Run folder: checkpoint-<step>/, final/, config.yaml, train_summary.json.")
+    model: str = setting("roberta-large", "Backbone: Hugging Face name or local folder (resolved offline unless "
+                         "local_files_only is off).")
+    local_files_only: bool = setting(True, "Never touch the network for models.")
+    epochs: int = setting(3, "Passes over the training pairs.", ge=1)
+    batch_size: int = setting(8, "Pairs per device per micro-batch.", ge=1)
+    lr: float = setting(2e-5, "Learning rate of the encoder.", gt=0)
+    weight_decay: float = setting(0.01, "AdamW weight decay.", ge=0)
+    warmup_steps: int = setting(1000, "Linear warmup steps (capped by warmup_max_fraction of the total).", ge=0)
+    warmup_max_fraction: float = setting(0.1, "Short runs: warmup is capped at this fraction of the total steps.",
+                                         ge=0, le=1)
+    max_steps: int = setting(0, "Stop after this many optimizer steps (0: no limit).", ge=0)
+    max_seq_length: int = setting(256, "Tokens per text (per side for the bi-encoder, per pair for the cross-encoder).",
+                                  ge=1)
+    max_grad_norm: float = setting(1.0, "Gradient clipping norm.", gt=0)
+    # bf16 where the device computes it natively (a bf16-capable GPU; a CPU with AVX512-BF16 or AMX, where a
+    # MiniLM training step measured 1.6x faster), else no. Saved resolved.
+    mixed_precision: str = setting("no", "Mixed precision: auto = bf16 where the device computes it natively, else no.",
+                                   choices=PRECISIONS)
+    gradient_checkpointing: bool = setting(False, "Recompute activations in the backward pass (less memory).")
+    compile: bool = setting(False, "torch.compile the model.")
+    grad_accum: int = setting(1, "Micro-batches per optimizer step.", ge=1)
+    eval_steps: int = setting(500, "Optimizer steps between validations.", ge=1)
+    eval_max_pairs: int = setting(2000, "Validation pairs per evaluation (a fixed seeded subsample; 0: all).", ge=0)
+    eval_batch_size: int = setting(64, "Pairs per forward pass at validation.", ge=1)
+    save_steps: int = setting(500, "Optimizer steps between checkpoints.", ge=1)
+    save_total_limit: int = setting(2, "Recent checkpoints kept (0: all).", ge=0)
+    patience: int = setting(5, "Evaluations without a better validation AUC before stopping (0: off).", ge=0)
+    seed: int = setting(42, "Seed for weights, sampling and data order.", ge=0)
+    cpu: bool = setting(False, "Train on the CPU even when a GPU is present.")
+    sample: int = setting(0, "Train on a seeded subsample of this many training pairs (0: all).", ge=0)
+    resume: bool = setting(False, "Continue exactly from the latest checkpoint in the run folder.")
+    group_by_length: bool = setting(True, "Batch pairs of similar length together (less padding).")
+    num_workers: int = setting(0, "Data-loader worker processes.", ge=0)
+    preprocess_workers: int = setting(0, "Processes for tokenizing + style features (0: in-process).", ge=0)
+    log_steps: int = setting(50, "Optimizer steps between log lines (0: none).", ge=0)
+    # Short runs need the heads to move much faster than the pretrained encoder.
+    head_lr: float = setting(0.0, "Learning rate of the randomly initialised heads (classifier, projection); 0: lr.",
+                             ge=0)
 
     def __post_init__(self) -> None:
-        check_precision(self.mixed_precision, "mixed_precision")
-        for name in ("batch_size", "grad_accum", "eval_steps", "save_steps", "epochs"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        check_settings(self)
 
 
 @dataclass
 class CrossTrainConfig(TrainConfig):
     """The cross-encoder teacher: both passages in one sequence."""
 
-    epochs: int = 3
-    lr: float = 2e-5
-    max_seq_length: int = 512
+    epochs: int = setting(3, "Passes over the training pairs.", ge=1)
+    lr: float = setting(2e-5, "Learning rate of the encoder.", gt=0)
+    max_seq_length: int = setting(512, "Tokens per pair (both passages in one sequence).", ge=1)
 
 
 @dataclass
-class ContrastiveTrainConfig(TrainConfig):
-    """The Siamese bi-encoder: pair cross-entropy + SupCon on the projections (+ distillation, topic terms)."""
+class ContrastiveTrainConfig(BiEncoderSettings, TrainConfig):
+    """The Siamese bi-encoder: pair cross-entropy + SupCon on the projections (+ distillation, topic terms).
 
-    epochs: int = 5
-    lr: float = 1e-5
-    ce_weight: float = 1.0
-    contrastive_weight: float = 0.2
-    temperature: float = 0.05
-    projection_dim: int = 256
-    pooling: str = "mean"
-    side_features: str = "style_v1"
-    lexical_buckets: int = 4096  # lexical signature per side (0 = off); see BiEncoderConfig
-    lexical_top_k: int = 64
-    name_top_k: int = 32  # names signature per side (0 = off; needs lexical_buckets)
-    pooled_cosine: bool = True  # the pooled vectors' cosine as one classifier input
-    long_texts: str = "windows"  # at inference: "windows" reads a long text whole, window by window; or "truncate"
-    # Which max_seq_length tokens of a longer training text the encoder reads: "first", or "random" (an offset
-    # drawn per pair and side from the seed, so training sees every part of a passage, as whole-passage
-    # inference does). Validation always reads the first window.
-    training_window: str = "first"
-    # > 0: each batch (per process) takes its pairs from this many authors (the author of a pair's first book,
-    # the folder part of its book id), so SupCon's in-batch negatives include that author's other books;
-    # 0: batches drawn at random over all pairs.
-    authors_per_batch: int = 0
-    teacher: str = ""  # cross-encoder folder to distil from ('' = no distillation)
-    distill_weight: float = 0.5
-    distill_temperature: float = 2.0
-    teacher_batch_size: int = 64
-    topic_adversary: bool = False
-    topic_adversary_weight: float = 0.1
-    topic_adversary_lambda: float = 0.1
-    independence_weight: float = 0.0
-    cached_contrastive: bool = False  # GradCache: a large contrastive batch in mini-batches of `mini_batch_size`
-    mini_batch_size: int = 8
+    The model's own settings (projection_dim, pooling, side_features, the lexical and names signatures,
+    pooled_cosine, long_texts) are the fields of `BiEncoderSettings`, inherited with their one default."""
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.authors_per_batch < 0:
-            raise ValueError(f"authors_per_batch must be >= 0 (0: random batches), got {self.authors_per_batch}")
+    epochs: int = setting(5, "Passes over the training pairs.", ge=1)
+    lr: float = setting(1e-5, "Learning rate of the encoder.", gt=0)
+    ce_weight: float = setting(1.0, "Weight of the pair cross-entropy loss.", ge=0)
+    contrastive_weight: float = setting(0.2, "Weight of the SupCon loss on the projections (0: off).", ge=0)
+    temperature: float = setting(0.05, "SupCon temperature.", gt=0)
+    # "random": an offset drawn per pair and side from the seed, so training sees every part of a passage, as
+    # whole-passage inference does. Validation always reads the first window.
+    training_window: str = setting("first", "Which max_seq_length tokens of a longer training text are read: the "
+                                   "first, or a window at a seeded random offset.", choices=WINDOWS)
+    # Batches by author: the author of a pair's first book, the folder part of its book id.
+    authors_per_batch: int = setting(0, "Each batch takes its pairs from this many authors, so SupCon's in-batch "
+                                     "negatives include an author's other books (0: random batches).", ge=0)
+    teacher: str = setting("", "Cross-encoder folder to distil from ('': no distillation).")
+    distill_weight: float = setting(0.5, "Weight of the distillation loss.", ge=0)
+    distill_temperature: float = setting(2.0, "Distillation temperature.", gt=0)
+    teacher_batch_size: int = setting(64, "Pairs per forward pass of the teacher.", ge=1)
+    topic_adversary: bool = setting(False, "Gradient-reversal topic classifier on the pooled vectors.")
+    topic_adversary_weight: float = setting(0.1, "Weight of the topic adversary's loss.", ge=0)
+    topic_adversary_lambda: float = setting(0.1, "Gradient-reversal strength of the topic adversary.", ge=0)
+    independence_weight: float = setting(0.0, "Weight of the embedding/topic independence loss (0: off).", ge=0)
+    cached_contrastive: bool = setting(False, "GradCache: a large contrastive batch in mini-batches of "
+                                       "mini_batch_size.")
+    mini_batch_size: int = setting(8, "GradCache mini-batch size.", ge=1)

@@ -12,7 +12,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from bookmatch.config import section_values
 from bookmatch.models.bi_encoder import BiEncoder
+from bookmatch.models.settings import BiEncoderSettings
 from bookmatch.models.cross_encoder import CrossEncoder
 from bookmatch.progress import summary_line
 from bookmatch.training.config import ContrastiveTrainConfig, TrainConfig
@@ -218,17 +220,8 @@ class ContrastiveTask(Task):
     def build(self, data, rank, world_size):
         cfg = self.config
         self.bi_encoder = BiEncoder.from_backbone(
-            cfg.model,
-            local_files_only=cfg.local_files_only,
-            projection_dim=cfg.projection_dim,
-            max_seq_length=cfg.max_seq_length,
-            pooling=cfg.pooling,
-            side_features=cfg.side_features,
-            lexical_buckets=cfg.lexical_buckets,
-            lexical_top_k=cfg.lexical_top_k,
-            name_top_k=cfg.name_top_k,
-            pooled_cosine=cfg.pooled_cosine,
-            long_texts=cfg.long_texts,
+            cfg.model, local_files_only=cfg.local_files_only, max_seq_length=cfg.max_seq_length,
+            **section_values(cfg, BiEncoderSettings),  # the model's settings, declared once in BiEncoderSettings
         )
         train = data.splits["train"]
         self.bi_encoder.fit_lexical(dict.fromkeys(list(train["text1"]) + list(train["text2"])))
