@@ -23,10 +23,12 @@ from bookmatch.cli.options import precision_option
 @click.option("--max-wait-ms", type=click.FloatRange(min=0), default=5.0,
               help="How long the batcher waits for more requests once one has arrived.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, help="Texts per encoder forward pass.")
+@click.option("--cache-size", type=click.IntRange(min=0), default=4096,
+              help="Texts whose embeddings are kept across requests (0 = none; a text repeated within a batch is still encoded once).")
 @click.option("--graceful-timeout", type=click.IntRange(min=1), default=30,
               help="Seconds a shutdown (SIGTERM, Ctrl-C) waits for the requests in flight.")
 def serve(model_dir, cross_model_dir, index_dir, host, port, device, precision, max_pairs, max_text_chars, max_batch_pairs,
-          max_wait_ms, batch_size, graceful_timeout):
+          max_wait_ms, batch_size, cache_size, graceful_timeout):
     """Serve POST /v1/score (and /v1/search with --index), GET /healthz, /metrics, OpenAPI docs at /docs."""
     from bookmatch.serve import ServeConfig, run_server
 
@@ -34,4 +36,5 @@ def serve(model_dir, cross_model_dir, index_dir, host, port, device, precision, 
         model=model_dir, cross_model=cross_model_dir, index=index_dir, host=host, port=port, device=device,
         precision=precision, max_pairs=max_pairs, max_text_chars=max_text_chars, max_batch_pairs=max_batch_pairs,
         max_wait_ms=max_wait_ms, batch_size=batch_size, graceful_timeout_s=graceful_timeout,
+        cache_size=cache_size,
     ))

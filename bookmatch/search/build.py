@@ -27,10 +27,13 @@ class IndexConfig:
     batch_size: int = 64
     precision: str = "auto"
     device: str | None = None
+    vector: str = "projected"  # or "pooled" (see search.index.embed_queries)
 
     def __post_init__(self) -> None:
         if self.passages_per_book < 0 or self.batch_size < 1:
             raise InputError("passages per book must be >= 0 and batch size >= 1")
+        if self.vector not in ("projected", "pooled"):
+            raise InputError(f"vector must be projected or pooled, got {self.vector!r}")
         if self.chunk_size < 2 or not 0 <= self.overlap < self.chunk_size:
             raise InputError(f"chunk size must be >= 2 and 0 <= overlap < chunk size (got {self.chunk_size}, {self.overlap})")
 
@@ -65,13 +68,13 @@ def book_passages(paths: Iterable[Path], config: IndexConfig) -> tuple[list[dict
     return books, passages, skipped
 
 
-def embed_passages(model, texts: list[str], batch_size: int, precision: str) -> np.ndarray:
+def embed_passages(model, texts: list[str], batch_size: int, precision: str, vector: str = "projected") -> np.ndarray:
     """Unit vectors in the model's contrastive space, through the same scorer path queries take."""
     from bookmatch.inference.scorers import BiEncoderScorer
     from bookmatch.search.index import embed_queries
 
     scorer = BiEncoderScorer(model, cache_size=0, precision=precision)
-    return embed_queries(scorer, texts, batch_size)
+    return embed_queries(scorer, texts, batch_size, vector)
 
 
 def build_index(books_dir: str | os.PathLike, model_dir: str | os.PathLike, out: str | os.PathLike,
@@ -91,7 +94,7 @@ def build_index(books_dir: str | os.PathLike, model_dir: str | os.PathLike, out:
         raise InputError(f"no usable book under {books_dir}: nothing to index")
     model = load_bi_encoder(model_dir, config.device)
     flat = [text for book in passages for text in book]
-    vectors = embed_passages(model, flat, config.batch_size, config.precision)
+    vectors = embed_passages(model, flat, config.batch_size, config.precision, config.vector)
     passage_book = np.repeat(np.arange(len(books), dtype=np.int32), [len(p) for p in passages])
     manifest = {
         "format": INDEX_FORMAT, "complete": True, "model": str(Path(model_dir).resolve()),

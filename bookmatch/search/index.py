@@ -158,11 +158,23 @@ def _books_of(scores: np.ndarray, rows: np.ndarray, passage_book: np.ndarray) ->
     return found
 
 
-def embed_queries(scorer, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
-    """Unit query vectors in the contrastive space, through the scorer (its cache and autocast)."""
-    return scorer.embed(list(texts), batch_size=batch_size).projected.float().numpy()
+VECTORS = ("projected", "pooled")
+
+
+def embed_queries(scorer, texts: Sequence[str], batch_size: int = 64, vector: str = "projected") -> np.ndarray:
+    """Unit vectors through the scorer (its cache and autocast): "projected", the contrastive space a trained
+    bi-encoder learns for same-book retrieval, or "pooled", the encoder's mean-pooled vector (what a pretrained
+    sentence encoder offers before any training)."""
+    if vector not in VECTORS:
+        raise InputError(f"vector must be one of {', '.join(VECTORS)}, got {vector!r}")
+    emb = scorer.embed(list(texts), batch_size=batch_size)
+    if vector == "projected":
+        return emb.projected.float().numpy()
+    pooled = emb.pooled.double().numpy()
+    return (pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)).astype(np.float32)
 
 
 def search_texts(index: BookIndex, scorer, texts: Sequence[str], k: int = 10, batch_size: int = 64) -> list[list[dict[str, Any]]]:
-    """The k likeliest source books of each text (see `BookIndex.search_vectors`)."""
-    return index.search_vectors(embed_queries(scorer, texts, batch_size), k)
+    """The k likeliest source books of each text (see `BookIndex.search_vectors`), embedded as the index was."""
+    vector = index.manifest.get("config", {}).get("vector", "projected")
+    return index.search_vectors(embed_queries(scorer, texts, batch_size, vector), k)
