@@ -90,6 +90,7 @@ _LOADER = textwrap.dedent(
             tasks.append({
                 "name": task.name, "num_nodes": task.num_nodes, "envs": dict(task.envs),
                 "run": task.run, "setup": task.setup, "resources": resources, "mounts": mounts,
+                "service": task.service.to_yaml_config() if task.service is not None else None,
             })
         out["files"][path] = {"name": dag.name, "tasks": tasks}
     print("@@JSON@@" + json.dumps(out))
@@ -190,6 +191,7 @@ def task_problems(task: dict, gpu_names: list[str], strategies: list[str]) -> li
 RUN_TESTED = {
     "sky/ingest.yaml", "sky/prepare.yaml", "sky/prepare_sharded.yaml", "sky/train_cross.yaml", "sky/train_contrastive.yaml",
     "sky/calibrate.yaml", "sky/evaluate.yaml", "sky/infer.yaml", "jobs/pipeline_contrastive.yaml",
+    "sky/serve.yaml",  # run in tests/test_serve_sky.py
 }
 
 

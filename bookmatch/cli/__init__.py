@@ -51,6 +51,9 @@ def _register() -> None:
         ("infer", "infer"),
         ("export", "export"),
         ("pipeline", "pipeline"),
+        ("serve", "serve"),
+        ("index", "index"),
+        ("search", "search"),
     ]:
         try:
             module = importlib.import_module(f"bookmatch.cli.{module_name}")

@@ -74,9 +74,11 @@ def _check_modes(text1, text2, file1, file2, input_path, output_path) -> None:
         raise InputError("--input needs --output (the JSONL file to write)")
 
 
-def _run(matcher, text1, text2, file1, file2, input_path, output_path, batch_size, skip_bad_lines, style_sim):
+def _run(matcher, text1, text2, file1, file2, input_path, output_path, batch_size, skip_bad_lines, style_sim, explain=False):
     from bookmatch.progress import summary_line
 
+    if input_path is not None and explain:
+        raise InputError("--explain is for one pair: drop it in batch mode (--input), or score the pair on its own")
     if input_path is not None:
         report = matcher.score_file(input_path, output_path, batch_size=batch_size, skip_bad_lines=skip_bad_lines, style=style_sim)
         for message in report.bad_lines[:5]:
@@ -93,7 +95,12 @@ def _run(matcher, text1, text2, file1, file2, input_path, output_path, batch_siz
     result = matcher.score(text1, text2)
     for message in result.warnings:
         _warn(message)
-    click.echo(json.dumps(result.to_dict(style=style_sim)))
+    answer = result.to_dict(style=style_sim)
+    if explain:
+        from bookmatch.explain import explain_pair
+
+        answer["evidence"] = explain_pair(matcher, text1, text2).to_dict()
+    click.echo(json.dumps(answer))
 
 
 def _common(func):
@@ -108,6 +115,7 @@ def _common(func):
         click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True, help="Texts per forward pass."),
         click.option("--skip-bad-lines", is_flag=True, help="Batch mode: skip lines that are not JSON or lack a field, instead of stopping."),
         click.option("--style-sim", is_flag=True, help="Also report style_similarity."),
+        click.option("--explain", is_flag=True, help="One pair: add per-sentence evidence (bi-encoder margin lost per sentence left out) and shared names."),
         click.option("--device", default=None, help="torch device [default: cuda if available, else cpu]."),
         precision_option("auto"),
     ]
@@ -125,13 +133,13 @@ def infer():
 @click.option("--model", "model_dir", required=True, type=click.Path(file_okay=False), help="The bi-encoder's final/ folder.")
 @click.option("--threshold", type=float, default=None, help="Decision threshold [default: calibration.json beside the model, else 0.5].")
 @_common
-def contrastive(model_dir, threshold, text1, text2, file1, file2, input_path, output_path, batch_size, skip_bad_lines, style_sim, device, precision):
+def contrastive(model_dir, threshold, text1, text2, file1, file2, input_path, output_path, batch_size, skip_bad_lines, style_sim, explain, device, precision):
     """Bi-encoder only. Prints JSON: same_book, confidence, probability[, style_similarity]."""
     _check_modes(text1, text2, file1, file2, input_path, output_path)
     from bookmatch.inference import Matcher
 
     matcher = Matcher.from_pretrained(model_dir, device=device, threshold=threshold, precision=precision)
-    _run(matcher, text1, text2, file1, file2, input_path, output_path, batch_size, skip_bad_lines, style_sim)
+    _run(matcher, text1, text2, file1, file2, input_path, output_path, batch_size, skip_bad_lines, style_sim, explain)
 
 
 @infer.command("two-stage", epilog=TRUNCATION_NOTE)
@@ -140,10 +148,10 @@ def contrastive(model_dir, threshold, text1, text2, file1, file2, input_path, ou
 @click.option("--prefilter-threshold", type=float, default=None, help="Bi-encoder probability below which the answer is 'different book' at once [default: the bi-encoder's calibrated threshold, else 0.5].")
 @click.option("--cross-threshold", type=float, default=None, help="Cross-encoder decision threshold [default: its calibration.json, else 0.5].")
 @_common
-def two_stage(bi_model_dir, cross_model_dir, prefilter_threshold, cross_threshold, text1, text2, file1, file2, input_path, output_path, batch_size, skip_bad_lines, style_sim, device, precision):
+def two_stage(bi_model_dir, cross_model_dir, prefilter_threshold, cross_threshold, text1, text2, file1, file2, input_path, output_path, batch_size, skip_bad_lines, style_sim, explain, device, precision):
     """Bi-encoder prefilter, cross-encoder decision. Output names the deciding stage."""
     _check_modes(text1, text2, file1, file2, input_path, output_path)
     from bookmatch.inference import Matcher
 
     matcher = Matcher.from_pretrained(bi_model_dir, cross_model=cross_model_dir, device=device, prefilter_threshold=prefilter_threshold, cross_threshold=cross_threshold, precision=precision)
-    _run(matcher, text1, text2, file1, file2, input_path, output_path, batch_size, skip_bad_lines, style_sim)
+    _run(matcher, text1, text2, file1, file2, input_path, output_path, batch_size, skip_bad_lines, style_sim, explain)
