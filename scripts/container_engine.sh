@@ -19,7 +19,8 @@ pick_engine() {
     elif command -v podman >/dev/null; then
         echo podman
     elif command -v docker >/dev/null; then
-        echo "${0##*/}: docker is installed but its daemon does not answer (docker info), and podman is not installed" >&2
+        echo "${0##*/}: docker is installed but its daemon does not answer (docker info)," \
+            "and podman is not installed" >&2
         return 2
     else
         echo "${0##*/}: neither docker nor podman is installed" >&2

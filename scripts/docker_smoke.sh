@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Smoke-test the Docker images with a container engine (Docker, or podman where Docker has no daemon).
 #
-#   scripts/docker_smoke.sh [--engine docker|podman] [--gpu] [--quick] [--books DIR] [--num-books N] [--tag TAG]
-#                           [--local-base] [--host-pip] [--build-arg NAME=VALUE]... [--build-opt OPTION]... [--keep]
+#   scripts/docker_smoke.sh [--engine docker|podman] [--gpu] [--quick|--image-only] [--books DIR] [--num-books N]
+#                           [--tag TAG] [--local-base] [--host-pip] [--build-arg NAME=VALUE]... [--build-opt OPTION]...
+#                           [--keep]
 #
 # Default (CPU): builds docker/Dockerfile.cpu, copies the N smallest books (default 12, two per author)
 # from DIR (default ../shared/corpus/books) into a temp folder mounted read-only at /input, mounts an empty
@@ -15,6 +16,9 @@
 # --gpu: builds docker/Dockerfile.cuda instead, runs `nvidia-smi` and a CUDA check in the container with
 #        `docker run --gpus all`, then prepares the tiny corpus and runs a short contrastive training step on
 #        the GPU (a few optimizer steps with the packaged MiniLM backbone).
+# --image-only: build the image and check it (entrypoint, contents, size); no pipeline, no GPU step. With --gpu
+#        and the CUDA base images replaced (--build-arg BUILD_IMAGE=... RUNTIME_IMAGE=... DS_BUILD_OPS=0), this
+#        checks Dockerfile.cuda's stages on a machine without a GPU or NVIDIA's registry.
 # --engine: docker or podman (default: docker when its daemon answers, else podman).
 # --local-base: make sure the CPU image's base image is there first: pull it, or where no registry answers,
 #        build it from Debian's packages (scripts/container_base.sh); then build without pulling.
@@ -26,12 +30,13 @@
 # Exit status 0 means every step passed. Run it from anywhere; it builds from the project root.
 set -euo pipefail
 
-usage() { sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,32p' "$0" | sed 's/^# \{0,1\}//'; }
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 engine=""
 gpu=0
 quick=0
+image_only=0
 books="$root/../shared/corpus/books"
 num_books=12
 tag="smoke"
@@ -44,6 +49,7 @@ while [[ $# -gt 0 ]]; do
         --engine) engine="$2"; shift 2 ;;
         --gpu) gpu=1; shift ;;
         --quick) quick=1; shift ;;
+        --image-only) image_only=1; shift ;;
         --books) books="$2"; shift 2 ;;
         --num-books) num_books="$2"; shift 2 ;;
         --tag) tag="$2"; shift 2 ;;
@@ -109,7 +115,8 @@ for key in ("index-url", "extra-index-url", "find-links"):
         if not os.path.isdir(folder):
             continue
         if engine != "podman":
-            sys.exit(f"docker_smoke.sh: --host-pip: pip reads the local folder {folder}; only podman can mount it in a build")
+            sys.exit(f"docker_smoke.sh: --host-pip: pip reads the local folder {folder}; "
+                     "only podman can mount it in a build")
         # An index folder's pages link to files beside it (simple/x/ -> ../../files/): mount its parent.
         inside = f"/host-pip/{len(mounts)}"
         mounts.append(f"--volume={os.path.dirname(folder)}:{inside}:ro")
@@ -218,6 +225,11 @@ step "the entrypoint answers"
 
 step "what the image holds"
 "${run[@]}" --entrypoint python "$image" -c "$IMAGE_CONTENT_CHECK" /
+
+if (( image_only )); then
+    step "image checked, no pipeline run (--image-only): $image, $engine, $((SECONDS - started)) s"
+    exit 0
+fi
 
 if (( gpu )); then
     step "nvidia-smi inside the container"

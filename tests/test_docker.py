@@ -171,8 +171,9 @@ def test_dependencies_are_installed_before_the_code_is_copied(path: Path) -> Non
     build = by_name["build"]
     assert build[0][1].split()[0] == "deps" and any(name == "COPY" and "bookmatch" in args for name, args in build)
     runtime = stages(path)[-1][1]
-    venv = [i for i, (name, args) in enumerate(runtime) if name == "COPY" and "--from=deps" in args and "/opt/venv" in args]
-    wheel = [i for i, (name, args) in enumerate(runtime) if name == "COPY" and "--from=build" in args]
+    copies = [(i, args) for i, (name, args) in enumerate(runtime) if name == "COPY"]
+    venv = [i for i, args in copies if "--from=deps" in args and "/opt/venv" in args]
+    wheel = [i for i, args in copies if "--from=build" in args]
     assert venv and wheel and venv[0] < wheel[0], "the runtime must copy the dependencies' venv before the project"
     assert not any(name == "COPY" and "--from=build" in args and "/opt/venv" in args for name, args in runtime)
 
