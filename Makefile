@@ -8,7 +8,7 @@ TEST_ARGS ?=
 # whose pip reaches PyPI, whose Linux torch is the CUDA build, pass TORCH_INDEX=https://download.pytorch.org/whl/cpu.
 TORCH_INDEX ?=
 
-.PHONY: install install-sky run test bench
+.PHONY: install install-sky run test bench container-base smoke-container
 
 install:
 	# torch first and pinned: an unpinned torch pulls several GB of CUDA wheels on a CPU machine.
@@ -28,3 +28,15 @@ test: install install-sky
 
 bench: install
 	$(PYTHON) scripts/bench_prepare.py --books $(BOOKS)
+
+# Container smoke test (README "Docker"): builds docker/Dockerfile.cpu with docker or podman and runs `bookmatch
+# --help`, the pipeline (tiny steps) and two-stage inference inside it (tests/test_container_smoke.py, slow).
+# SMOKE_ARGS: the smoke script's options; the default pulls the base image or builds it from Debian's packages
+# where no registry answers, and has pip in the build use this machine's pip settings.
+SMOKE_ARGS ?= --local-base --host-pip
+
+container-base:
+	bash scripts/container_base.sh
+
+smoke-container:
+	BOOKMATCH_SMOKE_ARGS="$(SMOKE_ARGS)" $(PYTHON) -m pytest tests/test_container_smoke.py -m slow -s $(TEST_ARGS)
