@@ -293,7 +293,7 @@ def run_training(task: Task, on_step: Callable[[int], None] | None = None) -> Pa
 
     state = ckpt.TrainerState()
     if config.resume:
-        latest = ckpt.latest_checkpoint(out)
+        latest = ckpt.resume_checkpoint(accelerator, out)  # the newest that verifies; logs what it skipped
         if latest is not None:
             state = ckpt.load_checkpoint(accelerator, latest)
             accelerator.step = state.micro_step
@@ -328,6 +328,7 @@ def run_training(task: Task, on_step: Callable[[int], None] | None = None) -> Pa
                 state_dict = {name: tensor.detach().cpu().clone() for name, tensor in state_dict.items()} | fp32_weights
         if accelerator.is_main_process:
             task.save_final(accelerator.unwrap_model(model), final_dir, state_dict)
+            ckpt.commit_final(final_dir, state)
         accelerator.wait_for_everyone()
 
     def record_eval() -> bool:
