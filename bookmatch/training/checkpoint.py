@@ -108,7 +108,7 @@ def _resume_problem(out: Path, path: Path) -> str | None:
     try:
         state = TrainerState.from_json(read_json(path / STATE_NAME))
     except (ValueError, TypeError, OSError) as err:  # listed and whole, yet not a state: written by something else
-        return f"{STATE_NAME} is not a trainer state ({err})"
+        return f"{STATE_NAME} is not a trainer state ({type(err).__name__})"
     return _final_problem(out / FINAL_NAME, path, state)
 
 
@@ -221,18 +221,36 @@ def _commit(out: Path, path: Path, tables: list[dict], state: TrainerState, worl
 
 
 def load_checkpoint(accelerator, path: Path) -> TrainerState:
-    """Load a checkpoint chosen by `resume_checkpoint` (so already verified) into the prepared objects."""
+    """Load a checkpoint chosen by `resume_checkpoint` (rank 0 verified its checksums) into the prepared objects."""
+    verdict = verify(path, checksums=False)  # every rank: its node sees every listed file whole
+    if not verdict:
+        raise CheckpointError(f"cannot resume from {path}: {verdict.reason}")
     with _quiet_accelerate(), _custom_objects_aside(accelerator) as custom:
-        accelerator.load_state(str(path))
+        try:
+            accelerator.load_state(str(path))
+        except Exception as err:  # noqa: BLE001 - a verified checkpoint that still fails to load: one clear line
+            raise CheckpointError(f"cannot load {path} ({type(err).__name__}: {_first_line(err)}); "
+                                  "remove that checkpoint to resume from an older one, or start over without --resume") from None
         for index, obj in enumerate(custom):
             custom_path = path / CUSTOM_STATE.format(index)
-            if not custom_path.exists():
-                raise CheckpointError(f"{path} has no {custom_path.name} for {type(obj).__name__}: it was not saved by this version of bookmatch")
-            obj.load_state_dict(read_json(custom_path))
+            try:
+                obj.load_state_dict(read_json(custom_path))
+            except (OSError, ValueError, TypeError, KeyError) as err:
+                raise CheckpointError(f"cannot restore {type(obj).__name__} from {custom_path} ({type(err).__name__}: {_first_line(err)}); "
+                                      "it was not saved by this version of bookmatch, or is damaged") from None
     # accelerate goes on silently when the RNG file is missing or unreadable; a resume that differs from the
     # uninterrupted run without a word is worse than an error, so the RNG state is loaded again here, strictly
     _load_rng_state(path, accelerator.process_index, accelerator.num_processes)
-    return TrainerState.from_json(read_json(path / STATE_NAME))
+    try:
+        return TrainerState.from_json(read_json(path / STATE_NAME))
+    except (OSError, ValueError, TypeError) as err:
+        raise CheckpointError(f"{path / STATE_NAME} is not a trainer state ({type(err).__name__}); start over without --resume") from None
+
+
+def _first_line(err: BaseException) -> str:
+    from bookmatch.errors import first_line
+
+    return first_line(err, 200)
 
 
 def _load_rng_state(path: Path, rank: int, world_size: int) -> None:
@@ -256,12 +274,23 @@ def _load_rng_state(path: Path, rank: int, world_size: int) -> None:
         if torch.cuda.is_available() and "torch_cuda_manual_seed" in states:
             torch.cuda.set_rng_state_all(states["torch_cuda_manual_seed"])
     except Exception as err:  # noqa: BLE001 - any failure means the resume would not be exact
-        raise CheckpointError(f"cannot restore the RNG state from {file} ({type(err).__name__}: {err}); start over without --resume") from None
+        raise CheckpointError(f"cannot restore the RNG state from {file} ({type(err).__name__}: {_first_line(err)}); "
+                              "start over without --resume") from None
 
 
 def commit_final(final_dir: Path, state: TrainerState) -> None:
     """Commit final/ after the model is saved (rank 0): a resume then knows which evaluation it holds."""
     write_commit(final_dir, meta={"kind": "final", "step": state.global_step, "run_id": state.run_id})
+
+
+def run_complete(out: Path, summary_name: str = "train_summary.json") -> bool:
+    """Whether the run in `out` finished: its summary (written last) says so and final/ verifies. A summary that
+    arrived in a bucket before final/ did, or was cut, does not count."""
+    try:
+        complete = bool(read_json(Path(out) / summary_name).get("complete"))
+    except (OSError, ValueError, AttributeError):
+        return False
+    return complete and bool(verify(Path(out) / FINAL_NAME))
 
 
 def _rotate(out: Path, save_total_limit: int, newest: Path) -> None:

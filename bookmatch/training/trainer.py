@@ -29,7 +29,7 @@ from torch import nn
 from bookmatch.config import save_config
 from bookmatch.precision import resolve_mixed_precision
 from bookmatch.progress import summary_line
-from bookmatch.storage import atomic_write_json, read_json
+from bookmatch.storage import atomic_write_json
 from bookmatch.training import checkpoint as ckpt
 from bookmatch.training.config import ContrastiveTrainConfig, CrossTrainConfig, TrainConfig
 from bookmatch.training.data import load_pair_data, subsample
@@ -234,7 +234,7 @@ def run_training(task: Task, on_step: Callable[[int], None] | None = None) -> Pa
     out = Path(config.out)
     final_dir = out / "final"
     summary_path = out / SUMMARY_NAME
-    if config.resume and summary_path.exists() and read_json(summary_path).get("complete") and final_dir.exists():
+    if config.resume and ckpt.run_complete(out):  # a complete summary and a final/ that verifies
         logger.info("%s: already complete (%s); nothing to resume", out, summary_path)
         return final_dir
 
