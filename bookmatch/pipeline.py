@@ -1,9 +1,9 @@
 """The whole job in one call: prepare -> teacher -> contrastive (distilled) -> calibrate -> evaluate.
 
-A stage is skipped when its own completion marker says it finished (the prepare manifest, a training run's
-train_summary.json, calibration.json, metrics.json; each stage writes its marker last, and calibrate/evaluate are
-also checked for their other outputs), and a training stage that was cut resumes from its latest
-checkpoint. Stage settings come from a preset (`bookmatch/configs/presets/<name>.yaml`), then an optional YAML
+A stage is skipped when its outputs are committed (bookmatch.artifacts: a manifest of sizes and checksums written
+after them, which must verify: the prepared data, a training run's final/ with its train_summary.json, the
+calibration files, each report folder), and a training stage that was cut resumes from its newest checkpoint
+that verifies. Stage settings come from a preset (`bookmatch/configs/presets/<name>.yaml`), then an optional YAML
 file of the same shape, then `--set stage.option=value` overrides.
 """
 
@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from bookmatch.artifacts import COMMIT_NAME, describe_files, verify, write_commit
 from bookmatch.config import ConfigError, build_config, save_config
 from bookmatch.errors import InputError
 from bookmatch.storage import atomic_write_json, read_json
@@ -91,15 +92,35 @@ def _yaml_problem(err: Exception) -> str:
     return " ".join(line.strip() for line in str(err).strip().splitlines() if line.strip())[:300]
 
 
+# Stage completion: a stage's outputs count only once a commit manifest (bookmatch.artifacts) written after them
+# verifies, so an output cut by a kill, or one that reached a bucket before the files it names, is redone.
+CALIBRATE_COMMIT = "COMMIT.calibrate.json"
+
+
 def _training_complete(run_dir: Path) -> bool:
-    summary = run_dir / "train_summary.json"
-    return summary.exists() and bool(read_json(summary).get("complete")) and (run_dir / "final").is_dir()
+    from bookmatch.training.checkpoint import run_complete
+
+    return run_complete(run_dir)
+
+
+def is_complete(folder: Path, name: str = COMMIT_NAME) -> bool:
+    """Whether `folder` holds a commit `name` that verifies."""
+    return verify(folder, name=name).ok
+
+
+def mark_complete(folder: Path, files: list[str] | None = None, name: str = COMMIT_NAME, **meta: Any) -> None:
+    """Commit `files` of `folder` (default: all): call when the stage that wrote them has returned."""
+    write_commit(folder, describe_files(folder, files) if files is not None else None, meta=meta, name=name)
+
+
+def _prepare_complete(data_dir: Path) -> bool:
+    return is_complete(data_dir) and bool(read_json(data_dir / "manifest.json").get("complete"))
 
 
 def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
     """Run every unfinished stage; return the test metrics (and eval-pairs metrics when asked)."""
     from bookmatch.calibration import CALIBRATION_FILE, STYLE_CALIBRATION_FILE, CalibrateConfig, calibrate
-    from bookmatch.evaluation.evaluate import METRICS_FILE, REPORT_FILES, EvaluateConfig, evaluate
+    from bookmatch.evaluation.evaluate import METRICS_FILE, EvaluateConfig, evaluate
     from bookmatch.prepare import run_prepare
     from bookmatch.prepare.config import PrepareConfig
     from bookmatch.training.config import ContrastiveTrainConfig, CrossTrainConfig
@@ -140,10 +161,9 @@ def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
         timings[name] = round(time.perf_counter() - t0, 1)
         log.info("pipeline: %s done in %.1f s", name, timings[name])
 
-    manifest = data_dir / "manifest.json"
     stage(
         "prepare",
-        manifest.exists() and bool(read_json(manifest).get("complete")),
+        _prepare_complete(data_dir),
         lambda: run_prepare(build_config(PrepareConfig, overrides={**options.get("prepare", {}), "books": config.books, "out": str(data_dir)})),
     )
     use_teacher = options.get("contrastive", {}).get("teacher", "auto") not in ("", None, False)
@@ -168,11 +188,14 @@ def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
     )
     calib = options.get("calibrate", {})
     calibrated = [student_dir]
+    def calibrate_and_commit(run: Path) -> None:
+        calibrate(build_config(CalibrateConfig, overrides={**calib, "model_dir": str(run / "final"), "data_dir": str(data_dir)}))
+        mark_complete(run, [CALIBRATION_FILE, STYLE_CALIBRATION_FILE], name=CALIBRATE_COMMIT)
+
     stage(
         "calibrate",
-        # calibrate writes calibration.json last; the style map is checked too, for runs cut by older versions
-        all((run / CALIBRATION_FILE).exists() and (run / STYLE_CALIBRATION_FILE).exists() for run in calibrated),
-        lambda: [calibrate(build_config(CalibrateConfig, overrides={**calib, "model_dir": str(run / "final"), "data_dir": str(data_dir)})) for run in calibrated],
+        all(is_complete(run, CALIBRATE_COMMIT) for run in calibrated),
+        lambda: [calibrate_and_commit(run) for run in calibrated],
     )
     evaluations = {"test": {"data_dir": str(data_dir), "split": "test"}}
     if config.eval_pairs:
@@ -182,11 +205,15 @@ def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
         report_dir = reports / name
         metrics_file = report_dir / METRICS_FILE
         evaluation = {**options.get("evaluate", {}), **source, "model_dir": str(student_dir / "final"), "report_dir": str(report_dir)}
-        # evaluate writes metrics.json last; the other outputs are checked too, for runs cut by older versions
-        done = all((report_dir / file).exists() for file in (METRICS_FILE, *REPORT_FILES))
+        done = is_complete(report_dir)
         if done and "pairs_file" in source:  # a report on another pairs file than this run's --eval-pairs is stale
             done = read_json(metrics_file).get("source") == str(source["pairs_file"])
-        stage(f"evaluate:{name}", done, lambda evaluation=evaluation: evaluate(build_config(EvaluateConfig, overrides=evaluation)))
+
+        def evaluate_and_commit(evaluation=evaluation, report_dir=report_dir) -> None:
+            evaluate(build_config(EvaluateConfig, overrides=evaluation))
+            mark_complete(report_dir)
+
+        stage(f"evaluate:{name}", done, evaluate_and_commit)
         results[name] = read_json(metrics_file)
     atomic_write_json(out / "pipeline_summary.json", {"timings": timings, "total_seconds": round(time.perf_counter() - started, 1), "complete": True})
     return results

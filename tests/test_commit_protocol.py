@@ -15,11 +15,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
-
-from bookmatch.artifacts import COMMIT_NAME, describe_files, merge_file_tables, verify, write_commit
 from bucket_sim import Recorder, bucket_view, interesting_kill_points, materialize
+from safetensors.torch import load_file
 from test_resume import data_dir  # noqa: F401  (a fixture)
+
+from bookmatch.artifacts import (
+    COMMIT_NAME,
+    describe_files,
+    merge_file_tables,
+    verify,
+    write_commit,
+)
 
 # ---------------------------------------------------------------------------------------------------------------
 # the manifest itself

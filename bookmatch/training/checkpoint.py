@@ -21,11 +21,19 @@ import math
 import re
 import shutil
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-from bookmatch.artifacts import COMMIT_NAME, describe_files, merge_file_tables, uncommit, verify, write_commit
+from bookmatch.artifacts import (
+    COMMIT_NAME,
+    describe_files,
+    merge_file_tables,
+    uncommit,
+    verify,
+    write_commit,
+)
 from bookmatch.errors import BookmatchError
 from bookmatch.storage import atomic_write_json, read_json
 
@@ -66,7 +74,7 @@ class TrainerState:
         return values
 
     @classmethod
-    def from_json(cls, values: dict[str, Any]) -> "TrainerState":
+    def from_json(cls, values: dict[str, Any]) -> TrainerState:
         known = {f.name for f in dataclasses.fields(cls)}
         state = cls(**{k: v for k, v in values.items() if k in known})
         if state.best_metric is None:
@@ -258,7 +266,9 @@ def _load_rng_state(path: Path, rank: int, world_size: int) -> None:
 
     import numpy as np
     import torch
-    from accelerate.utils import load  # torch.load with weights_only=True and numpy's array types allowed
+    from accelerate.utils import (
+        load,  # torch.load with weights_only=True and numpy's array types allowed
+    )
 
     file = path / RNG_STATE.format(rank)
     if not file.exists():
