@@ -179,6 +179,46 @@ def _custom_objects_aside(accelerator) -> Iterator[list]:
         accelerator._custom_objects = objects
 
 
+# DeepSpeed's own plain-data classes inside a ZeRO checkpoint (module, name): allowed for torch.load's
+# weights_only unpickler, which rebuilds them from their fields and runs no other code.
+_DEEPSPEED_SAFE_GLOBALS = [
+    ("deepspeed.runtime.fp16.loss_scaler", "LossScaler"),
+    ("deepspeed.runtime.fp16.loss_scaler", "DynamicLossScaler"),
+    ("deepspeed.runtime.zero.config", "ZeroStageEnum"),
+    ("deepspeed.utils.tensor_fragment", "fragment_address"),
+]
+
+
+@contextlib.contextmanager
+def _deepspeed_loads_weights_only(accelerator) -> Iterator[None]:
+    """DeepSpeed (0.19) loads its checkpoint files with torch.load(weights_only=False): a planted shard would run
+    code. For the duration of a resume its loader is swapped for torch.load(weights_only=True) that admits only
+    DeepSpeed's plain-data classes."""
+    if getattr(accelerator.state, "deepspeed_plugin", None) is None:
+        yield
+        return
+    import importlib
+
+    import torch
+    from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
+
+    allowed = []
+    for module, name in _DEEPSPEED_SAFE_GLOBALS:
+        with contextlib.suppress(ImportError, AttributeError):
+            allowed.append(getattr(importlib.import_module(module), name))
+
+    def load(self, path, map_location=None):
+        with torch.serialization.safe_globals(allowed):
+            return torch.load(path, map_location=map_location, weights_only=True)
+
+    original = TorchCheckpointEngine.load
+    TorchCheckpointEngine.load = load
+    try:
+        yield
+    finally:
+        TorchCheckpointEngine.load = original
+
+
 def _write_custom_state(path: Path, index: int, obj) -> None:
     try:
         text = json.dumps(obj.state_dict(), allow_nan=False, indent=1)
@@ -233,7 +273,7 @@ def load_checkpoint(accelerator, path: Path) -> TrainerState:
     verdict = verify(path, checksums=False)  # every rank: its node sees every listed file whole
     if not verdict:
         raise CheckpointError(f"cannot resume from {path}: {verdict.reason}")
-    with _quiet_accelerate(), _custom_objects_aside(accelerator) as custom:
+    with _quiet_accelerate(), _custom_objects_aside(accelerator) as custom, _deepspeed_loads_weights_only(accelerator):
         try:
             accelerator.load_state(str(path))
         except Exception as err:  # noqa: BLE001 - a verified checkpoint that still fails to load: one clear line
