@@ -1,11 +1,12 @@
 """The whole job in one call: prepare -> teacher -> contrastive (distilled) -> calibrate -> evaluate.
 
 Each stage follows a small protocol (`Stage`: `build` its config, `is_complete`, `run`) and owns its completion
-marker (the prepare manifest, a training run's train_summary.json, calibration.json, metrics.json; each stage
-writes its marker last, and calibrate/evaluate are also checked for their other outputs). A complete stage is
-skipped, and a training stage that was cut resumes from its latest checkpoint. Stage settings come from a preset
-(`bookmatch/configs/presets/<name>.yaml`), then an optional YAML file of the same shape, then `--set
-stage.option=value` overrides; every stage's config is built (and so checked) before the first stage runs.
+marker. A stage is skipped when its outputs are committed (bookmatch.artifacts: a manifest of sizes and checksums
+written after them, which must verify: the prepared data, a training run's final/ with its train_summary.json, the
+calibration files, each report folder), and a training stage that was cut resumes from its newest checkpoint
+that verifies. Stage settings come from a preset (`bookmatch/configs/presets/<name>.yaml`), then an optional YAML
+file of the same shape, then `--set stage.option=value` overrides; every stage's config is built (and so checked)
+before the first stage runs.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any, Protocol
 
 import yaml
 
+from bookmatch.artifacts import COMMIT_NAME, describe_files, verify, write_commit
 from bookmatch.config import ConfigError, build_config, save_config
 from bookmatch.errors import InputError
 from bookmatch.storage import atomic_write_json, read_json
@@ -97,9 +99,29 @@ def _yaml_problem(err: Exception) -> str:
     return " ".join(line.strip() for line in str(err).strip().splitlines() if line.strip())[:300]
 
 
+# Stage completion: a stage's outputs count only once a commit manifest (bookmatch.artifacts) written after them
+# verifies, so an output cut by a kill, or one that reached a bucket before the files it names, is redone.
+CALIBRATE_COMMIT = "COMMIT.calibrate.json"
+
+
 def _training_complete(run_dir: Path) -> bool:
-    summary = run_dir / "train_summary.json"
-    return summary.exists() and bool(read_json(summary).get("complete")) and (run_dir / "final").is_dir()
+    from bookmatch.training.checkpoint import run_complete
+
+    return run_complete(run_dir)
+
+
+def is_complete(folder: Path, name: str = COMMIT_NAME) -> bool:
+    """Whether `folder` holds a commit `name` that verifies."""
+    return verify(folder, name=name).ok
+
+
+def mark_complete(folder: Path, files: list[str] | None = None, name: str = COMMIT_NAME, **meta: Any) -> None:
+    """Commit `files` of `folder` (default: all): call when the stage that wrote them has returned."""
+    write_commit(folder, describe_files(folder, files) if files is not None else None, meta=meta, name=name)
+
+
+def _prepare_complete(data_dir: Path) -> bool:
+    return is_complete(data_dir) and bool(read_json(data_dir / "manifest.json").get("complete"))
 
 
 # ------------------------------------------------------------------------------------------------ stages
@@ -160,8 +182,7 @@ class PrepareStage:
         return _build(PrepareConfig, "prepare", self.options, {"books": self.books, "out": str(self.layout.data)})
 
     def is_complete(self) -> bool:
-        manifest = self.layout.data / "manifest.json"
-        return manifest.exists() and bool(read_json(manifest).get("complete"))
+        return _prepare_complete(self.layout.data)
 
     def run(self, config) -> None:
         import bookmatch.prepare
@@ -212,15 +233,14 @@ class CalibrateStage:
         return _build(CalibrateConfig, "calibrate", self.options, fixed)
 
     def is_complete(self) -> bool:
-        from bookmatch.inference.calibration import CALIBRATION_FILE, STYLE_CALIBRATION_FILE
-
-        # calibrate writes calibration.json last; the style map is checked too, for runs cut by older versions
-        return all((self.layout.student / name).exists() for name in (CALIBRATION_FILE, STYLE_CALIBRATION_FILE))
+        return is_complete(self.layout.student, CALIBRATE_COMMIT)
 
     def run(self, config) -> None:
         import bookmatch.calibration
+        from bookmatch.inference.calibration import CALIBRATION_FILE, STYLE_CALIBRATION_FILE
 
         bookmatch.calibration.calibrate(config)
+        mark_complete(self.layout.student, [CALIBRATION_FILE, STYLE_CALIBRATION_FILE], name=CALIBRATE_COMMIT)
 
 
 @dataclass
@@ -247,10 +267,9 @@ class EvaluateStage:
         return _build(EvaluateConfig, "evaluate", self.options, fixed)
 
     def is_complete(self) -> bool:
-        from bookmatch.evaluation.evaluate import METRICS_FILE, REPORT_FILES
+        from bookmatch.evaluation.evaluate import METRICS_FILE
 
-        # evaluate writes metrics.json last; the other outputs are checked too, for runs cut by older versions
-        if not all((self.report_dir / file).exists() for file in (METRICS_FILE, *REPORT_FILES)):
+        if not is_complete(self.report_dir):
             return False
         if "pairs_file" in self.source:  # a report on another pairs file than this run's --eval-pairs is stale
             return read_json(self.report_dir / METRICS_FILE).get("source") == str(self.source["pairs_file"])
@@ -260,6 +279,7 @@ class EvaluateStage:
         import bookmatch.evaluation.evaluate as evaluate_module
 
         evaluate_module.evaluate(config)
+        mark_complete(self.report_dir)
 
     def metrics(self) -> dict[str, Any]:
         from bookmatch.evaluation.evaluate import METRICS_FILE

@@ -153,11 +153,16 @@ def test_stage_with_missing_outputs_is_not_skipped(tmp_path, monkeypatch):
     from bookmatch.evaluation.evaluate import METRICS_FILE, REPORT_FILES
     from bookmatch.pipeline import PipelineConfig, run_pipeline
 
+    from bookmatch.artifacts import write_commit
+
     out = tmp_path / "run"
     (out / "data" / "processed").mkdir(parents=True)
     (out / "data" / "processed" / "manifest.json").write_text(json.dumps({"complete": True}))
+    write_commit(out / "data" / "processed")  # prepare and both trainings finished and committed
     for run in ("book_matcher", "book_matcher_contrastive"):
         (out / "models" / run / "final").mkdir(parents=True)
+        (out / "models" / run / "final" / "model.safetensors").write_bytes(b"weights")
+        write_commit(out / "models" / run / "final")
         (out / "models" / run / "train_summary.json").write_text(json.dumps({"complete": True, "best_val_auc": 0.9}))
     student = out / "models" / "book_matcher_contrastive"
     (student / "calibration.json").write_text("{}")  # a cut run: no style_calibration.json
@@ -195,3 +200,36 @@ def test_stage_with_missing_outputs_is_not_skipped(tmp_path, monkeypatch):
         calls.clear()
         run_pipeline(PipelineConfig(books=str(tmp_path), out=str(out), stages=load_stage_options("cpu-small"), eval_pairs=str(pairs)))
         assert calls == expected, pairs
+
+
+def test_stage_markers_count_only_what_verifies(tmp_path):
+    """A marker that reached a bucket before its files (or a cut file) does not make a stage complete."""
+    from bookmatch.artifacts import write_commit
+    from bookmatch.pipeline import _prepare_complete, _training_complete, is_complete, mark_complete
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "manifest.json").write_text(json.dumps({"complete": True}))
+    (data / "train.arrow").write_bytes(b"x" * 1000)
+    assert not _prepare_complete(data)  # a complete manifest without a commit: cut before the commit
+    write_commit(data)
+    assert _prepare_complete(data)
+    (data / "train.arrow").write_bytes(b"x" * 10)  # the bucket holds a cut copy
+    assert not _prepare_complete(data)
+
+    run = tmp_path / "run"
+    (run / "final").mkdir(parents=True)
+    (run / "train_summary.json").write_text(json.dumps({"complete": True}))
+    (run / "final" / "model.safetensors").write_bytes(b"w" * 100)
+    assert not _training_complete(run)  # final/ without its commit
+    write_commit(run / "final")
+    assert _training_complete(run)
+    (run / "train_summary.json").write_text('{"complete": tr')  # a cut summary
+    assert not _training_complete(run)
+
+    (run / "calibration.json").write_text("{}")
+    (run / "style_calibration.json").write_text("{}")
+    mark_complete(run, ["calibration.json", "style_calibration.json"], name="COMMIT.calibrate.json")
+    assert is_complete(run, "COMMIT.calibrate.json")
+    (run / "style_calibration.json").unlink()
+    assert not is_complete(run, "COMMIT.calibrate.json")

@@ -379,6 +379,7 @@ def test_merge_takes_only_the_newest_runs_shards(tmp_path, caplog):
     """A rerun over other books in the same shards folder: until its own shards replace the earlier run's,
     merge waits for them instead of mixing two book lists (the earlier code merged whatever was complete)."""
     from bookmatch.errors import BookmatchError
+    from bookmatch.artifacts import write_commit
     from bookmatch.prepare.shards import books_fingerprint, shard_name, wait_for_shards
     from bookmatch.storage import atomic_write_json
 
@@ -399,6 +400,8 @@ def test_merge_takes_only_the_newest_runs_shards(tmp_path, caplog):
         folder.mkdir(parents=True, exist_ok=True)
         atomic_write_json(folder / "manifest.json", {"shard_index": index, "num_shards": total, "books_fingerprint": fingerprint,
                                                      "created": float(next(clock)), "complete": True})
+        (folder / "books.parquet").write_bytes(b"records")
+        write_commit(folder)
 
     write_shard(0, 3, before)  # an older run with another shard count
     write_shard(0, 2, before)
@@ -412,3 +415,12 @@ def test_merge_takes_only_the_newest_runs_shards(tmp_path, caplog):
         found = wait_for_shards(shards)
     assert [(m["shard_index"], m["books_fingerprint"]) for _, m in found] == [(0, after), (1, after)]
     assert "shard-00000-of-00003" in caplog.text
+
+    # on a bucket a shard's files land in any order: a commit whose parquet is cut or absent is not a shard yet
+    cut = shards / shard_name(1, 2) / "books.parquet"
+    cut.write_bytes(b"rec")
+    with pytest.raises(BookmatchError, match=r"shards \[1\] missing"):
+        wait_for_shards(shards, wait_timeout=0.2, poll_interval=0.05)
+    cut.unlink()
+    with pytest.raises(BookmatchError, match=r"shards \[1\] missing"):
+        wait_for_shards(shards, wait_timeout=0.2, poll_interval=0.05)

@@ -146,10 +146,14 @@ def test_resume_in_process_matches_uninterrupted(data_dir, tiny_encoder_dir, tmp
 
 
 def test_latest_checkpoint_ignores_partial_saves(tmp_path):
+    from bookmatch.artifacts import write_commit
+
     (tmp_path / "checkpoint-4").mkdir()
     (tmp_path / "checkpoint-4" / "trainer_state.json").write_text(json.dumps(TrainerState(global_step=4).to_json()))
-    (tmp_path / "checkpoint-8").mkdir()  # a folder without its state file is not a checkpoint
-    (tmp_path / ".checkpoint-12.tmp-abc").mkdir()  # a save killed half-way
+    write_commit(tmp_path / "checkpoint-4")
+    (tmp_path / "checkpoint-8").mkdir()  # a folder without its commit is not a checkpoint, even with a state file
+    (tmp_path / "checkpoint-8" / "trainer_state.json").write_text(json.dumps(TrainerState(global_step=8).to_json()))
+    (tmp_path / ".checkpoint-12.tmp-abc").mkdir()  # a save killed half-way (older versions)
     assert latest_checkpoint(tmp_path).name == "checkpoint-4"
     state = TrainerState.from_json(json.loads((tmp_path / "checkpoint-4" / "trainer_state.json").read_text()))
     assert state.global_step == 4 and state.best_metric == float("-inf")

@@ -20,6 +20,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from bookmatch.artifacts import write_commit
 from bookmatch.config import config_to_dict, save_config
 from bookmatch.errors import InputError
 from bookmatch.leftovers import sweep_dead
@@ -306,6 +307,7 @@ def _pairs_and_save(books: _UsedBooks, config: PrepareConfig, out: Path, timer: 
     # The save time is only known now; rewrite the manifest so its timings include it.
     manifest["timings"] = dict(timer.timings)
     atomic_write_json(out / "manifest.json", manifest)
+    write_commit(out, meta={"kind": "prepare"})  # last: readers (the pipeline) trust the folder once it verifies
     return out
 
 

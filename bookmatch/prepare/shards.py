@@ -1,7 +1,8 @@
 """Sharded prepare: N machines scan every N-th book into `shard-0000i-of-0000N/`, one machine merges.
 
-A shard folder holds `books.parquet` (one row per book: chunks, chunk starts, topics, sentence hashes) and
-`manifest.json`; it is written atomically, so a shard folder that exists is complete. Each manifest carries a
+A shard folder holds `books.parquet` (one row per book: chunks, chunk starts, topics, sentence hashes),
+`manifest.json` and, written last, a commit (`COMMIT.json`, bookmatch.artifacts): merge takes only shards that
+verify, so a shard whose manifest reached a bucket before its parquet (no atomic rename there) is waited for. Each manifest carries a
 fingerprint of the whole book list: a rerun over other books (or another shard count) in the same folder leaves
 the earlier run's shards in place until its own replace them, and merge takes only shards of the newest run.
 """
@@ -15,6 +16,7 @@ import re
 import time
 from pathlib import Path
 
+from bookmatch.artifacts import verify, write_commit
 from bookmatch.config import config_to_dict
 from bookmatch.errors import BookmatchError, InputError
 from bookmatch.prepare.config import PrepareConfig
@@ -103,13 +105,18 @@ def prepare_shard(books: str | Path, shards_dir: str | Path, shard_index: int, n
             "timings": timer.timings,
             "complete": True,
         })
+        write_commit(tmp, meta={"kind": "prepare-shard", "shard_index": shard_index, "num_shards": num_shards})
     return target
 
 
 def _complete_shards(shards_dir: Path) -> list[tuple[Path, dict]]:
     found = []
     for folder in sorted(shards_dir.glob("shard-*-of-*")):
-        if not _SHARD_NAME.match(folder.name) or not (folder / "manifest.json").exists():
+        if not _SHARD_NAME.match(folder.name):
+            continue
+        verdict = verify(folder)
+        if not verdict or "manifest.json" not in verdict.files or RECORDS_FILE not in verdict.files:
+            log.debug("shard %s not complete: %s", folder, verdict.reason or "its commit lists no manifest/records")
             continue
         manifest = read_json(folder / "manifest.json")
         if manifest.get("complete"):

@@ -29,7 +29,7 @@ from torch import nn
 from bookmatch.config import save_config
 from bookmatch.precision import resolve_mixed_precision
 from bookmatch.progress import summary_line
-from bookmatch.storage import atomic_write_json, read_json
+from bookmatch.storage import atomic_write_json
 from bookmatch.training import checkpoint as ckpt
 from bookmatch.training.config import ContrastiveTrainConfig, CrossTrainConfig, TrainConfig
 from bookmatch.training.data import load_pair_data, subsample
@@ -234,7 +234,7 @@ def run_training(task: Task, on_step: Callable[[int], None] | None = None) -> Pa
     out = Path(config.out)
     final_dir = out / "final"
     summary_path = out / SUMMARY_NAME
-    if config.resume and summary_path.exists() and read_json(summary_path).get("complete") and final_dir.exists():
+    if config.resume and ckpt.run_complete(out):  # a complete summary and a final/ that verifies
         logger.info("%s: already complete (%s); nothing to resume", out, summary_path)
         return final_dir
 
@@ -293,7 +293,7 @@ def run_training(task: Task, on_step: Callable[[int], None] | None = None) -> Pa
 
     state = ckpt.TrainerState()
     if config.resume:
-        latest = ckpt.latest_checkpoint(out)
+        latest = ckpt.resume_checkpoint(accelerator, out)  # the newest that verifies; logs what it skipped
         if latest is not None:
             state = ckpt.load_checkpoint(accelerator, latest)
             accelerator.step = state.micro_step
@@ -328,6 +328,7 @@ def run_training(task: Task, on_step: Callable[[int], None] | None = None) -> Pa
                 state_dict = {name: tensor.detach().cpu().clone() for name, tensor in state_dict.items()} | fp32_weights
         if accelerator.is_main_process:
             task.save_final(accelerator.unwrap_model(model), final_dir, state_dict)
+            ckpt.commit_final(final_dir, state)
         accelerator.wait_for_everyone()
 
     def record_eval() -> bool:
