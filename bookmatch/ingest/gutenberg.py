@@ -127,7 +127,9 @@ def parse_ids(text: str) -> list[int]:
 # Content codings the body reader decompresses itself, chunk by chunk, under the size cap (httpx would inflate
 # each network chunk whole first: 64 KB of a gzip bomb is 64 MB). Nothing else is asked for.
 ACCEPT_ENCODING = "gzip, deflate"
-_HTML_START = re.compile(rb"\s*(?:<!doctype\s+html|<html|<head|<body|<\?xml[^>]*>\s*<(?:!doctype\s+)?html)", re.IGNORECASE)
+_HTML_START = re.compile(
+    rb"\s*(?:<!doctype\s+html|<html|<head|<body|<\?xml[^>]*>\s*<(?:!doctype\s+)?html)", re.IGNORECASE
+)
 
 
 def _decompressor(encoding: str):
