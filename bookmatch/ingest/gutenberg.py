@@ -127,6 +127,7 @@ def parse_ids(text: str) -> list[int]:
 # Content codings the body reader decompresses itself, chunk by chunk, under the size cap (httpx would inflate
 # each network chunk whole first: 64 KB of a gzip bomb is 64 MB). Nothing else is asked for.
 ACCEPT_ENCODING = "gzip, deflate"
+_TAG = re.compile(rb"<(?:!doctype|/?[a-z][a-z0-9]*[\s>/])", re.IGNORECASE)
 _HTML_START = re.compile(
     rb"\s*(?:<!doctype\s+html|<html|<head|<body|<\?xml[^>]*>\s*<(?:!doctype\s+)?html)", re.IGNORECASE
 )
@@ -201,8 +202,10 @@ class _BodyReader:
 
 
 def _refuse_html(content_type: str, head: bytes) -> None:
-    """An HTML page (a mirror's error or login page sent with status 200) is not a book."""
-    if "html" in content_type.lower() or _HTML_START.match(head.removeprefix(b"\xef\xbb\xbf")[:1024]):
+    """An HTML page (a mirror's error or login page sent with status 200) is not a book. The body decides: it opens
+    like HTML, or the server calls it HTML and it holds tags (a plain-text book mislabelled text/html is kept)."""
+    head = head.removeprefix(b"\xef\xbb\xbf")[:1024]
+    if _HTML_START.match(head) or ("html" in content_type.lower() and _TAG.search(head)):
         raise _NotText(f"an HTML page (Content-Type {content_type or 'not given'}), not a plain-text book")
 
 
@@ -299,8 +302,7 @@ async def fetch_books_async(ids: Iterable[int], out_dir: str | Path, config: Gut
     from bookmatch.progress import progress
 
     config.check()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = _books_folder(out_dir)
     sweep_ingest_leftovers(out)
     index = IngestIndex(out)
     report = FetchReport()
@@ -340,6 +342,18 @@ async def fetch_books_async(ids: Iterable[int], out_dir: str | Path, config: Gut
             await task
     report.seconds = time.perf_counter() - start
     return report
+
+
+def _books_folder(out_dir: str | Path) -> Path:
+    from bookmatch.errors import InputError
+    from bookmatch.storage import os_reason
+
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise InputError(f"cannot create the books folder {out}: {os_reason(err, out)}") from err
+    return out
 
 
 def _save(out: Path, index: IngestIndex, taken: set[Path], report: FetchReport, ebook_id: int, text: str) -> None:
