@@ -5,6 +5,11 @@ Each ID tries the mirror's URL layouts in turn (`cache/epub/{id}/pg{id}.txt`, `f
 bodies (fewer bytes than Content-Length) are retried with exponential backoff and full jitter. A book lands as
 `out/<author>/<title>.txt` (from its own header) through a temp file and a rename, so a failed or killed fetch
 leaves nothing half-written; `out/.ingest_index.json` records ID -> file so a rerun skips what it has.
+
+A hostile or broken server cannot hurt the run: the body is read raw and decompressed here, chunk by chunk, under
+`max_book_bytes` (a gzip bomb stops at the cap); redirect loops, bad encodings and any other httpx error become
+that ID's failure with a reason while the other IDs land; an HTML page is not a book; a file in `out` that the
+index does not record is never overwritten (the book takes the next free name).
 """
 
 from __future__ import annotations
