@@ -69,13 +69,15 @@ def test_header_parser_gives_one_line_fields_or_none(text):
     assert meta.ebook_id is None or meta.ebook_id >= 0
 
 
-json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
-                           lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
-                           max_leaves=8)
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=8,
+)
 pair_lines = st.one_of(
     st.binary(max_size=200),
-    st.fixed_dictionaries({"text1": json_values, "text2": json_values}, optional={"label": json_values, "id": json_values})
-    .map(lambda row: json.dumps(row).encode()),
+    st.fixed_dictionaries({"text1": json_values, "text2": json_values},
+                          optional={"label": json_values, "id": json_values}).map(lambda row: json.dumps(row).encode()),
     st.text(max_size=80).map(lambda t: json.dumps({"text1": t, "text2": "x"}).encode("utf-8", "surrogatepass")),
 )
 
@@ -90,7 +92,8 @@ def test_pairs_reader_yields_good_rows_or_raises_input_error(tmp_path, lines, re
     except InputError:
         rows = None
     skipped: list[str] = []
-    kept = list(read_pairs_jsonl(path, require_label=require_label, skip_bad_lines=True, bad_lines=skipped, warnings=[]))
+    kept = list(read_pairs_jsonl(path, require_label=require_label, skip_bad_lines=True, bad_lines=skipped,
+                                 warnings=[]))
     for _, row in kept:
         assert isinstance(row["text1"], str) and row["text1"].strip() and row["text1"].encode("utf-8")
     if rows is not None:

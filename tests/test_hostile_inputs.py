@@ -22,7 +22,8 @@ SMALL = ["Emshwiller, Ed/Derelict.txt", "Emshwiller, Ed/Laboratory.txt", "Emshwi
 
 
 def _dead_pid() -> int:
-    child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+    child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                           check=True)
     return int(child.stdout)
 
 
@@ -129,7 +130,8 @@ def test_batch_cli_reads_stdin_dash_and_sweeps_dead_runs_temp_output(models, tmp
     assert not stale.exists()
 
 
-@pytest.mark.slow  # a fresh Python process imports torch: ~50 s on the 2 loaded CI cores; the fast tests cover its parts
+# A fresh Python process imports torch: ~50 s on the 2 loaded CI cores; the fast tests cover its parts.
+@pytest.mark.slow
 def test_batch_scoring_reads_dev_stdin_and_sweeps_dead_runs_temp_output(models, tmp_path):
     """`--input /dev/stdin` in a real process (not a test runner's fake stdin); a 0-byte temp output a killed run
     left beside the output is removed."""
@@ -141,7 +143,8 @@ def test_batch_scoring_reads_dev_stdin_and_sweeps_dead_runs_temp_output(models, 
     result = subprocess.run(
         [sys.executable, "-m", "bookmatch", "infer", "contrastive", "--model", str(models["bi"]), "--device", "cpu",
          "--precision", "no", "--input", "/dev/stdin", "--output", str(out)],
-        input=lines.encode() + b'{"text1": "\xff\xfe", "text2": "z"}\n', capture_output=True, env=env, timeout=300, check=False,
+        input=lines.encode() + b'{"text1": "\xff\xfe", "text2": "z"}\n', capture_output=True, env=env, timeout=300,
+        check=False,
     )
     assert result.returncode == 0, result.stderr.decode(errors="replace")[-2000:]
     assert [json.loads(line)["line"] for line in out.read_text(encoding="utf-8").splitlines()] == [1, 2, 3, 4]
@@ -156,7 +159,8 @@ def test_a_pairs_line_over_the_limit_is_a_bad_line_read_past_in_pieces(tmp_path,
     monkeypatch.setattr(pairs_file, "MAX_LINE_CHARS", 100)
     good = json.dumps({"text1": "a", "text2": "b"})
     source = tmp_path / "pairs.jsonl"
-    source.write_text(good + "\n" + json.dumps({"text1": "x" * 1000, "text2": "y"}) + "\n" + good + "\n", encoding="utf-8")
+    long_line = json.dumps({"text1": "x" * 1000, "text2": "y"})
+    source.write_text(good + "\n" + long_line + "\n" + good + "\n", encoding="utf-8")
     with pytest.raises(InputError, match="line 2: longer than 100 characters"):
         list(read_pairs_jsonl(source))
     bad: list[str] = []

@@ -306,6 +306,30 @@ def test_hostile_answers_fail_their_id_and_the_others_land(hostile, tmp_path):
     assert not [p for p in out.rglob(".*") if p.name != INDEX_NAME], "temp files left behind"
 
 
+def test_html_is_told_from_a_mislabelled_book():
+    from bookmatch.ingest.gutenberg import _NotText, _refuse_html
+
+    _refuse_html("text/html", b"CHAPTER I\n\nIt was a dark night; 3 < 4 and 5 > 2.\n")  # a book served as HTML
+    _refuse_html("text/plain", b"The Project Gutenberg EBook of <Unknown>\n")
+    for content_type, head in [("text/plain", b"\n  <!DOCTYPE html><html>"), ("text/plain", b"<HTML><BODY>x"),
+                               ("text/html; charset=utf-8", b"Error\n<p>Please log in</p>"),
+                               ("application/octet-stream", b"\xef\xbb\xbf<?xml version='1.0'?>\n<html>")]:
+        with pytest.raises(_NotText):
+            _refuse_html(content_type, head)
+
+
+def test_out_that_is_a_file_is_one_clear_error(tmp_path):
+    from bookmatch.errors import InputError
+
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "a.txt").write_text("a book")
+    with pytest.raises(InputError, match="is a file, not a folder"):
+        fetch_books([1], tmp_path / "file" / "books", GutenbergConfig(mirror="http://127.0.0.1:9"))
+    with pytest.raises(InputError, match="is a file, not a folder"):
+        import_folder(tmp_path / "src", tmp_path / "file" / "books")
+
+
 def test_default_cap_is_well_above_a_large_book():
     assert GutenbergConfig().max_book_bytes >= 100 * 1024 * 1024
 
@@ -329,7 +353,8 @@ def _dead_pid() -> int:
     import subprocess
     import sys
 
-    child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+    child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                           check=True)
     return int(child.stdout)
 
 

@@ -44,7 +44,8 @@ def _echo_problems(title: str, problems: dict, limit: int = 50) -> None:
 @click.option("--ids-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="A file of IDs (one or more a line, '#' comments).")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Books folder to fill.")
-@click.option("--concurrency", type=click.IntRange(min=1, max=256), default=None, help="Downloads at once.  [default: 8]")
+@click.option("--concurrency", type=click.IntRange(min=1, max=256), default=None,
+              help="Downloads at once.  [default: 8]")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True, max=86400), default=None,
               help="Seconds one request may take.  [default: 60]")
 @click.option("--retries", type=click.IntRange(min=0, max=100), default=None,
@@ -52,7 +53,8 @@ def _echo_problems(title: str, problems: dict, limit: int = 50) -> None:
 @click.option("--mirror", type=_MirrorURL(), default=None,
               help="Gutenberg mirror base URL (http or https).  [default: https://www.gutenberg.org]")
 @click.option("--max-book-bytes", type=click.IntRange(min=1), default=None,
-              help="Largest answer accepted, in decoded bytes; larger ones fail that ID.  [default: 134217728 (128 MiB)]")
+              help="Largest answer accepted, in decoded bytes; larger ones fail that ID.  "
+                   "[default: 134217728 (128 MiB)]")
 @click.option("--skip-existing/--no-skip-existing", default=None, help="Skip IDs already fetched.  [default: skip]")
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False), default=None,
               help="YAML file with GutenbergConfig options.")

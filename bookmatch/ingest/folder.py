@@ -13,6 +13,7 @@ from bookmatch.ingest import (
     sweep_ingest_leftovers,
     write_atomically,
 )
+from bookmatch.storage import os_reason
 from bookmatch.text.names import unicode_name
 
 
@@ -40,7 +41,10 @@ def import_folder(src: str | Path, out: str | Path, skip_existing: bool = True) 
     files = sorted((p for p in src.rglob("*.txt") if p.is_file()), key=lambda p: p.relative_to(src).as_posix())
     if not files:
         raise InputError(f"source folder {src} holds no .txt files")
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise InputError(f"cannot create the books folder {out}: {os_reason(err, out)}") from err
     sweep_ingest_leftovers(out)
     index = IngestIndex(out)
     taken = index.taken_paths()

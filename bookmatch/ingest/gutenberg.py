@@ -5,6 +5,11 @@ Each ID tries the mirror's URL layouts in turn (`cache/epub/{id}/pg{id}.txt`, `f
 bodies (fewer bytes than Content-Length) are retried with exponential backoff and full jitter. A book lands as
 `out/<author>/<title>.txt` (from its own header) through a temp file and a rename, so a failed or killed fetch
 leaves nothing half-written; `out/.ingest_index.json` records ID -> file so a rerun skips what it has.
+
+A hostile or broken server cannot hurt the run: the body is read raw and decompressed here, chunk by chunk, under
+`max_book_bytes` (a gzip bomb stops at the cap); redirect loops, bad encodings and any other httpx error become
+that ID's failure with a reason while the other IDs land; an HTML page is not a book; a file in `out` that the
+index does not record is never overwritten (the book takes the next free name).
 """
 
 from __future__ import annotations
@@ -127,7 +132,10 @@ def parse_ids(text: str) -> list[int]:
 # Content codings the body reader decompresses itself, chunk by chunk, under the size cap (httpx would inflate
 # each network chunk whole first: 64 KB of a gzip bomb is 64 MB). Nothing else is asked for.
 ACCEPT_ENCODING = "gzip, deflate"
-_HTML_START = re.compile(rb"\s*(?:<!doctype\s+html|<html|<head|<body|<\?xml[^>]*>\s*<(?:!doctype\s+)?html)", re.IGNORECASE)
+_TAG = re.compile(rb"<(?:!doctype|/?[a-z][a-z0-9]*[\s>/])", re.IGNORECASE)
+_HTML_START = re.compile(
+    rb"\s*(?:<!doctype\s+html|<html|<head|<body|<\?xml[^>]*>\s*<(?:!doctype\s+)?html)", re.IGNORECASE
+)
 
 
 def _decompressor(encoding: str):
@@ -199,8 +207,10 @@ class _BodyReader:
 
 
 def _refuse_html(content_type: str, head: bytes) -> None:
-    """An HTML page (a mirror's error or login page sent with status 200) is not a book."""
-    if "html" in content_type.lower() or _HTML_START.match(head.removeprefix(b"\xef\xbb\xbf")[:1024]):
+    """An HTML page (a mirror's error or login page sent with status 200) is not a book. The body decides: it opens
+    like HTML, or the server calls it HTML and it holds tags (a plain-text book mislabelled text/html is kept)."""
+    head = head.removeprefix(b"\xef\xbb\xbf")[:1024]
+    if _HTML_START.match(head) or ("html" in content_type.lower() and _TAG.search(head)):
         raise _NotText(f"an HTML page (Content-Type {content_type or 'not given'}), not a plain-text book")
 
 
@@ -297,8 +307,7 @@ async def fetch_books_async(ids: Iterable[int], out_dir: str | Path, config: Gut
     from bookmatch.progress import progress
 
     config.check()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = _books_folder(out_dir)
     sweep_ingest_leftovers(out)
     index = IngestIndex(out)
     report = FetchReport()
@@ -338,6 +347,18 @@ async def fetch_books_async(ids: Iterable[int], out_dir: str | Path, config: Gut
             await task
     report.seconds = time.perf_counter() - start
     return report
+
+
+def _books_folder(out_dir: str | Path) -> Path:
+    from bookmatch.errors import InputError
+    from bookmatch.storage import os_reason
+
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise InputError(f"cannot create the books folder {out}: {os_reason(err, out)}") from err
+    return out
 
 
 def _save(out: Path, index: IngestIndex, taken: set[Path], report: FetchReport, ebook_id: int, text: str) -> None:
