@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import yaml
 
 from bookmatch.artifacts import COMMIT_NAME, describe_files, verify, write_commit
-from bookmatch.config import ConfigError, build_config, save_config
+from bookmatch.config import ConfigError, build_config, check_settings, save_config, setting
 from bookmatch.errors import InputError
 from bookmatch.storage import atomic_write_json, read_json
 
@@ -32,15 +32,18 @@ STAGES = ("prepare", "cross", "contrastive", "calibrate", "evaluate")
 
 @dataclass
 class PipelineConfig:
-    books: str = "../shared/corpus/books"
-    out: str = "artifacts/cpu-small"
-    preset: str = "cpu-small"
-    # Extra labelled pairs (JSON lines) evaluated after the test split, e.g. the corpus validation file.
-    eval_pairs: str | None = None
+    books: str = setting("../shared/corpus/books", "Folder of .txt books (searched recursively).")
+    out: str = setting("artifacts/cpu-small", "Artifacts folder (data/, models/, reports/).")
+    preset: str = setting("cpu-small", "Stage settings: a preset name (bookmatch/configs/presets).")
+    eval_pairs: str | None = setting(None, "Extra labelled pairs (JSON lines) evaluated after the test split, e.g. the "
+                                     "corpus validation file.")
     # A teacher whose best validation AUC stays under this is not distilled from: it would only add noise.
-    min_teacher_auc: float = 0.6
+    min_teacher_auc: float = setting(0.6, "Best validation AUC a teacher needs to be distilled from.", ge=0, le=1)
     # Per-stage option overrides: {"prepare": {...}, "cross": {...}, ...}.
     stages: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_settings(self)
 
 
 def available_presets() -> list[str]:
@@ -125,6 +128,9 @@ def _prepare_complete(data_dir: Path) -> bool:
 
 
 # ------------------------------------------------------------------------------------------------ stages
+# Stages import their library modules when called: they pull in torch and datasets (seconds of start-up that
+# `bookmatch pipeline --help` and a refused setting need not pay), and a stage finds its function on the module
+# when it runs.
 
 
 class Stage(Protocol):

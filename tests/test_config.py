@@ -180,3 +180,23 @@ def test_prepare_sections_are_what_the_modules_take():
     owned = [f.name for section in sections for f in dataclasses.fields(section)]
     assert len(owned) == len(set(owned))
     assert set(f.name for f in dataclasses.fields(PrepareConfig)) - set(owned) == {"books", "out", "workers", "seed"}
+
+
+def test_a_model_folder_saved_before_the_signatures_existed_loads_with_them_off(tiny_encoder_dir, tmp_path):
+    """Folders written before lexical_buckets / name_top_k / pooled_cosine existed have no such keys; with the
+    model's one default now the tuned one (on), they must still load as what they were: without those features."""
+    import torch
+
+    from bookmatch.models.bi_encoder import CONFIG_NAME, BiEncoder
+
+    torch.manual_seed(0)
+    old = BiEncoder.from_backbone(str(tiny_encoder_dir), projection_dim=8, max_seq_length=32, classifier_hidden_dim=16,
+                                  lexical_buckets=0, name_top_k=0, pooled_cosine=False)
+    folder = old.save_pretrained(tmp_path / "old")
+    saved = json.loads((folder / CONFIG_NAME).read_text())
+    for key in ("lexical_buckets", "name_top_k", "pooled_cosine"):
+        del saved[key]
+    (folder / CONFIG_NAME).write_text(json.dumps(saved))
+    loaded = BiEncoder.from_pretrained(folder)
+    assert (loaded.config.lexical_buckets, loaded.config.name_top_k, loaded.config.pooled_cosine) == (0, 0, False)
+    assert loaded.lexical is None and BiEncoderConfig(backbone="x").lexical_buckets == 4096

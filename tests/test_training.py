@@ -224,7 +224,7 @@ def test_tokenized_split_matches_model_and_workers(synthetic_data, tiny_encoder_
     from bookmatch.models.bi_encoder import BiEncoder
     from bookmatch.training.data import BiEncoderCollator, tokenize_bi_encoder_split, topic_ids, work_ids
 
-    model = BiEncoder.from_backbone(str(tiny_encoder_dir), projection_dim=8, max_seq_length=32)
+    model = BiEncoder.from_backbone(str(tiny_encoder_dir), projection_dim=8, max_seq_length=32, lexical_buckets=0)
     split = load_from_disk(str(synthetic_data))["train"].select(range(20))
     book_work = json.loads((synthetic_data / "manifest.json").read_text())["book_work"]
     works = work_ids(split, book_work)
