@@ -453,3 +453,17 @@ def test_bucket_mount_kills_resume_to_the_uninterrupted_weights_ddp(data_dir, ti
                                lambda folder: _ddp_run(data_dir, tiny_encoder_dir, folder, resume=True))
     print("resumed from:", starts)
     assert sum(starts.values()) == 6
+
+
+def test_a_committed_model_folder_that_does_not_verify_is_refused(models, tmp_path):
+    from bookmatch.errors import ModelLoadError
+    from bookmatch.inference.loading import load_bi_encoder
+
+    folder = tmp_path / "final"
+    shutil.copytree(models["bi"], folder)
+    write_commit(folder, meta={"kind": "final"})
+    assert load_bi_encoder(folder, "cpu") is not None
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-10])
+    with pytest.raises(ModelLoadError, match="model.safetensors has"):
+        load_bi_encoder(folder, "cpu")

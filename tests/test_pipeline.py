@@ -150,10 +150,9 @@ def test_stage_with_missing_outputs_is_not_skipped(tmp_path, monkeypatch):
     import bookmatch.evaluation.evaluate as evaluate_module
     import bookmatch.prepare
     import bookmatch.training.trainer
+    from bookmatch.artifacts import write_commit
     from bookmatch.evaluation.evaluate import METRICS_FILE, REPORT_FILES
     from bookmatch.pipeline import PipelineConfig, run_pipeline
-
-    from bookmatch.artifacts import write_commit
 
     out = tmp_path / "run"
     (out / "data" / "processed").mkdir(parents=True)
@@ -205,7 +204,12 @@ def test_stage_with_missing_outputs_is_not_skipped(tmp_path, monkeypatch):
 def test_stage_markers_count_only_what_verifies(tmp_path):
     """A marker that reached a bucket before its files (or a cut file) does not make a stage complete."""
     from bookmatch.artifacts import write_commit
-    from bookmatch.pipeline import _prepare_complete, _training_complete, is_complete, mark_complete
+    from bookmatch.pipeline import (
+        _prepare_complete,
+        _training_complete,
+        is_complete,
+        mark_complete,
+    )
 
     data = tmp_path / "data"
     data.mkdir()

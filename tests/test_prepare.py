@@ -378,8 +378,8 @@ def test_prepare_with_no_usable_book_is_one_error_and_writes_nothing(tmp_path):
 def test_merge_takes_only_the_newest_runs_shards(tmp_path, caplog):
     """A rerun over other books in the same shards folder: until its own shards replace the earlier run's,
     merge waits for them instead of mixing two book lists (the earlier code merged whatever was complete)."""
-    from bookmatch.errors import BookmatchError
     from bookmatch.artifacts import write_commit
+    from bookmatch.errors import BookmatchError
     from bookmatch.prepare.shards import books_fingerprint, shard_name, wait_for_shards
     from bookmatch.storage import atomic_write_json
 

@@ -92,9 +92,21 @@ def _load(model_class, kind: str, model_dir: str | os.PathLike, device: str | No
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise ModelLoadError(f"{folder_name} {model_dir} does not exist: pass the `final/` folder written by `{train_command}`")
+    _check_commit(model_dir)
     try:
         return model_class.from_pretrained(model_dir, device=device)
     except BookmatchError:
         raise
     except Exception as err:  # shape mismatches, truncated tokenizer files...: all mean a damaged folder
         raise ModelLoadError(f"cannot load the {kind} in {model_dir}: {first_line(err)}; re-save or re-train the model") from err
+
+
+def _check_commit(model_dir: Path) -> None:
+    """A folder saved by training carries a commit manifest: if it does, every listed file must verify (a cut or
+    stale copy, e.g. from a bucket, is refused before it is read). Folders without one load as before."""
+    from bookmatch.artifacts import COMMIT_NAME, verify
+
+    if (model_dir / COMMIT_NAME).exists():
+        verdict = verify(model_dir)
+        if not verdict:
+            raise ModelLoadError(f"model folder {model_dir} is damaged ({verdict.reason}); copy it again, or re-train")

@@ -200,7 +200,9 @@ def _deepspeed_loads_weights_only(accelerator) -> Iterator[None]:
     import importlib
 
     import torch
-    from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
+    from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import (
+        TorchCheckpointEngine,
+    )
 
     allowed = []
     for module, name in _DEEPSPEED_SAFE_GLOBALS:
