@@ -25,7 +25,9 @@ class PrepareConfig:
     # The miner's precision: "auto" embeds under bf16 autocast where the device computes bf16 natively (1.6x the
     # chunks/s of fp32 on the 2-core EPYC; centroids agree to cosine 0.99997), fp32 elsewhere; or no | bf16 | fp16.
     miner_precision: str = "auto"
-    knn_backend: str = "faiss"  # "faiss" or "torch" (blocked matmul); both are exact and agree
+    # "auto" (faiss where a faiss package is installed, else torch), "faiss" or "torch" (blocked matmul); all exact
+    # and in agreement. faiss is an extra (`bookmatch[faiss]` or `[gpu]`), never a base dependency.
+    knn_backend: str = "auto"
     knn_block_size: int = 4096
     # Pairs per book; None means "as many positives as negatives" so classes stay balanced.
     n_positive_per_book: int | None = None
@@ -70,8 +72,8 @@ class PrepareConfig:
             raise ConfigError(f"need 0 < train_ratio, 0 <= val_ratio, train_ratio + val_ratio <= 1 (got {self.train_ratio}, {self.val_ratio})")
         if self.miner_precision not in ("no", "bf16", "fp16", "auto"):
             raise ConfigError(f"miner_precision must be one of no, bf16, fp16, auto, not {self.miner_precision!r}")
-        if self.knn_backend not in ("faiss", "torch"):
-            raise ConfigError(f"knn_backend must be 'faiss' or 'torch', not {self.knn_backend!r}")
+        if self.knn_backend not in ("auto", "faiss", "torch"):
+            raise ConfigError(f"knn_backend must be 'auto', 'faiss' or 'torch', not {self.knn_backend!r}")
         if self.gram_words < 1 or self.gram_keep_one_in < 1:
             raise ConfigError(f"gram_words and gram_keep_one_in must be >= 1 (got {self.gram_words}, {self.gram_keep_one_in})")
         if self.max_chunks_per_book < 2 or self.n_negative_per_book < 0 or self.workers < 1:
