@@ -13,7 +13,7 @@ TORCH_INDEX ?=
 install:
 	# torch first and pinned: an unpinned torch pulls several GB of CUDA wheels on a CPU machine.
 	$(PYTHON) -m pip install --quiet "torch==2.13.0" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
-	$(PYTHON) -m pip install --quiet -e ".[dev]"
+	$(PYTHON) -m pip install --quiet -e ".[dev,faiss]"
 
 # SkyPilot pins click<8.2, so it gets an environment of its own (used only by the YAML tests).
 install-sky:

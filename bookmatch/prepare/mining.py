@@ -2,7 +2,9 @@
 
 Two exact k-NN paths over L2-normalised centroids (inner product = cosine): FAISS `IndexFlatIP` (on GPU when
 FAISS sees one) and a blocked torch matmul with top-k per block (bf16 on CUDA, fp32 on CPU). They must
-agree; a test checks it. Copies of one work are removed from each other's neighbour lists.
+agree; a test checks it. FAISS is an optional extra (faiss-cpu or faiss-gpu-cu12 provide the same module, so
+one install holds one): "auto" uses it where it is installed and the torch path elsewhere. Copies of one work
+are removed from each other's neighbour lists.
 """
 
 from __future__ import annotations
@@ -14,6 +16,24 @@ from collections.abc import Sequence
 import numpy as np
 
 log = logging.getLogger(__name__)
+
+
+def faiss_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("faiss") is not None
+
+
+def resolve_knn_backend(method: str) -> str:
+    """"faiss" or "torch" for a configured backend; "auto" is faiss where a faiss package is installed."""
+    if method == "auto":
+        return "faiss" if faiss_available() else "torch"
+    if method == "faiss" and not faiss_available():
+        from bookmatch.errors import InputError
+
+        raise InputError("knn_backend 'faiss' needs faiss: pip install 'bookmatch[faiss]' (CPU) or 'bookmatch[gpu]', "
+                         "or use --knn-backend torch (exact, same neighbours)")
+    return method
 
 
 def knn_faiss(vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -125,14 +145,16 @@ def embed_positions(num_chunks: int, limit: int) -> list[int]:
     return np.linspace(0, num_chunks - 1, limit).round().astype(int).tolist()
 
 
-def hard_negative_books(centroids: np.ndarray, work_of: list[int], k: int, method: str = "faiss", block_size: int = 4096) -> list[list[int]]:
-    """For each book, up to k nearest books of OTHER works, nearest first."""
+def hard_negative_books(centroids: np.ndarray, work_of: list[int], k: int, method: str = "auto", block_size: int = 4096) -> list[list[int]]:
+    """For each book, up to k nearest books of OTHER works, nearest first (method: auto | faiss | torch)."""
     n = len(centroids)
     if n < 2 or k <= 0:
         return [[] for _ in range(n)]
     largest_work = int(np.bincount(np.asarray(work_of)).max())
     # Ask for extra neighbours so that dropping copies of the book's own work still leaves k.
     search_k = min(k + largest_work, n - 1)
+    method = resolve_knn_backend(method)
+    log.info("hard negatives: exact k-NN by %s over %d books", method, n)
     if method == "faiss":
         _, indices = knn_faiss(centroids, search_k)
     else:

@@ -17,7 +17,6 @@ import logging
 import math
 import os
 import signal
-import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -215,11 +214,10 @@ def _warmup_steps(config: TrainConfig, total_steps: int) -> int:
 
 
 def _progress_bar(total: int, initial: int, disable: bool):
-    from tqdm.auto import tqdm
+    """A bar on a terminal, a plain line every BOOKMATCH_PROGRESS_SECONDS elsewhere (`sky jobs logs`)."""
+    from bookmatch.progress import progress_bar
 
-    if not disable:
-        disable = not (sys.stderr.isatty() or os.environ.get("BOOKMATCH_PROGRESS") == "1")
-    return tqdm(total=total, initial=initial, desc="train", unit="step", disable=disable, dynamic_ncols=True, file=sys.stderr)
+    return progress_bar(total, desc="train", unit="step", initial=initial, disable=disable)
 
 
 def run_training(task: Task, on_step: Callable[[int], None] | None = None) -> Path:
