@@ -10,8 +10,8 @@ are removed from each other's neighbour lists.
 from __future__ import annotations
 
 import logging
-
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -98,14 +98,188 @@ def embed_centroids(
 
     Books are read and embedded in blocks of about `block_texts` texts, so neither the texts nor their
     embeddings are ever all in memory (`chunk_lists` may load each book's texts on access). `precision`:
-    no | bf16 | fp16 autocast, or auto (bf16 where the device computes it natively).
-    """
-    from bookmatch.precision import autocast, resolve_mixed_precision
+    no | bf16 | fp16, or auto (bf16 where the device computes it natively; on CUDA the weights are cast, on a
+    CPU it is autocast). Under torch.distributed (a launcher's process group) each rank embeds a contiguous
+    share of the books and every rank returns all centroids.
 
+    The encoder runs through transformers directly (`SentenceEncoder`): texts of a whole block, across books,
+    in length-sorted batches of about `batch_size` x max length tokens, tokenized on a background thread.
+    A sentence-transformers folder with modules other than Transformer, Pooling (mean, cls or max) and
+    Normalize runs through sentence-transformers' own `encode` instead (`embed_centroids_plain`).
+    """
+    from bookmatch.models.batching import distributed_rank, gather_rows, rank_slice
+
+    encoder = SentenceEncoder.load(model_name, device=device, precision=precision)
+    if encoder is None:
+        return embed_centroids_plain(chunk_lists, model_name, batch_size, device, block_texts, precision)
+    rank, world_size = distributed_rank()
+    books = rank_slice(len(chunk_lists), rank, world_size)
+    sums = np.zeros((len(books), encoder.dimension), dtype=np.float32)
+    for owners, tokens in _prefetched_blocks(chunk_lists, books, block_texts, encoder):
+        if owners.size:
+            embeddings = encoder.embed_tokens(tokens, batch_size)
+            # a block's texts are in book order: sum each book's run of rows
+            starts = np.flatnonzero(np.r_[True, owners[1:] != owners[:-1]])
+            sums[owners[starts] - books.start] = np.add.reduceat(embeddings, starts, axis=0)
+    centroids = gather_rows(sums, world_size)
+    norms = np.linalg.norm(centroids, axis=1, keepdims=True)
+    return centroids / np.maximum(norms, 1e-12)
+
+
+def _prefetched_blocks(chunk_lists, books: range, block_texts: int, encoder: SentenceEncoder):
+    """(owner book of each text, token ids) per block of books, read and tokenized one block ahead."""
+    from bookmatch.models.batching import prefetch
+
+    def blocks():
+        book = books.start
+        while book < books.stop:
+            texts: list[str] = []
+            owners: list[int] = []
+            first = book
+            while book < books.stop and (book == first or len(texts) < block_texts):
+                chunks = list(chunk_lists[book])
+                texts += chunks
+                owners += [book] * len(chunks)
+                book += 1
+            yield np.asarray(owners, dtype=np.int64), encoder.tokenize(texts)
+
+    return prefetch(blocks(), depth=1)
+
+
+class SentenceEncoder:
+    """A sentence-transformers-style encoder (transformer, pooling, L2 normalisation) run without that library:
+    the same token ids and the same pooled vectors, batched for throughput."""
+
+    def __init__(self, model, tokenizer, pooling: str, max_length: int, precision: str) -> None:
+        self.model, self.tokenizer, self.pooling, self.max_length = model, tokenizer, pooling, max_length
+        self.device = next(model.parameters()).device
+        self.precision = precision
+        self.dimension = int(model.config.hidden_size)
+
+    @classmethod
+    def load(cls, model_name: str, device: str | None = None, precision: str = "no") -> SentenceEncoder | None:
+        """The encoder, or None when the folder's sentence-transformers modules are beyond what this class does."""
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+
+        from bookmatch.errors import ModelLoadError, first_line
+        from bookmatch.models.resolve import resolve_model_path
+        from bookmatch.precision import resolve_mixed_precision
+
+        path = Path(resolve_model_path(model_name))
+        pooling = _sentence_transformers_pooling(path)
+        if pooling is None:
+            return None
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(path)
+            model = AutoModel.from_pretrained(path, dtype=torch.float32)
+        except Exception as err:  # transformers raises many types for a damaged folder; all mean the same here
+            raise ModelLoadError(f"cannot load miner model {model_name!r}: {first_line(err)}; pass --miner-model with a sentence-transformers folder") from err
+        precision = resolve_mixed_precision(precision, use_cuda=str(device).startswith("cuda"))
+        if str(device).startswith("cuda") and precision in ("bf16", "fp16"):
+            # whole-model half precision on a GPU: autocast would re-cast every weight in every batch
+            model = model.to(torch.bfloat16 if precision == "bf16" else torch.float16)
+            precision = "no"
+        model.to(device).eval()
+        max_length = _sentence_transformers_max_length(path, tokenizer, model.config)
+        return cls(model, tokenizer, pooling, max_length, precision)
+
+    def tokenize(self, texts: list[str]) -> list[list[int]]:
+        """Token ids as sentence-transformers makes them (special tokens, truncated to the max length)."""
+        if not texts:
+            return []
+        return self.tokenizer(texts, truncation=True, max_length=self.max_length, verbose=False)["input_ids"]
+
+    def embed_tokens(self, tokens: list[list[int]], batch_size: int = 64) -> np.ndarray:
+        """(N, dim) float32 L2-normalised embeddings of tokenized texts, in their order."""
+        import torch
+
+        from bookmatch.models.batching import (
+            length_sorted_batches,
+            pad_ids,
+            run_batches,
+        )
+        from bookmatch.models.pooling import pool
+        from bookmatch.precision import autocast
+
+        pad_id = self.tokenizer.pad_token_id or 0
+        cuda = self.device.type == "cuda"
+        batches = length_sorted_batches([len(t) for t in tokens], batch_size * self.max_length, batch_size * 4)
+
+        def make_inputs(index: np.ndarray) -> dict:
+            ids, mask = pad_ids([tokens[i] for i in index], pad_id, multiple_of=8 if cuda else 1)
+            ids, mask = torch.from_numpy(ids), torch.from_numpy(mask)
+            return {"input_ids": ids.pin_memory() if cuda else ids, "attention_mask": mask.pin_memory() if cuda else mask}
+
+        def forward(inputs: dict) -> np.ndarray:
+            inputs = {k: v.to(self.device, non_blocking=True) for k, v in inputs.items()}
+            with torch.inference_mode(), autocast(self.precision, self.device.type):
+                hidden = self.model(**inputs).last_hidden_state
+                pooled = pool(hidden, inputs["attention_mask"], self.pooling).float()
+                return torch.nn.functional.normalize(pooled, dim=-1).cpu().numpy()
+
+        out = np.zeros((len(tokens), self.dimension), dtype=np.float32)
+        return run_batches(batches, make_inputs, forward, out)
+
+
+_ST_POOLING_KEYS = {"pooling_mode_cls_token": "cls", "pooling_mode_mean_tokens": "mean", "pooling_mode_max_tokens": "max"}
+_ST_OTHER_POOLING = ("pooling_mode_mean_sqrt_len_tokens", "pooling_mode_weightedmean_tokens", "pooling_mode_lasttoken")
+
+
+def _sentence_transformers_pooling(path: Path) -> str | None:
+    """mean | cls | max for a folder of Transformer (at the root) + one Pooling mode (+ Normalize); a plain
+    Hugging Face encoder pools by mean, as sentence-transformers does for it; None for anything else."""
+    import json
+
+    modules_file = path / "modules.json"
+    if not modules_file.exists():
+        return "mean"
+    pooling = None
+    for module in json.loads(modules_file.read_text(encoding="utf-8")):
+        kind = str(module.get("type", "")).rsplit(".", 1)[-1]
+        if kind == "Transformer" and module.get("path", "") in ("", "."):
+            continue
+        if kind == "Normalize":
+            continue
+        if kind != "Pooling" or pooling is not None:
+            return None
+        config = json.loads((path / module["path"] / "config.json").read_text(encoding="utf-8"))
+        modes = [mode for key, mode in _ST_POOLING_KEYS.items() if config.get(key)]
+        if len(modes) != 1 or any(config.get(key) for key in _ST_OTHER_POOLING):
+            return None
+        pooling = modes[0]
+    return pooling or "mean"
+
+
+def _sentence_transformers_max_length(path: Path, tokenizer, model_config) -> int:
+    """sentence_bert_config.json's max_seq_length, else the tokenizer's and the position table's limit."""
+    import json
+
+    config_file = path / "sentence_bert_config.json"
+    if config_file.exists():
+        value = json.loads(config_file.read_text(encoding="utf-8")).get("max_seq_length")
+        if value:
+            return int(value)
+    limits = [int(tokenizer.model_max_length), int(getattr(model_config, "max_position_embeddings", 0) or 0)]
+    return min(limit for limit in limits if 0 < limit < 10**6)
+
+
+def embed_centroids_plain(
+    chunk_lists: Sequence[Sequence[str]],
+    model_name: str,
+    batch_size: int = 64,
+    device: str | None = None,
+    block_texts: int = 16384,
+    precision: str = "no",
+) -> np.ndarray:
+    """`embed_centroids` through sentence-transformers' `encode`: the reference the fast path is tested
+    against, and the path for sentence-transformers folders with modules `SentenceEncoder` does not run."""
     from sentence_transformers import SentenceTransformer
 
     from bookmatch.errors import ModelLoadError
     from bookmatch.models.resolve import resolve_model_path
+    from bookmatch.precision import autocast, resolve_mixed_precision
 
     try:
         model = SentenceTransformer(resolve_model_path(model_name), device=device)

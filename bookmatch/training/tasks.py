@@ -4,11 +4,9 @@ its data (tokenisation, collator), how its servable model is saved, and the teac
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -16,13 +14,11 @@ from bookmatch.config import section_values
 from bookmatch.models.bi_encoder import BiEncoder
 from bookmatch.models.settings import BiEncoderSettings
 from bookmatch.models.cross_encoder import CrossEncoder
-from bookmatch.progress import summary_line
 from bookmatch.training.config import ContrastiveTrainConfig, TrainConfig
 from bookmatch.training.data import (
     BiEncoderCollator,
     CrossCollator,
     label_index,
-    texts_fingerprint,
     tokenize_bi_encoder_split,
     tokenize_cross_split,
     topic_ids,
@@ -37,6 +33,7 @@ from bookmatch.training.losses import (
     independence_loss,
     pair_ce_loss,
 )
+from bookmatch.training.teacher_logits import teacher_logits
 
 logger = logging.getLogger(__name__)
 
@@ -265,43 +262,3 @@ def _strip_prefix(state_dict: dict[str, torch.Tensor], prefix: str) -> dict[str,
     """The weights under `prefix` (the servable model inside a training module), prefix removed."""
     return {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
 
-
-def teacher_logits(config: ContrastiveTrainConfig, train_split, accelerator, out: Path) -> np.ndarray:
-    """The teacher's (N, 2) logits over the training pairs, computed once and cached in OUT/cache/.
-
-    The cache key covers the teacher's weights and the exact pair texts, so a changed teacher or data set
-    never reuses stale logits. Ranks score interleaved shards and gather the results.
-    """
-    import hashlib
-
-    from accelerate.utils import gather_object
-
-    teacher_dir = Path(config.teacher)
-    weights = teacher_dir / "model.safetensors"
-    stamp = f"{teacher_dir.resolve()}|{weights.stat().st_size if weights.exists() else 0}|{weights.stat().st_mtime_ns if weights.exists() else 0}"
-    key = hashlib.sha1(f"{stamp}|{texts_fingerprint(train_split)}".encode()).hexdigest()[:16]
-    cache = out / "cache" / f"teacher_logits-{key}.npy"
-    if cache.exists():
-        logger.info("teacher logits: reusing %s", cache)
-        return np.load(cache)
-    teacher = CrossEncoder.from_pretrained(teacher_dir, device=accelerator.device)
-    rows = list(range(accelerator.process_index, len(train_split), accelerator.num_processes))
-    start = time.perf_counter()
-    shard = train_split.select(rows)
-    with accelerator.autocast():  # bf16/fp16 teacher inference when the run uses mixed precision
-        mine = teacher.predict_logits(list(zip(list(shard["text1"]), list(shard["text2"]))), batch_size=config.teacher_batch_size).numpy()
-    gathered = gather_object([(r, mine[i].tolist()) for i, r in enumerate(rows)])
-    logits = np.zeros((len(train_split), 2), dtype=np.float32)
-    for row, values in gathered:
-        logits[row] = values
-    if accelerator.is_main_process:
-        import io
-
-        from bookmatch.storage import atomic_write_bytes
-
-        buffer = io.BytesIO()
-        np.save(buffer, logits)
-        atomic_write_bytes(cache, buffer.getvalue())
-        logger.info(summary_line("teacher logits", len(train_split), time.perf_counter() - start, "pairs"))
-    del teacher
-    return logits

@@ -1,0 +1,117 @@
+"""Inference batching shared by the miner and the teacher: length-sorted batches, cheap padding, prefetch, rank slices.
+
+An encoder's cost grows with the padded length of its batch (attention with its square), so texts run longest
+first in batches of similar length; a batch holds at most `max_tokens` padded positions, so short texts go in
+larger batches. Padding is a numpy fill (the tokenizer's `pad` walks Python lists), and the next batch is
+tokenized and padded on a background thread while the device runs the current one (the Rust tokenizer
+releases the GIL).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import TypeVar
+
+import numpy as np
+
+T = TypeVar("T")
+
+
+def length_sorted_batches(lengths: Sequence[int], max_tokens: int, max_batch: int) -> list[np.ndarray]:
+    """Index batches, longest texts first; each batch's rows x longest length stays within `max_tokens`
+    (a single text longer than that still gets a batch of its own) and holds at most `max_batch` rows."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    order = np.argsort(-lengths, kind="stable")
+    batches, start = [], 0
+    while start < len(order):
+        longest = max(int(lengths[order[start]]), 1)
+        rows = max(1, min(max_batch, max_tokens // longest))
+        batches.append(order[start : start + rows])
+        start += rows
+    return batches
+
+
+def pad_ids(ids: Sequence[Sequence[int]], pad_id: int, multiple_of: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """(input_ids, attention_mask) int64 arrays, right-padded to the longest row (rounded up to `multiple_of`)."""
+    longest = max((len(row) for row in ids), default=0)
+    longest = -(-longest // multiple_of) * multiple_of
+    input_ids = np.full((len(ids), longest), pad_id, dtype=np.int64)
+    mask = np.zeros((len(ids), longest), dtype=np.int64)
+    for row, values in enumerate(ids):
+        input_ids[row, : len(values)] = values
+        mask[row, : len(values)] = 1
+    return input_ids, mask
+
+
+def prefetch(items: Iterable[T], depth: int = 2) -> Iterator[T]:
+    """Iterate `items` produced on a background thread, up to `depth` ahead; its exceptions re-raise here."""
+    buffer: queue.Queue = queue.Queue(maxsize=max(1, depth))
+    done = object()
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if stop.is_set():
+                    return
+                buffer.put((True, item))
+            buffer.put((True, done))
+        except BaseException as err:  # handed to the consumer, which raises it in its own thread
+            buffer.put((False, err))
+
+    worker = threading.Thread(target=produce, name="bookmatch-prefetch", daemon=True)
+    worker.start()
+    try:
+        while True:
+            ok, item = buffer.get()
+            if not ok:
+                raise item
+            if item is done:
+                return
+            yield item
+    finally:
+        stop.set()
+        while worker.is_alive():  # unblock a producer waiting on a full buffer
+            try:
+                buffer.get_nowait()
+            except queue.Empty:
+                worker.join(0.01)
+
+
+def rank_slice(count: int, rank: int, world_size: int) -> range:
+    """This rank's contiguous share of `count` items (sizes differ by at most one; rank order = item order)."""
+    base, extra = divmod(count, world_size)
+    start = rank * base + min(rank, extra)
+    return range(start, start + base + (rank < extra))
+
+
+def distributed_rank() -> tuple[int, int]:
+    """(rank, world size) of the torch.distributed group, or (0, 1) when there is none."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def gather_rows(mine: np.ndarray, world_size: int) -> np.ndarray:
+    """Concatenate every rank's rows in rank order (all_gather_object: any backend, any row counts)."""
+    if world_size == 1:
+        return mine
+    import torch.distributed as dist
+
+    parts: list = [None] * world_size
+    dist.all_gather_object(parts, mine)
+    return np.concatenate(parts, axis=0)
+
+
+def run_batches(
+    batches: Sequence[np.ndarray], make_inputs: Callable[[np.ndarray], dict], forward: Callable[[dict], np.ndarray],
+    out: np.ndarray, depth: int = 2,
+) -> np.ndarray:
+    """out[batch] = forward(make_inputs(batch)) for every batch; inputs are built `depth` batches ahead."""
+    for index, inputs in prefetch(((index, make_inputs(index)) for index in batches), depth):
+        out[index] = forward(inputs)
+    return out

@@ -1,0 +1,114 @@
+"""The teacher's logits over the training pairs, for distillation: computed once, cached in OUT/cache/.
+
+Pairs run in length-sorted batches (a budget of padded tokens per batch, so short pairs go in larger ones),
+under inference mode, with the next block of pairs tokenized on a background thread; on a GPU under bf16/fp16
+the teacher's weights are cast whole (autocast would re-cast every weight in every batch). Under several
+processes each rank scores a contiguous share of the pairs and the shares are gathered in rank order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from bookmatch.models.batching import (
+    length_sorted_batches,
+    pad_ids,
+    prefetch,
+    rank_slice,
+    run_batches,
+)
+from bookmatch.models.cross_encoder import CrossEncoder
+from bookmatch.progress import summary_line
+from bookmatch.training.data import texts_fingerprint
+
+logger = logging.getLogger(__name__)
+
+TOKENIZE_BLOCK = 8192  # pairs tokenized (and length-sorted) together
+
+
+def teacher_logits(config, train_split, accelerator, out: Path) -> np.ndarray:
+    """The teacher's (N, 2) logits over the training pairs, computed once and cached in OUT/cache/.
+
+    The cache key covers the teacher's weights and the exact pair texts, so a changed teacher or data set
+    never reuses stale logits. Ranks score contiguous shares and gather the results.
+    """
+    from accelerate.utils import gather_object
+
+    teacher_dir = Path(config.teacher)
+    weights = teacher_dir / "model.safetensors"
+    stamp = f"{teacher_dir.resolve()}|{weights.stat().st_size if weights.exists() else 0}|{weights.stat().st_mtime_ns if weights.exists() else 0}"
+    key = hashlib.sha1(f"{stamp}|{texts_fingerprint(train_split)}".encode()).hexdigest()[:16]
+    cache = out / "cache" / f"teacher_logits-{key}.npy"
+    if cache.exists():
+        logger.info("teacher logits: reusing %s", cache)
+        return np.load(cache)
+    teacher = CrossEncoder.from_pretrained(teacher_dir, device=accelerator.device)
+    start = time.perf_counter()
+    rows = rank_slice(len(train_split), accelerator.process_index, accelerator.num_processes)
+    # one read of each column (a per-row read of an Arrow dataset costs a conversion each)
+    texts1, texts2 = list(train_split["text1"])[rows.start : rows.stop], list(train_split["text2"])[rows.start : rows.stop]
+    mine = score_pairs(teacher, texts1, texts2, config.teacher_batch_size, accelerator.mixed_precision)
+    logits = np.concatenate(gather_object([mine]), axis=0).astype(np.float32, copy=False)
+    if accelerator.is_main_process:
+        from bookmatch.storage import atomic_write_bytes
+
+        buffer = io.BytesIO()
+        np.save(buffer, logits)
+        atomic_write_bytes(cache, buffer.getvalue())
+        logger.info(summary_line("teacher logits", len(train_split), time.perf_counter() - start, "pairs"))
+    del teacher
+    return logits
+
+
+def score_pairs(teacher: CrossEncoder, texts1: Sequence[str], texts2: Sequence[str], batch_size: int = 64,
+                precision: str = "no") -> np.ndarray:
+    """(N, 2) float32 logits of aligned pairs, in input order (`CrossEncoder.predict_logits`, batched for speed).
+
+    `batch_size` pairs of the longest length set the budget of padded tokens per batch."""
+    import torch
+
+    from bookmatch.precision import autocast
+
+    model, device = teacher.model, teacher.device
+    model.eval()
+    if device.type == "cuda" and precision in ("bf16", "fp16"):
+        model.to(torch.bfloat16 if precision == "bf16" else torch.float16)
+        precision = "no"
+    pad_id = teacher.tokenizer.pad_token_id or 0
+    cuda = device.type == "cuda"
+    max_tokens = batch_size * teacher.config.max_seq_length
+
+    def blocks():
+        for first in range(0, len(texts1), TOKENIZE_BLOCK):
+            part = slice(first, first + TOKENIZE_BLOCK)
+            yield first, teacher.tokenize_pairs(texts1[part], texts2[part])
+
+    def forward(inputs: dict) -> np.ndarray:
+        inputs = {k: v.to(device, non_blocking=True) for k, v in inputs.items()}
+        with torch.inference_mode(), autocast(precision, device.type):
+            return model(**inputs).logits.float().cpu().numpy()
+
+    out = np.zeros((len(texts1), 2), dtype=np.float32)
+    for first, tokens in prefetch(blocks(), depth=1):
+        keys = [k for k in ("input_ids", "token_type_ids") if k in tokens]
+
+        def make_inputs(index: np.ndarray, tokens=tokens, keys=keys) -> dict:
+            inputs = {}
+            for name in keys:
+                values, mask = pad_ids([tokens[name][i] for i in index], pad_id if name == "input_ids" else 0,
+                                       multiple_of=8 if cuda else 1)
+                inputs[name] = torch.from_numpy(values)
+                inputs.setdefault("attention_mask", torch.from_numpy(mask))
+            return {k: v.pin_memory() for k, v in inputs.items()} if cuda else inputs
+
+        batches = length_sorted_batches([len(ids) for ids in tokens["input_ids"]], max_tokens, batch_size * 4)
+        block = out[first : first + len(tokens["input_ids"])]
+        run_batches(batches, make_inputs, forward, block)
+    return out

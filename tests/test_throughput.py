@@ -1,0 +1,158 @@
+"""The inference fast paths (mining embeddings, teacher logits) against the plain ones, on the tiny encoder."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import SAMPLE_TEXTS
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _books(count: int = 7) -> list[list[str]]:
+    """Chunk lists of varied lengths (one book empty), so batches mix books and pad."""
+    rng = np.random.default_rng(0)
+    books = []
+    for book in range(count):
+        chunks = [" ".join(rng.choice(SAMPLE_TEXTS, size=int(rng.integers(1, 12)))) for _ in range(int(rng.integers(2, 9)))]
+        books.append([] if book == 2 else chunks)
+    return books
+
+
+def test_length_sorted_batches_cover_every_index_once_within_the_budget():
+    from bookmatch.models.batching import length_sorted_batches
+
+    lengths = [5, 300, 17, 512, 64, 64, 1, 200, 9]
+    batches = length_sorted_batches(lengths, max_tokens=600, max_batch=4)
+    assert sorted(np.concatenate(batches).tolist()) == list(range(len(lengths)))
+    assert all(len(b) <= 4 and (len(b) == 1 or len(b) * max(lengths[i] for i in b) <= 600) for b in batches)
+    firsts = [lengths[b[0]] for b in batches]
+    assert firsts == sorted(firsts, reverse=True)  # longest first
+
+
+def test_rank_slices_partition_in_order_and_prefetch_reraises():
+    from bookmatch.models.batching import prefetch, rank_slice
+
+    for count in (0, 1, 7, 10):
+        parts = [list(rank_slice(count, rank, 3)) for rank in range(3)]
+        assert sum(parts, []) == list(range(count)) and max(map(len, parts)) - min(map(len, parts)) <= 1
+
+    def broken():
+        yield 1
+        raise ValueError("from the producer")
+
+    with pytest.raises(ValueError, match="from the producer"):
+        list(prefetch(broken()))
+    assert list(prefetch(iter(range(50)), depth=2)) == list(range(50))
+
+
+def test_fast_centroids_equal_sentence_transformers_encode(tiny_encoder_dir):
+    from bookmatch.prepare.mining import embed_centroids, embed_centroids_plain
+
+    books = _books()
+    # small blocks and batches: several tokenized blocks, many batches of mixed books
+    fast = embed_centroids(books, str(tiny_encoder_dir), batch_size=4, block_texts=9)
+    plain = embed_centroids_plain(books, str(tiny_encoder_dir), batch_size=4)
+    assert fast.shape == plain.shape and not fast[2].any()
+    np.testing.assert_allclose(fast, plain, atol=2e-5)
+
+
+def test_sentence_transformers_folder_pooling_is_read(tmp_path, tiny_encoder_dir):
+    """A sentence-transformers folder with CLS pooling and a max length of its own: same centroids as its encode."""
+    import json
+    import shutil
+
+    from bookmatch.prepare.mining import SentenceEncoder, _sentence_transformers_pooling, embed_centroids, embed_centroids_plain
+
+    folder = tmp_path / "st"
+    shutil.copytree(tiny_encoder_dir, folder)
+    (folder / "1_Pooling").mkdir()
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps({"word_embedding_dimension": 32, "pooling_mode_cls_token": True,
+                                                                   "pooling_mode_mean_tokens": False}))
+    (folder / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 24, "do_lower_case": False}))
+    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+               {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
+    (folder / "modules.json").write_text(json.dumps(modules))
+    encoder = SentenceEncoder.load(str(folder))
+    assert (encoder.pooling, encoder.max_length) == ("cls", 24)
+    books = _books(4)
+    np.testing.assert_allclose(embed_centroids(books, str(folder)), embed_centroids_plain(books, str(folder)), atol=2e-5)
+    (folder / "modules.json").write_text(json.dumps(modules + [{"idx": 2, "name": "2", "path": "2_Dense", "type": "x.Dense"}]))
+    assert _sentence_transformers_pooling(folder) is None  # a module it does not run: the plain path takes it
+
+
+def test_fast_teacher_logits_equal_predict_logits_in_input_order(models):
+    from bookmatch.models.cross_encoder import CrossEncoder
+    from bookmatch.training.teacher_logits import score_pairs
+
+    teacher = CrossEncoder.from_pretrained(models["cross"])
+    rng = np.random.default_rng(1)
+    texts1 = [" ".join(rng.choice(SAMPLE_TEXTS, size=int(rng.integers(1, 6)))) for _ in range(23)]
+    texts2 = [" ".join(rng.choice(SAMPLE_TEXTS, size=int(rng.integers(1, 6)))) for _ in range(23)]
+    plain = teacher.predict_logits(list(zip(texts1, texts2)), batch_size=8).numpy()
+    fast = score_pairs(teacher, texts1, texts2, batch_size=3)
+    np.testing.assert_allclose(fast, plain, atol=2e-5)
+    assert np.abs(plain[:, 1] - plain[:, 0]).std() > 0  # the pairs score differently, so order is tested
+
+
+def test_teacher_logits_stage_logs_its_summary_and_reuses_its_cache(models, tmp_path, caplog):
+    from accelerate import Accelerator
+    from datasets import Dataset
+
+    from bookmatch.models.cross_encoder import CrossEncoder
+    from bookmatch.training.config import ContrastiveTrainConfig
+    from bookmatch.training.teacher_logits import teacher_logits
+
+    rng = np.random.default_rng(2)
+    split = Dataset.from_dict({"text1": list(rng.choice(SAMPLE_TEXTS, 11)), "text2": list(rng.choice(SAMPLE_TEXTS, 11))})
+    config = ContrastiveTrainConfig(teacher=str(models["cross"]), teacher_batch_size=4)
+    with caplog.at_level(logging.INFO, logger="bookmatch.training.teacher_logits"):
+        logits = teacher_logits(config, split, Accelerator(cpu=True), tmp_path)
+        again = teacher_logits(config, split, Accelerator(cpu=True), tmp_path)
+    assert any(r.getMessage().startswith("teacher logits: 11 pairs in ") for r in caplog.records)
+    assert any("reusing" in r.getMessage() for r in caplog.records)
+    expected = CrossEncoder.from_pretrained(models["cross"]).predict_logits(list(zip(split["text1"], split["text2"]))).numpy()
+    np.testing.assert_allclose(logits, expected, atol=2e-5)
+    np.testing.assert_array_equal(again, logits)
+
+
+_RANK_SCRIPT = r"""
+import json, sys
+import numpy as np
+import torch.distributed as dist
+rank, store, encoder, books_file, out = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5]
+dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+from bookmatch.prepare.mining import embed_centroids
+centroids = embed_centroids(json.load(open(books_file)), encoder, batch_size=4)
+np.save(f"{out}-{rank}.npy", centroids)
+dist.barrier()
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.slow  # two fresh interpreters importing torch: 127 s on the loaded 2-core machine
+def test_two_gloo_processes_split_the_books_and_gather_the_same_centroids(tiny_encoder_dir, tmp_path):
+    import json
+    import subprocess
+
+    from bookmatch.prepare.mining import embed_centroids
+
+    books = _books(5)
+    books_file = tmp_path / "books.json"
+    books_file.write_text(json.dumps(books))
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    args = [str(tmp_path / "store"), str(tiny_encoder_dir), str(books_file), str(tmp_path / "out")]
+    workers = [subprocess.Popen([sys.executable, "-c", _RANK_SCRIPT, str(rank), *args], env=env, stderr=subprocess.PIPE, text=True)
+               for rank in range(2)]
+    for worker in workers:
+        _, err = worker.communicate(timeout=300)
+        assert worker.returncode == 0, err[-2000:]
+    single = embed_centroids(books, str(tiny_encoder_dir), batch_size=4)
+    for rank in range(2):
+        np.testing.assert_allclose(np.load(tmp_path / f"out-{rank}.npy"), single, atol=2e-5)
