@@ -206,11 +206,16 @@ class _BodyReader:
         return b"".join(self.parts)
 
 
+def looks_like_html(head: bytes) -> bool:
+    """Does a body's first KB open like an HTML or XHTML page?"""
+    return _HTML_START.match(head.removeprefix(b"\xef\xbb\xbf")[:1024]) is not None
+
+
 def _refuse_html(content_type: str, head: bytes) -> None:
     """An HTML page (a mirror's error or login page sent with status 200) is not a book. The body decides: it opens
     like HTML, or the server calls it HTML and it holds tags (a plain-text book mislabelled text/html is kept)."""
     head = head.removeprefix(b"\xef\xbb\xbf")[:1024]
-    if _HTML_START.match(head) or ("html" in content_type.lower() and _TAG.search(head)):
+    if looks_like_html(head) or ("html" in content_type.lower() and _TAG.search(head)):
         raise _NotText(f"an HTML page (Content-Type {content_type or 'not given'}), not a plain-text book")
 
 
