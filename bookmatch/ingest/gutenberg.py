@@ -195,6 +195,16 @@ class _BodyReader:
         except zlib.error as err:
             raise _Unusable(f"body claims a compressed content encoding but is not ({err})") from err
 
+    def head(self, size: int) -> bytes:
+        """The first `size` decoded bytes so far (without joining the whole body)."""
+        pieces, have = [], 0
+        for part in self.parts:
+            if have >= size:
+                break
+            pieces.append(part[: size - have])
+            have += len(pieces[-1])
+        return b"".join(pieces)
+
     def finish(self) -> bytes:
         if self.decompressor is not None:
             try:
@@ -240,7 +250,7 @@ async def _get_once(client, url: str, config: GutenbergConfig) -> bytes:
             async for raw in response.aiter_raw():
                 reader.feed(raw)
                 if not looked and reader.size >= 1024:  # an HTML page is refused before the rest is read
-                    _refuse_html(content_type, b"".join(reader.parts)[:1024])
+                    _refuse_html(content_type, reader.head(1024))
                     looked = True
             body = reader.finish()
             if expected.isdigit() and reader.raw_size != int(expected):
