@@ -409,8 +409,10 @@ def test_import_folder_survives_names_that_are_not_utf8(corpus_dir, tmp_path):
     with open(os.path.join(odd_folder, b"livre \xff\xfe.txt"), "wb") as handle:
         handle.write(books[0])
     (src / ("x" * 240 + ".txt")).write_bytes(books[1])  # a name near the 255-byte limit
+    (src / "error page.txt").write_text("<!DOCTYPE html>\n<html><body>" + "Not found. " * 300 + "</body></html>")
     out = tmp_path / "out"
     report = import_folder(src, out)
+    assert "HTML page" in report.skipped["error page.txt"]
     assert set(report.imported) == {"Auteur \\xe9/livre \\xff\\xfe.txt", "x" * 240 + ".txt"}, report.skipped
     index = json.loads((out / INDEX_NAME).read_text(encoding="utf-8"))
     assert set(index) == set(report.imported)

@@ -13,6 +13,7 @@ from bookmatch.ingest import (
     sweep_ingest_leftovers,
     write_atomically,
 )
+from bookmatch.ingest.gutenberg import looks_like_html
 from bookmatch.storage import os_reason
 from bookmatch.text.names import unicode_name
 
@@ -68,10 +69,13 @@ def import_folder(src: str | Path, out: str | Path, skip_existing: bool = True) 
 
 def _import_one(path: Path, key: str, out: Path, index: IngestIndex, taken: set[Path], report: ImportReport) -> None:
     from bookmatch.text.decode import decode_bytes
-    from bookmatch.text.standardize import load_book
+    from bookmatch.text.standardize import SkipBook, load_book
 
     book = load_book(path)
     text = decode_bytes(path.read_bytes(), source=key)
+    if looks_like_html(text[:1024].encode("utf-8")):
+        # Like a downloaded error page; prepare itself still reads such files (the corpus holds one XHTML book).
+        raise SkipBook(f"{key}: an HTML page, not a plain-text book (save the book as .txt)")
     previous = index.existing(key)
     if previous is not None:
         taken.discard(previous)

@@ -195,6 +195,16 @@ class _BodyReader:
         except zlib.error as err:
             raise _Unusable(f"body claims a compressed content encoding but is not ({err})") from err
 
+    def head(self, size: int) -> bytes:
+        """The first `size` decoded bytes so far (without joining the whole body)."""
+        pieces, have = [], 0
+        for part in self.parts:
+            if have >= size:
+                break
+            pieces.append(part[: size - have])
+            have += len(pieces[-1])
+        return b"".join(pieces)
+
     def finish(self) -> bytes:
         if self.decompressor is not None:
             try:
@@ -206,11 +216,16 @@ class _BodyReader:
         return b"".join(self.parts)
 
 
+def looks_like_html(head: bytes) -> bool:
+    """Does a body's first KB open like an HTML or XHTML page?"""
+    return _HTML_START.match(head.removeprefix(b"\xef\xbb\xbf")[:1024]) is not None
+
+
 def _refuse_html(content_type: str, head: bytes) -> None:
     """An HTML page (a mirror's error or login page sent with status 200) is not a book. The body decides: it opens
     like HTML, or the server calls it HTML and it holds tags (a plain-text book mislabelled text/html is kept)."""
     head = head.removeprefix(b"\xef\xbb\xbf")[:1024]
-    if _HTML_START.match(head) or ("html" in content_type.lower() and _TAG.search(head)):
+    if looks_like_html(head) or ("html" in content_type.lower() and _TAG.search(head)):
         raise _NotText(f"an HTML page (Content-Type {content_type or 'not given'}), not a plain-text book")
 
 
@@ -235,7 +250,7 @@ async def _get_once(client, url: str, config: GutenbergConfig) -> bytes:
             async for raw in response.aiter_raw():
                 reader.feed(raw)
                 if not looked and reader.size >= 1024:  # an HTML page is refused before the rest is read
-                    _refuse_html(content_type, b"".join(reader.parts)[:1024])
+                    _refuse_html(content_type, reader.head(1024))
                     looked = True
             body = reader.finish()
             if expected.isdigit() and reader.raw_size != int(expected):
