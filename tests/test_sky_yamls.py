@@ -348,6 +348,97 @@ def test_pipeline_runs_the_stages_in_order(loaded: dict) -> None:
             assert "--resume" in task["run"]
 
 
+# --- every sky command the docs show, checked against SkyPilot's own --help --------------------------------
+
+# Runs inside the SkyPilot environment: for each command (its words after `sky`), walks SkyPilot's click groups
+# to the subcommand, renders `sky <subcommand> --help` and reports the options the help does not list.
+_HELP_CHECK = textwrap.dedent(
+    r"""
+    import json, re, sys
+    from click.testing import CliRunner
+    from sky.client.cli.command import cli  # the click group behind the `sky` program
+
+    report, helps = [], {}
+    for words in json.loads(sys.stdin.read()):
+        command, path = cli, []
+        rest = list(words)
+        while rest and hasattr(command, "commands") and rest[0] in command.commands:
+            path.append(rest.pop(0))
+            command = command.commands[path[-1]]
+        key = " ".join(path)
+        if key not in helps:
+            result = CliRunner().invoke(cli, [*path, "--help"], terminal_width=200)
+            helps[key] = (result.exit_code, result.output)
+        code, text = helps[key]
+        missing = [w.split("=", 1)[0] for w in rest if w.startswith("-")
+                   and not re.search(r"(?<![\w-])" + re.escape(w.split("=", 1)[0]) + r"(?![\w-])", text)]
+        is_group = hasattr(command, "commands")
+        report.append({"words": words, "path": key, "help_exit": code, "missing": missing, "is_group": is_group})
+    print("@@JSON@@" + json.dumps(report))
+    """
+)
+
+DOC_FILES = [REPO / "docs" / "cloud.md", REPO / "README.md", *YAML_FILES]
+
+
+def documented_sky_commands() -> list[tuple[str, list[str]]]:
+    """(file, words after `sky`) for every `sky ...` command in code blocks, inline code and the YAMLs' comments."""
+    import shlex
+
+    found = []
+    for path in DOC_FILES:
+        text = path.read_text(encoding="utf-8").replace("\\\n", " ")
+        candidates = re.findall(r"`(sky [^`]+)`", text)
+        for line in text.splitlines():
+            line = line.strip().lstrip("#").strip()
+            if line.startswith("sky ") or line.startswith("BOOKMATCH_IMAGE="):
+                candidates.append(line.split("  #")[0])
+        for candidate in candidates:
+            words = shlex.split(candidate.replace("...", "X"), comments=True)
+            if words and words[0] == "sky" and len(words) > 1:
+                found.append((str(path.relative_to(REPO)), words[1:]))
+    return found
+
+
+def test_every_documented_sky_command_matches_skypilots_help() -> None:
+    commands = documented_sky_commands()
+    files = {where for where, _ in commands}
+    assert {"docs/cloud.md", "jobs/pipeline_contrastive.yaml"} <= files
+    shown = {" ".join(words[:2]) for _, words in commands}
+    for needed in ("launch -c", "jobs launch", "jobs queue", "jobs logs"):
+        assert needed in shown, f"docs/cloud.md shows no `sky {needed}`"
+    python = _sky_python()
+    if python is None:
+        pytest.skip("SkyPilot is not installed: run `make install-sky` (creates .venv-sky) or set BOOKMATCH_SKY_PYTHON")
+    unique = sorted({json.dumps(words) for _, words in commands})
+    env = dict(os.environ, SKYPILOT_DISABLE_USAGE_COLLECTION="1", PYTHONWARNINGS="ignore")
+    proc = subprocess.run([python, "-c", _HELP_CHECK], input=json.dumps([json.loads(u) for u in unique]), capture_output=True,
+                          text=True, timeout=300, env=env, cwd=REPO)
+    marker = [line for line in proc.stdout.splitlines() if line.startswith("@@JSON@@")]
+    assert proc.returncode == 0 and marker, proc.stderr[-3000:]
+    problems = []
+    for entry in json.loads(marker[-1][len("@@JSON@@"):]):
+        shown_as = "sky " + " ".join(entry["words"])
+        if entry["help_exit"] != 0 or entry["is_group"]:
+            problems.append(f"{shown_as}: `sky {entry['path']}` is not a SkyPilot command")
+        if entry["missing"]:
+            problems.append(f"{shown_as}: `sky {entry['path']} --help` lists no {entry['missing']}")
+    assert problems == []
+
+
+def test_the_help_check_catches_a_wrong_flag() -> None:
+    python = _sky_python()
+    if python is None:
+        pytest.skip("SkyPilot is not installed")
+    wrong = [["jobs", "launch", "--spot-recovery", "x.yaml"], ["jobs", "tail", "1"], ["launch", "-c", "a", "--secret", "K"]]
+    proc = subprocess.run([python, "-c", _HELP_CHECK], input=json.dumps(wrong), capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, SKYPILOT_DISABLE_USAGE_COLLECTION="1"), cwd=REPO)
+    report = json.loads([line for line in proc.stdout.splitlines() if line.startswith("@@JSON@@")][-1][len("@@JSON@@"):])
+    assert report[0]["missing"] == ["--spot-recovery"]
+    assert report[1]["path"] == "jobs" and report[1]["is_group"]  # `tail` is no subcommand: the walk stops at the group
+    assert report[2]["missing"] == [] and report[2]["help_exit"] == 0
+
+
 # --- the multi-node launch line ---------------------------------------------------------------------------
 
 
