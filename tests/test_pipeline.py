@@ -237,3 +237,23 @@ def test_stage_markers_count_only_what_verifies(tmp_path):
     assert is_complete(run, "COMMIT.calibrate.json")
     (run / "style_calibration.json").unlink()
     assert not is_complete(run, "COMMIT.calibrate.json")
+
+
+@pytest.mark.parametrize("preset, names", [
+    ("gpu", ["prepare", "teacher", "contrastive", "calibrate", "evaluate:test"]),
+    ("cpu-small", ["prepare", "contrastive", "calibrate", "evaluate:test"]),
+])
+def test_stages_follow_the_protocol_and_build_without_touching_files(tmp_path, preset, names):
+    """Each stage builds its own config (pure), owns its marker and runs; the list is the whole pipeline."""
+    from bookmatch.pipeline import PipelineConfig, _Layout, _stages
+
+    out = tmp_path / "out"
+    config = PipelineConfig(books=str(tmp_path / "books"), out=str(out), stages=load_stage_options(preset))
+    stages, teacher, student = _stages(config, _Layout(out))
+    assert [stage.name for stage in stages] == names
+    assert all(callable(getattr(stage, method)) for stage in stages for method in ("build", "is_complete", "run"))
+    built = {stage.name: stage.build() for stage in stages}
+    assert not out.exists() and not any(stage.is_complete() for stage in stages)
+    assert built["contrastive"].out == str(student.run_dir) and built["contrastive"].teacher == ""
+    assert built["calibrate"].model_dir == built["evaluate:test"].model_dir == str(student.run_dir / "final")
+    assert teacher.build().out == str(out / "models" / "book_matcher")  # checked even when not trained

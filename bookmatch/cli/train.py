@@ -24,7 +24,8 @@ def _precision_aliases(func):
                                      "else fp32."),
         ("--fp32", "no", "No mixed precision."),
     ]):
-        alias = click.option(flag, "precision", flag_value=value, default=None, help=f"= --mixed-precision {value}: {text}")
+        alias = click.option(flag, "precision", flag_value=value, default=None,
+                             help=f"= --mixed-precision {value}: {text}")
         func = alias(func)
     return func
 

@@ -21,8 +21,8 @@ from torch import nn
 from bookmatch.config import check_settings, setting
 from bookmatch.errors import ModelLoadError, first_line
 from bookmatch.models.pooling import pool
-from bookmatch.models.settings import ABSENT_FROM_OLD_FOLDERS, LONG_TEXT_MODES, BiEncoderSettings  # noqa: F401
 from bookmatch.models.resolve import check_tokenizer, resolve_model_path
+from bookmatch.models.settings import ABSENT_FROM_OLD_FOLDERS, LONG_TEXT_MODES, BiEncoderSettings  # noqa: F401
 from bookmatch.storage import atomic_directory, atomic_write_json
 from bookmatch.text.lexical import LexicalFingerprint, signature_cosine
 from bookmatch.text.style import get_side_feature_set
@@ -124,7 +124,7 @@ class BiEncoder(nn.Module):
             values = json.loads(config_path.read_text(encoding="utf-8"))
             values.pop("model_type", None)
             known = {f.name for f in dataclasses.fields(BiEncoderConfig)}
-            config = BiEncoderConfig(**{**ABSENT_FROM_OLD_FOLDERS, **{k: v for k, v in values.items() if k in known}})
+            config = BiEncoderConfig(**ABSENT_FROM_OLD_FOLDERS | {k: v for k, v in values.items() if k in known})
             encoder = AutoModel.from_config(AutoConfig.from_pretrained(model_dir, local_files_only=True))
             tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
         except (OSError, ValueError, TypeError, json.JSONDecodeError) as err:

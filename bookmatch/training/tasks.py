@@ -12,8 +12,8 @@ from torch import nn
 
 from bookmatch.config import section_values
 from bookmatch.models.bi_encoder import BiEncoder
-from bookmatch.models.settings import BiEncoderSettings
 from bookmatch.models.cross_encoder import CrossEncoder
+from bookmatch.models.settings import BiEncoderSettings
 from bookmatch.training.config import ContrastiveTrainConfig, TrainConfig
 from bookmatch.training.data import (
     BiEncoderCollator,
