@@ -64,7 +64,7 @@ def batch_mode(model: Path, pairs_path: Path, out_dir: Path, precision: str) -> 
                           capture_output=True, text=True, env=env(), timeout=3600)
     if proc.returncode != 0:
         raise SystemExit(f"batch mode failed:\n{proc.stderr[-3000:]}")
-    match = re.search(r"infer: scored ([\d,]+) pairs in ([\d.]+) s", proc.stderr)
+    match = re.search(r"infer: scored: ([\d,]+) pairs in ([\d.]+) s", proc.stderr)
     pairs, seconds = int(match.group(1).replace(",", "")), float(match.group(2))
     return {"pairs": pairs, "seconds": seconds, "pairs_per_s": round(pairs / seconds, 2)}
 

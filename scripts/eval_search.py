@@ -185,7 +185,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     if args.bench_ann:
-        report = {"ann": bench_ann([25_000, 100_000, 400_000]), "cpus": os.cpu_count(), "load_average": os.getloadavg()}
+        report = {"ann": bench_ann([25_000, 100_000, 200_000]), "cpus": os.cpu_count(), "load_average": os.getloadavg()}
     else:
         files, training = choose_books(args.books, args.data, args.max_books, args.seed)
         books, passages, passage_book, queries, query_book, dropped = passages_and_queries(
