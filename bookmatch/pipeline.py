@@ -188,6 +188,7 @@ def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
     )
     calib = options.get("calibrate", {})
     calibrated = [student_dir]
+
     def calibrate_and_commit(run: Path) -> None:
         calibrate(build_config(CalibrateConfig, overrides={**calib, "model_dir": str(run / "final"), "data_dir": str(data_dir)}))
         mark_complete(run, [CALIBRATION_FILE, STYLE_CALIBRATION_FILE], name=CALIBRATE_COMMIT)
