@@ -131,7 +131,7 @@ def checkout(revision: str, scratch: Path) -> Path:
 
 def measure(child: str, argv: list[str], code: Path, env: dict[str, str]) -> dict:
     full_env = dict(os.environ, PYTHONPATH=str(code), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", **env)
-    done = subprocess.run([sys.executable, "-c", child, *argv], capture_output=True, text=True, env=full_env, cwd=str(code))
+    done = subprocess.run([sys.executable, "-c", child, *argv], capture_output=True, text=True, env=full_env, cwd=str(code), check=False)
     if done.returncode != 0:
         sys.exit(f"measurement failed ({code}):\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])

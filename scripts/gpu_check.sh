@@ -110,10 +110,10 @@ part_pipeline() {
     local sets=(--set "prepare.miner_model=$MODEL" --set "cross.model=$MODEL" --set "contrastive.model=$MODEL")
     if (( tiny )); then
         sets=(--set "prepare.miner_model=$MODEL" --set "cross.model=$MODEL" --set "contrastive.model=$MODEL"
-              --set prepare.workers=2 --set prepare.num_chunks_for_embed=8 --set prepare.n_negative_per_book=6
+              --set prepare.workers=2 --set prepare.train_ratio=0.5 --set prepare.val_ratio=0.25 --set prepare.num_chunks_for_embed=8 --set prepare.n_negative_per_book=6
               --set 'prepare.holdout_authors=""' --set cross.max_steps=2 --set cross.eval_steps=2 --set cross.save_steps=2
-              --set cross.max_seq_length=128 --set cross.mixed_precision=no --set contrastive.max_steps=2
-              --set contrastive.eval_steps=2 --set contrastive.save_steps=2 --set contrastive.mixed_precision=no
+              --set cross.max_seq_length=128 --set 'cross.mixed_precision="no"' --set contrastive.max_steps=2
+              --set contrastive.eval_steps=2 --set contrastive.save_steps=2 --set 'contrastive.mixed_precision="no"'
               --set contrastive.max_seq_length=64 --set cross.preprocess_workers=0 --set contrastive.preprocess_workers=0
               --set cross.num_workers=0 --set contrastive.num_workers=0 --set evaluate.max_pairs=40
               --set cross.cpu=true --set contrastive.cpu=true)

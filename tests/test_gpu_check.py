@@ -25,7 +25,7 @@ def test_script_parses_and_documents_its_parts():
 @pytest.mark.slow  # the whole gpu-small pipeline, two benches and the summary with a tiny encoder: minutes on 2 cores
 def test_tiny_run_on_cpu_produces_every_figure(corpus_dir, tmp_path):
     books = tmp_path / "books"
-    picked = sorted((p for p in (corpus_dir / "books").rglob("*.txt") if p.stat().st_size < 400_000), key=str)[:8]
+    picked = sorted((p for p in (corpus_dir / "books").rglob("*.txt") if p.stat().st_size < 400_000), key=str)[:10]
     for path in picked:
         target = books / path.relative_to(corpus_dir / "books")
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -197,6 +197,7 @@ class SentenceEncoder:
 
         from bookmatch.models.batching import (
             length_sorted_batches,
+            model_attention_mask,
             pad_ids,
             run_batches,
         )
@@ -215,7 +216,8 @@ class SentenceEncoder:
         def forward(inputs: dict) -> np.ndarray:
             inputs = {k: v.to(self.device, non_blocking=True) for k, v in inputs.items()}
             with torch.inference_mode(), autocast(self.precision, self.device.type):
-                hidden = self.model(**inputs).last_hidden_state
+                mask = model_attention_mask(self.model, inputs["attention_mask"])
+                hidden = self.model(input_ids=inputs["input_ids"], attention_mask=mask).last_hidden_state
                 pooled = pool(hidden, inputs["attention_mask"], self.pooling).float()
                 return torch.nn.functional.normalize(pooled, dim=-1).cpu().numpy()
 

@@ -19,6 +19,7 @@ import numpy as np
 
 from bookmatch.models.batching import (
     length_sorted_batches,
+    model_attention_mask,
     pad_ids,
     prefetch,
     rank_slice,
@@ -92,6 +93,7 @@ def score_pairs(teacher: CrossEncoder, texts1: Sequence[str], texts2: Sequence[s
 
     def forward(inputs: dict) -> np.ndarray:
         inputs = {k: v.to(device, non_blocking=True) for k, v in inputs.items()}
+        inputs["attention_mask"] = model_attention_mask(model, inputs["attention_mask"])
         with torch.inference_mode(), autocast(precision, device.type):
             return model(**inputs).logits.float().cpu().numpy()
 
