@@ -68,6 +68,12 @@ debootstrap --variant=minbase --include=python3,python3-venv,python-is-python3,c
     bookworm "$rootfs" ${mirror:+"$mirror"}
 # Keep the image as small as the official slim one: no apt lists, caches or docs.
 chroot "$rootfs" apt-get clean
+# Like Debian's official images: apt keeps no .deb files and no package caches in the layers built on top.
+cat > "$rootfs/etc/apt/apt.conf.d/docker-clean" <<'CONF'
+DPkg::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*.deb /var/cache/apt/*.bin || true"; };
+APT::Update::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*.deb /var/cache/apt/*.bin || true"; };
+Dir::Cache::pkgcache ""; Dir::Cache::srcpkgcache "";
+CONF
 rm -rf "$rootfs"/var/lib/apt/lists/* "$rootfs"/var/cache/apt/*.bin "$rootfs"/usr/share/doc/* \
     "$rootfs"/usr/share/man/* "$rootfs"/tmp/* "$rootfs"/root/.cache
 echo "== import as $full_tag"

@@ -22,15 +22,18 @@
 # --engine: docker or podman (default: docker when its daemon answers, else podman).
 # --local-base: make sure the CPU image's base image is there first: pull it, or where no registry answers,
 #        build it from Debian's packages (scripts/container_base.sh); then build without pulling.
-# --host-pip: pip in the build uses this machine's pip settings (`pip config list`): its index URLs, and its
-#        local wheel folders mounted read-only (podman only); torch then comes from them too.
+# --host-pip: pip in the build uses this machine's pip settings (`pip config list`): its index URLs, its local
+#        wheel folders and CA bundle mounted read-only (podman only), and the host's network; torch then comes
+#        from them too.
 # --build-arg NAME=VALUE: passed to the build (e.g. TORCH_INDEX_URL=, PIP_OPTIONS=...; see the Dockerfile).
 # --build-opt OPTION: one more option for `build`, as one word (e.g. --network=host, --volume=/opt/wheels:/w:ro).
 # --keep: leave the temp folders (their path is printed) instead of removing them.
 # Exit status 0 means every step passed. Run it from anywhere; it builds from the project root.
 set -euo pipefail
-
-usage() { sed -n '2,32p' "$0" | sed 's/^# \{0,1\}//'; }
+# The whole script is one function, read before it runs: an edit to this file during a long build cannot
+# change what the running script does next.
+main() {
+usage() { awk 'NR == 1 { next } /^#/ { sub(/^# ?/, ""); print; next } { exit }' "$0"; }
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 engine=""
@@ -135,6 +138,8 @@ if options:
 print(*mounts, sep="\n")
 PY
     mapfile -t pip_opts < "$work/pip_opts"
+    # The host's network too: the proxies and DNS that pip uses here (podman's build network lost DNS mid-build).
+    pip_opts+=(--network=host)
     for option in "${pip_opts[@]}"; do if [[ -n "$option" ]]; then build_opts+=("$option"); fi; done
     echo "build options from this machine's pip settings: ${pip_opts[*]:-none}"
 fi
@@ -145,7 +150,12 @@ build_started=$SECONDS
 echo "build took $((SECONDS - build_started)) s"
 
 step "the image: size and layers"
-"$engine" image inspect --format '{{.Size}}' "$image" | awk '{printf "image size %.2f GB (%d bytes)\n", $1 / 1e9, $1}'
+# podman 4.3's `image inspect` {{.Size}} stops at 2^31-1: read the size `image ls` prints ("2.42 GB"; docker "2.42GB")
+"$engine" image ls --format '{{.Size}}' "$image" | head -n 1 | python3 -c '
+import re, sys
+number, unit = re.fullmatch(r"([\d.]+)\s*([kKMGT]?B)", sys.stdin.read().strip()).groups()
+size = float(number) * {"B": 1, "kB": 1e3, "KB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12}[unit]
+print(f"image size {size / 1e9:.2f} GB ({size:.0f} bytes)")'
 "$engine" history "$image"
 user="$("$engine" image inspect --format '{{.Config.User}}' "$image")"
 [[ -n "$user" && "${user%%:*}" != root && "${user%%:*}" != 0 ]] \
@@ -286,3 +296,5 @@ step "the artifacts belong to the container's user"
 "${run[@]}" --entrypoint python "$image" -c "$OWNER_CHECK" "$artifacts"
 
 step "smoke test passed ($image, $engine, $((SECONDS - started)) s)"
+}
+main "$@"

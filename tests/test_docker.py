@@ -319,7 +319,7 @@ def test_smoke_script_parses_and_documents_itself() -> None:
     assert base.returncode == 0 and "debootstrap" in base.stdout
 
 
-# `docker` for the smoke script without a Docker engine: `build` does nothing, `image inspect` and `history` describe
+# `docker` for the smoke script without a Docker engine: `build` does nothing, `image` and `history` describe
 # an image that runs as `bookmatch`, and `run` runs the image's entrypoint (`bookmatch`, or --entrypoint's program)
 # here, with the -v mounts mapped back to their host folders, the image's HF_HOME=/vol/hf, and the image's root
 # folder `/` mapped to FAKE_IMAGE_ROOT.
@@ -328,8 +328,8 @@ import os, shlex, sys
 args = sys.argv[1:]
 if args[:1] in (["build"], ["info"]):
     sys.exit(0)
-if args[:2] == ["image", "inspect"]:
-    print({"{{.Size}}": "1234567890", "{{.Config.User}}": "bookmatch"}[args[args.index("--format") + 1]])
+if args[:2] in (["image", "inspect"], ["image", "ls"]):
+    print({"{{.Size}}": "1.23 GB", "{{.Config.User}}": "bookmatch"}[args[args.index("--format") + 1]])
     sys.exit(0)
 if args[:1] == ["history"]:
     sys.exit(print("IMAGE  CREATED  CREATED BY  SIZE"))
