@@ -35,7 +35,7 @@ def test_install_pins_torch_first_and_can_take_the_cpu_wheel_index() -> None:
     TORCH_INDEX the CPU build where pip's own indexes do not hold it. The default uses pip's configured indexes:
     this workplace's hold the CPU build and cannot reach download.pytorch.org."""
     dockerfile = (REPO / "docker" / "Dockerfile.cpu").read_text(encoding="utf-8")
-    cpu_index = re.search(r"--index-url\s+(\S+/whl/cpu)\b", dockerfile).group(1)
+    cpu_index = re.search(r"ARG TORCH_INDEX_URL=(\S+/whl/cpu)\b", dockerfile).group(1)
     version = re.search(r"ARG TORCH_VERSION=(\S+)", dockerfile).group(1)
     default = _torch_install(make_dry_run("install"))
     assert f"torch=={version}" in default, "the Makefile and the CPU image pin different torch versions"
