@@ -53,9 +53,9 @@ def test_the_model_settings_have_one_default():
 
 
 @pytest.mark.parametrize("cls, values, expected", [
-    (ContrastiveTrainConfig, {"lr": -1.0}, "lr must be a number > 0, got -1.0"),
-    (ContrastiveTrainConfig, {"lr": {"a": 1}}, 'lr must be a number > 0, got {"a": 1}'),
-    (ContrastiveTrainConfig, {"lr": float("nan")}, "lr must be a number > 0"),
+    (ContrastiveTrainConfig, {"lr": -1.0}, "lr must be a number >= 0, got -1.0"),
+    (ContrastiveTrainConfig, {"lr": {"a": 1}}, 'lr must be a number >= 0, got {"a": 1}'),
+    (ContrastiveTrainConfig, {"lr": float("nan")}, "lr must be a number >= 0"),
     (ContrastiveTrainConfig, {"max_seq_length": -5}, "max_seq_length must be a whole number >= 1, got -5"),
     (ContrastiveTrainConfig, {"side_features": "bogus"}, 'side_features must be one of style_v1, none, got "bogus"'),
     (ContrastiveTrainConfig, {"seed": None}, "seed must be a whole number >= 0, got null"),
@@ -64,7 +64,7 @@ def test_the_model_settings_have_one_default():
     (ContrastiveTrainConfig, {"eval_steps": True}, "eval_steps must be a whole number >= 1, got true"),
     (ContrastiveTrainConfig, {"pooled_cosine": "maybe"}, 'pooled_cosine must be true or false, got "maybe"'),
     (ContrastiveTrainConfig, {"mixed_precision": True}, "quote the value"),
-    (CrossTrainConfig, {"lr": "fast"}, 'lr must be a number > 0, got "fast"'),
+    (CrossTrainConfig, {"lr": "fast"}, 'lr must be a number >= 0, got "fast"'),
     (PrepareConfig, {"overlap": 14}, "overlap must be < chunk_size"),
     (PrepareConfig, {"n_positive_per_book": -1}, "n_positive_per_book must be a whole number >= 0 or null"),
     (PrepareConfig, {"splitter": 3}, 'splitter must be one of regex, spacy, got "3"'),
@@ -99,8 +99,8 @@ def test_pipeline_set_validates_every_stage_and_refuses_an_empty_value(tmp_path,
     monkeypatch.setattr(bookmatch.prepare, "run_prepare", lambda *a, **k: pytest.fail("prepare ran"))
     out = tmp_path / "run"
     assert load_stage_options("cpu-small", sets=["prepare.holdout_authors="])["prepare"]["holdout_authors"] == ""
-    for sets, expected in ((["contrastive.lr="], 'contrastive: lr must be a number > 0, got ""'),
-                           (["contrastive.lr=-1"], "contrastive: lr must be a number > 0, got -1.0"),
+    for sets, expected in ((["contrastive.lr="], 'contrastive: lr must be a number >= 0, got ""'),
+                           (["contrastive.lr=-1"], "contrastive: lr must be a number >= 0, got -1.0"),
                            (["contrastive.seed=null"], "contrastive: seed must be a whole number >= 0, got null"),
                            (["contrastive.max_steps=1.5"], "contrastive: max_steps must be a whole number >= 0"),
                            (["cross.side_features=none"], "cross: unknown option(s) side_features"),
@@ -119,7 +119,7 @@ def test_every_training_setting_is_a_cli_option_with_its_declared_help():
         for f in dataclasses.fields(cls):
             flag = "--" + f.name.replace("_", "-")
             assert flag in result.output, (command, flag)
-        assert "Learning rate of the encoder. [default: 1e-05]" in result.output or command == "cross"
+        assert "Learning rate of the encoder (0 freezes it). [default: 1e-05]" in result.output or command == "cross"
     prepare_help = CliRunner().invoke(main, ["prepare", "--help"], terminal_width=400).output
     for f in dataclasses.fields(PrepareConfig):
         assert "--" + f.name.replace("_", "-") in prepare_help
@@ -128,13 +128,13 @@ def test_every_training_setting_is_a_cli_option_with_its_declared_help():
 def test_cli_values_are_checked_like_yaml_values(tmp_path):
     args = ["train", "contrastive", "--data", str(tmp_path), "--out", str(tmp_path / "o")]
     result = CliRunner().invoke(main, args + ["--lr", "-1"])
-    assert result.exit_code == 4 and "lr must be a number > 0, got -1.0" in result.stderr
+    assert result.exit_code == 4 and "lr must be a number >= 0, got -1.0" in result.stderr
     result = CliRunner().invoke(main, args + ["--max-steps", "1.5"])  # click's own type check: a usage error
     assert result.exit_code == 2
     config_file = tmp_path / "c.yaml"
     config_file.write_text("lr: {a: 1}\n")
     result = CliRunner().invoke(main, args + ["--config", str(config_file)])
-    assert result.exit_code == 4 and f'config {config_file}: lr must be a number > 0, got {{"a": 1}}' in result.stderr
+    assert result.exit_code == 4 and f'config {config_file}: lr must be a number >= 0, got {{"a": 1}}' in result.stderr
 
 
 _yaml_scalars = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6), st.floats(allow_nan=True),

@@ -56,11 +56,11 @@ def test_option_values_written_as_text_take_the_declared_types(tmp_path):
     yaml_file.write_text("seed: '5'\nhard_negatives: 'no'\nn_positive_per_book: '12'\nmin_shared_shingles: 2.0\n")
     prepare = build_config(PrepareConfig, file=yaml_file)
     assert (prepare.seed, prepare.hard_negatives, prepare.n_positive_per_book, prepare.min_shared_shingles) == (5, False, 12, 2)
-    with pytest.raises(ConfigError, match="lr must be a number > 0, got \"fast\""):
+    with pytest.raises(ConfigError, match="lr must be a number >= 0, got \"fast\""):
         build_config(ContrastiveTrainConfig, overrides={"lr": "fast"})
     out = tmp_path / "run"
     result = CliRunner().invoke(main, ["pipeline", "--out", str(out), "--set", "contrastive.lr=fast"])
-    assert result.exit_code == 4 and 'contrastive: lr must be a number > 0, got "fast"' in result.output
+    assert result.exit_code == 4 and 'contrastive: lr must be a number >= 0, got "fast"' in result.output
     assert not out.exists()
     result = CliRunner().invoke(main, ["pipeline", "--out", str(out), "--set", "contrastive.mixed_precision=fp8"])
     assert result.exit_code == 4 and "mixed_precision must be one of" in result.output and not out.exists()

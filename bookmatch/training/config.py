@@ -26,7 +26,7 @@ class TrainConfig:
     local_files_only: bool = setting(True, "Never touch the network for models.")
     epochs: int = setting(3, "Passes over the training pairs.", ge=1)
     batch_size: int = setting(8, "Pairs per device per micro-batch.", ge=1)
-    lr: float = setting(2e-5, "Learning rate of the encoder.", gt=0)
+    lr: float = setting(2e-5, "Learning rate of the encoder (0 freezes it).", ge=0)
     weight_decay: float = setting(0.01, "AdamW weight decay.", ge=0)
     warmup_steps: int = setting(1000, "Linear warmup steps (capped by warmup_max_fraction of the total).", ge=0)
     warmup_max_fraction: float = setting(0.1, "Short runs: warmup is capped at this fraction of the total steps.",
@@ -69,7 +69,7 @@ class CrossTrainConfig(TrainConfig):
     """The cross-encoder teacher: both passages in one sequence."""
 
     epochs: int = setting(3, "Passes over the training pairs.", ge=1)
-    lr: float = setting(2e-5, "Learning rate of the encoder.", gt=0)
+    lr: float = setting(2e-5, "Learning rate of the encoder (0 freezes it).", ge=0)
     max_seq_length: int = setting(512, "Tokens per pair (both passages in one sequence).", ge=1)
 
 
@@ -81,7 +81,7 @@ class ContrastiveTrainConfig(BiEncoderSettings, TrainConfig):
     pooled_cosine, long_texts) are the fields of `BiEncoderSettings`, inherited with their one default."""
 
     epochs: int = setting(5, "Passes over the training pairs.", ge=1)
-    lr: float = setting(1e-5, "Learning rate of the encoder.", gt=0)
+    lr: float = setting(1e-5, "Learning rate of the encoder (0 freezes it).", ge=0)
     ce_weight: float = setting(1.0, "Weight of the pair cross-entropy loss.", ge=0)
     contrastive_weight: float = setting(0.2, "Weight of the SupCon loss on the projections (0: off).", ge=0)
     temperature: float = setting(0.05, "SupCon temperature.", gt=0)
