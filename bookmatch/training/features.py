@@ -227,7 +227,12 @@ def _cross_rows(cross_encoder, pairs: list[tuple[str, str]]) -> list[tuple[list[
 def tokenizer_fingerprint(tokenizer) -> str:
     """sha1 over what decides a tokenizer's output (its full definition for fast tokenizers)."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    text = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
+    if backend is not None:
+        # without the truncation/padding state, which a call with truncation=True leaves on the backend
+        definition = {k: v for k, v in json.loads(backend.to_str()).items() if k not in ("truncation", "padding")}
+        text = json.dumps(definition, sort_keys=True)
+    else:
+        text = json.dumps(sorted(tokenizer.get_vocab().items()))
     settings = json.dumps([type(tokenizer).__name__, tokenizer.padding_side, tokenizer.truncation_side,
                            tokenizer.pad_token_id, getattr(tokenizer, "do_lower_case", None)])
     return hashlib.sha1((text + settings).encode("utf-8")).hexdigest()
