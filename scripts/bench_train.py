@@ -240,7 +240,7 @@ def ours_step_fn(encoder, args, device):
 
     from bookmatch.models.bi_encoder import BiEncoder, BiEncoderConfig
     from bookmatch.training.config import ContrastiveTrainConfig
-    from bookmatch.training.tasks import ContrastiveModule
+    from bookmatch.training.tasks import ContrastiveModule, LossWeights
 
     train_config = ContrastiveTrainConfig(max_seq_length=args.seq_len, projection_dim=args.projection_dim)
     model_config = BiEncoderConfig(
@@ -254,7 +254,9 @@ def ours_step_fn(encoder, args, device):
         pooled_cosine=False,
     )
     bi_encoder = BiEncoder(model_config, encoder, tokenizer=None)  # token ids are given: no tokenizer needed
-    model = ContrastiveModule(bi_encoder, train_config, rank=0, world_size=1, num_topics=0).to(device)
+    weights = LossWeights(train_config.ce_weight, train_config.contrastive_weight, train_config.distill_weight)
+    model = ContrastiveModule(bi_encoder, weights, temperature=train_config.temperature,
+                              distill_temperature=train_config.distill_temperature).to(device)
     if args.compile:
         encoder.compile()
     optimizer = make_optimizer(model.parameters(), device)

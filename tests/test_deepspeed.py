@@ -13,7 +13,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from test_resume import _args, data_dir  # noqa: F401  (data_dir is a fixture)
+from test_resume import _args, _entry, data_dir  # noqa: F401  (data_dir is a fixture)
 
 # Not a dev dependency: DeepSpeed builds a C++ op at first use on CPU, and CI machines need not have a compiler.
 pytest.importorskip("deepspeed", reason="deepspeed is not installed (pip install deepspeed; it comes with the gpu extra)")
@@ -23,7 +23,6 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _env() -> dict[str, str]:
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu")
-    env.pop("BOOKMATCH_TEST_KILL_AT_STEP", None)
     return env
 
 
@@ -39,10 +38,12 @@ def _zero_on_two_cpu_processes(tmp_path: Path, stage: int, **deepspeed_config) -
     return path
 
 
-def _launch(config: Path, data: Path, model: Path, out: Path, *extra: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """`accelerate launch --config_file CONFIG -m bookmatch train contrastive ...` (the resume tests' arguments)."""
+def _launch(config: Path, data: Path, model: Path, out: Path, *extra: str, env: dict[str, str] | None = None,
+            kill_at: int | None = None) -> subprocess.CompletedProcess:
+    """`accelerate launch --config_file CONFIG -m bookmatch train contrastive ...` (the resume tests' arguments);
+    with `kill_at`, through the launcher that SIGKILLs after that step."""
     args = [a for a in _args("contrastive", data, model, out) if a != "--cpu"]
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config), "-m", "bookmatch", *args, *extra]
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config), *_entry(kill_at), *args, *extra]
     return subprocess.run(command, cwd=REPO, env=env or _env(), capture_output=True, text=True, timeout=300)
 
 
@@ -88,10 +89,7 @@ def test_zero_resume_after_kill_matches_uninterrupted(stage, data_dir, tiny_enco
     config = _zero_on_two_cpu_processes(tmp_path, stage)
 
     def launch(out: Path, *extra: str, kill_at: int | None = None) -> subprocess.CompletedProcess:
-        env = _env()
-        if kill_at is not None:
-            env["BOOKMATCH_TEST_KILL_AT_STEP"] = str(kill_at)
-        return _launch(config, data_dir, tiny_encoder_dir, out, *extra, env=env)
+        return _launch(config, data_dir, tiny_encoder_dir, out, *extra, kill_at=kill_at)
 
     straight = launch(tmp_path / "straight")
     assert straight.returncode == 0, straight.stderr[-3000:]

@@ -33,12 +33,17 @@ def _args(task: str, data: Path, model: Path, out: Path) -> list[str]:
     return ["train", "cross", *common, "--batch-size", "6", "--grad-accum", "2", "--max-steps", "12", "--epochs", "2"]
 
 
+KILL_LAUNCHER = str(REPO / "tests" / "launch_kill_at_step.py")
+
+
+def _entry(kill_at: int | None) -> list[str]:
+    """How to start the CLI: plainly, or through the launcher that SIGKILLs after step `kill_at`."""
+    return ["-m", "bookmatch"] if kill_at is None else [KILL_LAUNCHER, str(kill_at)]
+
+
 def _run_cli(args: list[str], kill_at: int | None = None) -> subprocess.CompletedProcess:
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
-    env.pop("BOOKMATCH_TEST_KILL_AT_STEP", None)
-    if kill_at is not None:
-        env["BOOKMATCH_TEST_KILL_AT_STEP"] = str(kill_at)
-    return subprocess.run([sys.executable, "-m", "bookmatch", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, *_entry(kill_at), *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
 
 
 @pytest.mark.slow
@@ -85,11 +90,8 @@ def test_ddp_resume_after_kill_matches_uninterrupted(data_dir, tiny_encoder_dir,
     still end bit-for-bit where the uninterrupted run ends."""
     def launch(out: Path, *extra: str, kill_at: int | None = None) -> subprocess.CompletedProcess:
         env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
-        env.pop("BOOKMATCH_TEST_KILL_AT_STEP", None)
-        if kill_at is not None:
-            env["BOOKMATCH_TEST_KILL_AT_STEP"] = str(kill_at)
         args = _args("contrastive", data_dir, tiny_encoder_dir, out)
-        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "bookmatch", *args, "--batch-size", "4", *extra]
+        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", *_entry(kill_at), *args, "--batch-size", "4", *extra]
         return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
 
     straight = launch(tmp_path / "straight")

@@ -457,3 +457,93 @@ def test_real_run_lowers_validation_loss(corpus_dir, tiny_encoder_dir, tmp_path)
     history = summary["history"]
     assert history[-1]["val_loss"] < history[0]["val_loss"]
     assert max(h["val_auc"] for h in history) > 0.6
+
+
+@pytest.mark.parametrize("window", ["first", "random"])
+def test_feature_arrays_batch_like_the_plain_collator(synthetic_data, tiny_encoder_dir, window, tmp_path):
+    """The cached arrays (features.py) give the plain path's batches (tokenize_bi_encoder_split + collator), also
+    padded to a multiple, also after a round trip through the cache file."""
+    from datasets import load_from_disk
+
+    from bookmatch.models.bi_encoder import BiEncoder
+    from bookmatch.training.data import BiEncoderCollator, tokenize_bi_encoder_split, topic_ids, work_ids
+    from bookmatch.training.features import PairArrays, bi_encoder_arrays, cached_arrays
+
+    model = BiEncoder.from_backbone(str(tiny_encoder_dir), projection_dim=8, max_seq_length=16, lexical_buckets=64, lexical_top_k=4)
+    split = load_from_disk(str(synthetic_data))["train"].select(range(30))
+    model.fit_lexical(list(split["text1"]) + list(split["text2"]))
+    works, topics = work_ids(split, {}), topic_ids(split, None)
+    plain = tokenize_bi_encoder_split(split, model, works, topics, window=window, seed=3)
+    built = []
+    arrays = cached_arrays(tmp_path, "k", lambda: built.append(1) or bi_encoder_arrays(
+        list(split["text1"]), list(split["text2"]), model, window=window, seed=3))
+    again = cached_arrays(tmp_path, "k", lambda: built.append(1) or arrays)
+    assert built == [1] and isinstance(again, PairArrays)  # the second call read the file
+    for table in (arrays, again):
+        for side, i in (("a", 0), ("b", 1)):
+            table.add_column(f"work_{side}", np.asarray(works[i]))
+            table.add_column(f"topic_{side}", np.asarray(topics[i]))
+        table.add_column("label", np.asarray(split["label"]))
+        table.add_column("row", np.arange(len(split)))
+    for multiple in (None, 8):
+        collate = BiEncoderCollator(model.tokenizer, multiple)
+        for rows in ([0, 5, 7, 2], list(range(30))):
+            expected = collate([plain[r] for r in rows])
+            for table in (arrays, again):
+                table.pad_to_multiple_of = multiple
+                got = table.batch(rows)
+                assert sorted(got) == sorted(expected)
+                for key in expected:
+                    assert got[key].dtype == expected[key].dtype and torch.equal(got[key], expected[key]), key
+    assert arrays.lengths.tolist() == plain["length"]
+
+
+def test_cross_arrays_batch_like_the_plain_collator(synthetic_data, tiny_encoder_dir):
+    from datasets import load_from_disk
+
+    from bookmatch.models.cross_encoder import CrossEncoder
+    from bookmatch.training.data import CrossCollator, tokenize_cross_split
+    from bookmatch.training.features import cross_arrays
+
+    cross = CrossEncoder.from_backbone(str(tiny_encoder_dir), max_seq_length=24)
+    split = load_from_disk(str(synthetic_data))["train"].select(range(20))
+    plain = tokenize_cross_split(split, cross)
+    arrays = cross_arrays(list(split["text1"]), list(split["text2"]), cross)
+    arrays.add_column("label", np.asarray(split["label"]))
+    arrays.add_column("row", np.arange(len(split)))
+    rows = [3, 1, 4, 15, 9]
+    expected = CrossCollator(cross.tokenizer)([plain[r] for r in rows])
+    got = arrays.batch(rows)
+    assert sorted(got) == sorted(expected)
+    for key in expected:
+        assert torch.equal(got[key], expected[key]), key
+
+
+def test_second_run_reuses_the_feature_cache(synthetic_data, tiny_encoder_dir, tmp_path, caplog):
+    """A run writes its splits' arrays beside the data; the next run on the same data reads them and trains
+    the same; the summary reports where a step's time went."""
+    import logging
+
+    from safetensors.torch import load_file
+
+    from bookmatch.training.config import ContrastiveTrainConfig
+    from bookmatch.training.trainer import train_contrastive
+
+    def run(name: str):
+        train_contrastive(ContrastiveTrainConfig(
+            data=str(synthetic_data), out=str(tmp_path / name), model=str(tiny_encoder_dir), cpu=True, max_seq_length=24,
+            lr=1e-3, batch_size=8, max_steps=3, eval_steps=3, save_steps=100, projection_dim=8, epochs=1, seed=11,
+            lexical_buckets=64, lexical_top_k=4, name_top_k=4,
+        ))
+        return json.loads((tmp_path / name / "train_summary.json").read_text())
+
+    first = run("one")
+    with caplog.at_level(logging.INFO, logger="bookmatch.training.features"):
+        second = run("two")
+    assert sum("features: reusing" in r.getMessage() for r in caplog.records) == 2  # train and validation
+    assert first["history"] == second["history"]
+    wa, wb = (load_file(str(tmp_path / n / "final" / "model.safetensors")) for n in ("one", "two"))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert set(first["step_milliseconds"]) == {"data", "forward_backward", "optimizer", "logging"}
+    assert first["step_milliseconds"]["forward_backward"] > 0
+    assert "per step: data" in first["summary"] and first["summary"].startswith("train contrastive: 3 steps in ")

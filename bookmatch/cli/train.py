@@ -39,7 +39,9 @@ def _run(config_cls, train_function, config_file, values: dict) -> None:
     if precision is not None and values.get("mixed_precision") is None:
         values["mixed_precision"] = precision
     config = build_config(config_cls, file=config_file, overrides=values)  # a bad value: ConfigError, one line
-    final_dir = train_function(config)
+    # a caller embedding the CLI (the resume tests' launcher) may pass a step callback as click's context object
+    on_step = (click.get_current_context().obj or {}).get("on_step")
+    final_dir = train_function(config, on_step=on_step)
     # the trainer logs progress and its summary line; stdout carries only the final model folder, once
     if os.environ.get("RANK", "0") == "0":
         click.echo(str(final_dir))

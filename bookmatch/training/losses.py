@@ -205,14 +205,41 @@ def independence_loss(embeddings: torch.Tensor, topic_onehot: torch.Tensor, norm
     return {"independence_loss": (cross_cov**2).sum()}
 
 
+class LossLog(Mapping):
+    """Named loss values as floats, fetched from the device on the first read, in one transfer.
+
+    A training loop keeps each step's LossLog and reads only the ones it logs, so the device is not waited on
+    at every step (`float(loss)` would block until the step's kernels finish)."""
+
+    def __init__(self, terms: Mapping[str, torch.Tensor]) -> None:
+        self._names = list(terms)
+        device = next(iter(terms.values())).device if terms else None
+        self._values = torch.stack([v.detach().float().reshape(()).to(device) for v in terms.values()]) if terms else None
+        self._floats: dict[str, float] | None = None
+
+    def _read(self) -> dict[str, float]:
+        if self._floats is None:
+            self._floats = dict(zip(self._names, self._values.tolist())) if self._values is not None else {}
+        return self._floats
+
+    def __getitem__(self, name: str) -> float:
+        return self._read()[name]
+
+    def __iter__(self):
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+
 def combine_losses(
     terms: Mapping[str, torch.Tensor], weights: Mapping[str, float] | None = None
-) -> tuple[torch.Tensor, dict[str, float]]:
+) -> tuple[torch.Tensor, LossLog]:
     """total = sum(weights.get(k, 1.0) * terms[k]) over keys ending in `_loss`; all terms are logged.
 
     A term with weight 0 is left out of the total (so a NaN in a disabled term cannot poison it); weights for
     terms that are absent are ignored (a disabled loss simply produces no term). The logged
-    dict holds every term as a float plus `loss` (the total); the values are fetched with one device sync.
+    LossLog holds every term plus `loss` (the total); its values are fetched with one device sync when read.
     """
     weights = weights or {}
     total = None
@@ -225,6 +252,4 @@ def combine_losses(
         total = weight * value if total is None else total + weight * value
     if total is None:
         raise ValueError(f"no loss term to optimise among {sorted(terms)} with weights {dict(weights)}")
-    names = list(terms) + ["loss"]
-    values = torch.stack([terms[k].detach().float().reshape(()).to(total.device) for k in terms] + [total.detach().float()])
-    return total, dict(zip(names, values.tolist()))
+    return total, LossLog({**terms, "loss": total})

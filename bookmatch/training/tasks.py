@@ -3,10 +3,13 @@ its data (tokenisation, collator), how its servable model is saved, and the teac
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -14,18 +17,19 @@ from bookmatch.config import section_values
 from bookmatch.models.bi_encoder import BiEncoder
 from bookmatch.models.cross_encoder import CrossEncoder
 from bookmatch.models.settings import BiEncoderSettings
-from bookmatch.training.config import ContrastiveTrainConfig, TrainConfig
-from bookmatch.training.data import (
-    BiEncoderCollator,
-    CrossCollator,
-    label_index,
-    tokenize_bi_encoder_split,
-    tokenize_cross_split,
-    topic_ids,
-    topic_index,
-    work_ids,
+from bookmatch.training.config import TrainConfig
+from bookmatch.training.data import label_index, texts_fingerprint, topic_ids, topic_index, work_ids
+from bookmatch.training.features import (
+    PairArrays,
+    arrays_key,
+    bi_encoder_arrays,
+    cache_folder,
+    cached_arrays,
+    cross_arrays,
+    tokenizer_fingerprint,
 )
 from bookmatch.training.losses import (
+    LossLog,
     SupConLoss,
     TopicAdversary,
     combine_losses,
@@ -38,65 +42,84 @@ from bookmatch.training.teacher_logits import teacher_logits
 logger = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class LossWeights:
+    """Weights of the bi-encoder's loss terms (a weight of 0 leaves its term out of the total)."""
+
+    ce: float = 1.0
+    contrastive: float = 0.2
+    distill: float = 0.5
+    topic_adversary: float = 0.1
+    independence: float = 0.0
+
+    def by_term(self) -> dict[str, float]:
+        return {
+            "ce_loss": self.ce,
+            "contrastive_loss": self.contrastive,
+            "distill_loss": self.distill,
+            "topic_adv_loss": self.topic_adversary,
+            "independence_loss": self.independence,
+        }
+
+
 class ContrastiveModule(nn.Module):
     """The bi-encoder plus the training-only parts (topic adversary); forward returns the loss terms.
 
     The losses are computed inside forward so that DDP / DeepSpeed see every trainable parameter used there.
+    `num_topics` > 0 adds the topic adversary (gradient reversal scaled by `adversary_lambda`).
     """
 
-    def __init__(self, bi_encoder: BiEncoder, config: ContrastiveTrainConfig, rank: int, world_size: int, num_topics: int) -> None:
+    def __init__(
+        self,
+        bi_encoder: BiEncoder,
+        weights: LossWeights,
+        temperature: float = 0.05,
+        distill_temperature: float = 2.0,
+        num_topics: int = 0,
+        adversary_lambda: float = 0.1,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
         super().__init__()
         self.bi_encoder = bi_encoder
-        self.train_config = config
-        self.supcon = SupConLoss(config.temperature, rank=rank, world_size=world_size)
+        self.weights = weights
+        self.distill_temperature = distill_temperature
+        self.supcon = SupConLoss(temperature, rank=rank, world_size=world_size)
         hidden = bi_encoder.config.hidden_size
-        self.topic_adversary = (
-            TopicAdversary(hidden, max(1, num_topics), lambda_=config.topic_adversary_lambda)
-            if config.topic_adversary and num_topics > 0
-            else None
-        )
+        self.topic_adversary = TopicAdversary(hidden, num_topics, lambda_=adversary_lambda) if num_topics > 0 else None
 
     def forward(self, batch: dict[str, torch.Tensor], with_losses: bool = True) -> dict[str, torch.Tensor]:
         out = self.bi_encoder(batch)
         if not with_losses:
             return {"logits": out["logits"]}
-        cfg = self.train_config
+        weights = self.weights
         terms: dict[str, torch.Tensor] = {}
         terms.update(pair_ce_loss(out["logits"], batch["label"]))
-        if cfg.contrastive_weight > 0:
+        if weights.contrastive > 0:
             projected = torch.cat([out["projected_a"], out["projected_b"]])
             terms.update(self.supcon(projected, torch.cat([batch["work_a"], batch["work_b"]])))
-        if "teacher_logits" in batch and cfg.distill_weight > 0:
-            terms.update(distillation_loss(out["logits"], batch["teacher_logits"], cfg.distill_temperature))
+        if "teacher_logits" in batch and weights.distill > 0:
+            terms.update(distillation_loss(out["logits"], batch["teacher_logits"], self.distill_temperature))
         pooled = topics = None
-        if self.topic_adversary is not None or cfg.independence_weight > 0:
+        if self.topic_adversary is not None or weights.independence > 0:
             pooled = torch.cat([out["pooled_a"], out["pooled_b"]])
             topics = torch.cat([batch["topic_a"], batch["topic_b"]])
         if self.topic_adversary is not None:
             terms.update(self.topic_adversary(pooled, topics))
-        if cfg.independence_weight > 0:
+        if weights.independence > 0:
             terms.update(independence_loss(pooled, topics))
-        total, logged = combine_losses(
-            terms,
-            {
-                "ce_loss": cfg.ce_weight,
-                "contrastive_loss": cfg.contrastive_weight,
-                "distill_loss": cfg.distill_weight,
-                "topic_adv_loss": cfg.topic_adversary_weight,
-                "independence_loss": cfg.independence_weight,
-            },
-        )
+        total, logged = combine_losses(terms, weights.by_term())
         return {"logits": out["logits"], "loss": total, "logged": logged}
 
 
-def cached_contrastive_step(module: ContrastiveModule, batch: dict[str, torch.Tensor], cached, accelerator) -> dict[str, float]:
+def cached_contrastive_step(module: ContrastiveModule, batch: dict[str, torch.Tensor], cached, accelerator) -> LossLog:
     """One GradCache step of the bi-encoder loss: the full batch's SupCon at one mini-batch's memory.
 
     Both sides are stacked (rows [0, B) are text1, [B, 2B) text2) and padded to one length; every other
     term is computed on the full batch from the cached embeddings (`gradcache.CachedSupCon`). Leaves the
     gradients in `.grad`; the caller clips and steps.
     """
-    bi_encoder, cfg = module.bi_encoder, module.train_config
+    bi_encoder, weights = module.bi_encoder, module.weights
     size = batch["label"].shape[0]
     length = max(batch["input_ids_a"].shape[1], batch["input_ids_b"].shape[1])
     pad_id = bi_encoder.tokenizer.pad_token_id or 0
@@ -120,12 +143,12 @@ def cached_contrastive_step(module: ContrastiveModule, batch: dict[str, torch.Te
         with accelerator.autocast():
             logits = bi_encoder.classify(pooled[:size], pooled[size:], batch["style_a"], batch["style_b"])
         terms = dict(pair_ce_loss(logits, batch["label"]))
-        if "teacher_logits" in batch and cfg.distill_weight > 0:
-            terms.update(distillation_loss(logits, batch["teacher_logits"], cfg.distill_temperature))
+        if "teacher_logits" in batch and weights.distill > 0:
+            terms.update(distillation_loss(logits, batch["teacher_logits"], module.distill_temperature))
         topics = torch.cat([batch["topic_a"], batch["topic_b"]])
         if module.topic_adversary is not None:
             terms.update(module.topic_adversary(pooled, topics))
-        if cfg.independence_weight > 0:
+        if weights.independence > 0:
             terms.update(independence_loss(pooled, topics))
         return terms
 
@@ -134,15 +157,9 @@ def cached_contrastive_step(module: ContrastiveModule, batch: dict[str, torch.Te
         inputs,
         torch.cat([batch["work_a"], batch["work_b"]]),
         pair_terms,
-        weights={
-            "ce_loss": cfg.ce_weight,
-            "contrastive_loss": cfg.contrastive_weight,
-            "distill_loss": cfg.distill_weight,
-            "topic_adv_loss": cfg.topic_adversary_weight,
-            "independence_loss": cfg.independence_weight,
-        },
+        weights=weights.by_term(),
     )
-    return {**{k: float(v) for k, v in terms.items()}, "loss": float(total)}
+    return LossLog({**terms, "loss": total})
 
 
 class CrossModule(nn.Module):
@@ -171,10 +188,9 @@ class Task:
     def build(self, data, rank: int, world_size: int) -> nn.Module:
         raise NotImplementedError
 
-    def tokenize(self, split, train: bool = False):
-        raise NotImplementedError
-
-    def collator(self, pad_to_multiple_of: int | None):
+    def arrays(self, split, data_dir: Path, out: Path, train: bool = False, write: bool = True) -> PairArrays:
+        """The split's model inputs (features.PairArrays), from the features cache when an earlier run on this
+        data left them; `write`: store them there when computed (one process writes)."""
         raise NotImplementedError
 
     def save_final(self, module: nn.Module, path: Path, state_dict: dict[str, torch.Tensor] | None = None) -> None:
@@ -199,11 +215,13 @@ class CrossTask(Task):
             self.cross.model.gradient_checkpointing_enable()
         return CrossModule(self.cross)
 
-    def tokenize(self, split, train: bool = False):
-        return tokenize_cross_split(split, self.cross, num_proc=self.config.preprocess_workers)
-
-    def collator(self, pad_to_multiple_of):
-        return CrossCollator(self.cross.tokenizer, pad_to_multiple_of)
+    def arrays(self, split, data_dir, out, train=False, write=True):
+        key = arrays_key(texts_fingerprint(split), task="cross", tokenizer=tokenizer_fingerprint(self.cross.tokenizer),
+                         max_seq_length=self.cross.config.max_seq_length)
+        texts_a, texts_b = list(split["text1"]), list(split["text2"])
+        arrays = cached_arrays(cache_folder(data_dir, out), key, write=write,
+                               build=lambda: cross_arrays(texts_a, texts_b, self.cross, self.config.preprocess_workers))
+        return _with_pair_columns(arrays, split)
 
     def save_final(self, module, path, state_dict=None):
         weights = None if state_dict is None else _strip_prefix(state_dict, "model.")
@@ -226,17 +244,32 @@ class ContrastiveTask(Task):
             self.bi_encoder.encoder.gradient_checkpointing_enable()
         self.book_work = data.book_work
         self.topics = topic_index(data.splits["train"]) if (cfg.topic_adversary or cfg.independence_weight > 0) else None
-        return ContrastiveModule(self.bi_encoder, cfg, rank, world_size, len(self.topics or {}))
-
-    def tokenize(self, split, train: bool = False):
-        return tokenize_bi_encoder_split(
-            split, self.bi_encoder, work_ids(split, self.book_work), topic_ids(split, self.topics),
-            num_proc=self.config.preprocess_workers, window=self.config.training_window if train else "first",
-            seed=self.config.seed,
+        weights = LossWeights(cfg.ce_weight, cfg.contrastive_weight, cfg.distill_weight, cfg.topic_adversary_weight,
+                              cfg.independence_weight)
+        return ContrastiveModule(
+            self.bi_encoder, weights, temperature=cfg.temperature, distill_temperature=cfg.distill_temperature,
+            num_topics=len(self.topics) if cfg.topic_adversary and self.topics else 0,
+            adversary_lambda=cfg.topic_adversary_lambda, rank=rank, world_size=world_size,
         )
 
-    def collator(self, pad_to_multiple_of):
-        return BiEncoderCollator(self.bi_encoder.tokenizer, pad_to_multiple_of)
+    def arrays(self, split, data_dir, out, train=False, write=True):
+        cfg, model = self.config, self.bi_encoder
+        window = cfg.training_window if train else "first"
+        idf = hashlib.sha1(b"".join(idf.detach().cpu().numpy().tobytes() for _, idf in model._fingerprints())).hexdigest()
+        key = arrays_key(
+            texts_fingerprint(split), task="bi_encoder", tokenizer=tokenizer_fingerprint(model.tokenizer),
+            max_seq_length=model.config.max_seq_length, window=window, seed=cfg.seed if window == "random" else None,
+            side_features=model.config.side_feature_names, lexical=[model.config.lexical_buckets, model.config.lexical_top_k,
+            model.config.name_top_k], idf=idf,
+        )
+        texts_a, texts_b = list(split["text1"]), list(split["text2"])
+        arrays = cached_arrays(cache_folder(data_dir, out), key, write=write, build=lambda: bi_encoder_arrays(
+            texts_a, texts_b, model, window=window, seed=cfg.seed, workers=cfg.preprocess_workers))
+        works, topics = work_ids(split, self.book_work), topic_ids(split, self.topics)
+        for side, i in (("a", 0), ("b", 1)):
+            arrays.add_column(f"work_{side}", np.asarray(works[i], dtype=np.int64))
+            arrays.add_column(f"topic_{side}", np.asarray(topics[i], dtype=np.int64))
+        return _with_pair_columns(arrays, split)
 
     def batch_groups(self, train_split):
         if self.config.authors_per_batch < 1:
@@ -255,7 +288,15 @@ class ContrastiveTask(Task):
         if not self.config.teacher:
             return tokenized
         logits = teacher_logits(self.config, train_split, accelerator, out)
-        return tokenized.add_column("teacher_logits", logits.tolist())
+        tokenized.add_column("teacher_logits", np.asarray(logits, dtype=np.float32))
+        return tokenized
+
+
+def _with_pair_columns(arrays: PairArrays, split) -> PairArrays:
+    """Add each pair's label and its row in the split (evaluation gathers by row)."""
+    arrays.add_column("label", np.asarray(split["label"], dtype=np.int64))
+    arrays.add_column("row", np.arange(len(split), dtype=np.int64))
+    return arrays
 
 
 def _strip_prefix(state_dict: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
