@@ -190,7 +190,7 @@ for path in sorted(glob.glob(str(out / "*.json"))):
             rows = json.loads(Path(path).read_text())
         except ValueError:
             continue
-        rows = rows if isinstance(rows, list) else [rows]
+        rows = rows.get("results", [rows]) if isinstance(rows, dict) else rows  # bench_train: {meta, results}
         summary[Path(path).stem] = [{k: r.get(k) for k in ("size", "path", "batch_pairs", "median_step_s", "mfu", "pairs_per_s",
                                                            "compiled", "pad_fraction")} for r in rows if isinstance(r, dict)]
 stages = json.loads((out / "stages.json").read_text()) if (out / "stages.json").exists() else []
