@@ -280,8 +280,11 @@ else
     text2="The sea was calm that night, and the lamps of the harbour burned low."
     if (( quick )); then
         step "two-stage inference on the trained models"
+        # A prefilter at 0 sends the pair on to the cross-encoder, so that both models run in the image.
         "${run[@]}" "$image" infer two-stage --bi-model /vol/run/models/book_matcher_contrastive/final \
-            --cross-model /vol/run/models/book_matcher/final --text1 "$text1" --text2 "$text2" | tee "$work/infer.json"
+            --cross-model /vol/run/models/book_matcher/final --prefilter-threshold 0 \
+            --text1 "$text1" --text2 "$text2" | tee "$work/infer.json"
+        grep -q '"stage": "cross-encoder"' "$work/infer.json" || { echo "the cross-encoder did not decide" >&2; exit 1; }
     else
         step "inference with the calibrated model"
         "${run[@]}" "$image" infer contrastive --model /vol/run/models/book_matcher_contrastive/final \
