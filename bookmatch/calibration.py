@@ -19,8 +19,15 @@ from bookmatch.config import check_settings, setting
 from bookmatch.errors import InputError
 from bookmatch.inference import BI_ENCODER, detect_model_kind, load_scorer
 from bookmatch.inference.calibration import (
-    TARGETS, best_threshold, calibration_figures, calibration_path, cohort_path, fit_style_calibration, fit_temperature,
-    probability_from_margin, style_calibration_path,
+    TARGETS,
+    best_threshold,
+    calibration_figures,
+    calibration_path,
+    cohort_path,
+    fit_style_calibration,
+    fit_temperature,
+    probability_from_margin,
+    style_calibration_path,
 )
 from bookmatch.inference.pairs_file import load_labelled_pairs
 from bookmatch.precision import PRECISIONS

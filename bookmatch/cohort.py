@@ -37,9 +37,9 @@ COHORT_FILE = "score_cohort.safetensors"
 class ScoreCohort:
     """The cohort's embeddings, as `BiEncoder.encode_texts` returns them (pooled, projected, style)."""
 
-    pooled: "torch.Tensor"  # noqa: F821  (torch is imported lazily: the CLI starts without it)
-    projected: "torch.Tensor"  # noqa: F821
-    style: "torch.Tensor"  # noqa: F821
+    pooled: torch.Tensor  # noqa: F821  (torch is imported lazily: the CLI starts without it)
+    projected: torch.Tensor  # noqa: F821
+    style: torch.Tensor  # noqa: F821
     source: str = "the score cohort"  # for messages: the file it was read from
 
     def __len__(self) -> int:

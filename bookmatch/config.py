@@ -16,8 +16,9 @@ import math
 import os
 import types
 import typing
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence, TypeVar
+from typing import Any, TypeVar
 
 import yaml
 
@@ -169,7 +170,7 @@ def check_value(name: str, value: Any, hint: Any, meta: Mapping[str, Any], conve
     return value
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def field_types(cls: type) -> dict[str, Any]:
     """The resolved annotations of a config class (resolving them costs milliseconds: done once per class)."""
     return typing.get_type_hints(cls)

@@ -5,9 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bookmatch.inference.calibration import Calibration, StyleCalibration, best_threshold, binary_nll, fit_style_calibration, fit_temperature, probability_from_margin
 from bookmatch.errors import InputError
 from bookmatch.evaluation.metrics import expected_calibration_error
+from bookmatch.inference.calibration import (
+    Calibration,
+    StyleCalibration,
+    best_threshold,
+    binary_nll,
+    fit_style_calibration,
+    fit_temperature,
+    probability_from_margin,
+)
 
 
 def _overconfident(n: int, seed: int, scale: float = 4.0):

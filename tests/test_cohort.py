@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from bookmatch.calibration import CalibrateConfig, calibrate
-from bookmatch.inference.calibration import probability_from_margin
 from bookmatch.cohort import COHORT_FILE, ScoreCohort, select_cohort_texts
 from bookmatch.errors import InputError
 from bookmatch.inference import BiEncoderScorer, Matcher
+from bookmatch.inference.calibration import probability_from_margin
 
 WORDS = "river harbour winter letter captain garden storm lamp orchard bridge candle market window doctor".split()
 

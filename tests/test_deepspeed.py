@@ -12,7 +12,6 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
-
 from test_resume import _args, _entry, data_dir  # noqa: F401  (data_dir is a fixture)
 
 # Not a dev dependency: DeepSpeed builds a C++ op at first use on CPU, and CI machines need not have a compiler.

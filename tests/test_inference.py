@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from bookmatch.inference.calibration import probability_from_margin
 from bookmatch.cli import main
 from bookmatch.errors import InputError, ModelLoadError
 from bookmatch.inference import Matcher, read_pairs_jsonl, two_stage_decision
+from bookmatch.inference.calibration import probability_from_margin
 from bookmatch.storage import atomic_write_json
 
 PASSAGES = [

@@ -75,7 +75,7 @@ def third_party_imports(root: Path) -> dict[str, set[str]]:
     return {module: set(files) for module, files in _scan(str(root)).items()}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _scan(root_name: str) -> dict[str, frozenset[str]]:
     root = Path(root_name)
     found: dict[str, set[str]] = {}

@@ -15,6 +15,7 @@ from bookmatch.prepare.records import BookRecord, sentence_hash, sentence_hashes
 from bookmatch.prepare.splits import assign_splits, is_holdout_author
 from bookmatch.prepare.topics import GENERAL, chunk_topic
 
+
 def letters_word(index: int) -> str:
     """A distinct made-up word of letters only (word-gram shingles ignore digits)."""
     word = "w"

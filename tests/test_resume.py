@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from test_training import _synthetic_books, make_pair_dataset
 
 from bookmatch.training.checkpoint import TrainerState, latest_checkpoint
-from test_training import _synthetic_books, make_pair_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 

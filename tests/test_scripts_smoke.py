@@ -8,7 +8,6 @@ import re
 import sys
 from pathlib import Path
 
-
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
 

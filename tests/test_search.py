@@ -144,9 +144,9 @@ def names_model(tiny_encoder_dir, tmp_path_factory) -> Path:
     """A tiny bi-encoder whose margin is set to grow with its names-signature cosine (the classifier's weights
     are planted), so the evidence must find the sentences holding the shared name."""
     import torch
+    from conftest import SAMPLE_TEXTS
 
     from bookmatch.models.bi_encoder import BiEncoder
-    from conftest import SAMPLE_TEXTS
 
     torch.manual_seed(0)
     model = BiEncoder.from_backbone(str(tiny_encoder_dir), projection_dim=16, classifier_hidden_dim=8, max_seq_length=64,

@@ -17,7 +17,6 @@ from pathlib import Path
 import httpx
 import pytest
 from click.testing import CliRunner
-
 from conftest import SAMPLE_TEXTS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,7 +43,7 @@ class ThreadedServer:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def __enter__(self) -> "ThreadedServer":
+    def __enter__(self) -> ThreadedServer:
         self.thread.start()
         deadline = time.time() + 60
         while not self.server.started:

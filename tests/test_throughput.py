@@ -68,7 +68,12 @@ def test_sentence_transformers_folder_pooling_is_read(tmp_path, tiny_encoder_dir
     import json
     import shutil
 
-    from bookmatch.prepare.mining import SentenceEncoder, _sentence_transformers_pooling, embed_centroids, embed_centroids_plain
+    from bookmatch.prepare.mining import (
+        SentenceEncoder,
+        _sentence_transformers_pooling,
+        embed_centroids,
+        embed_centroids_plain,
+    )
 
     folder = tmp_path / "st"
     shutil.copytree(tiny_encoder_dir, folder)

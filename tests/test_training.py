@@ -304,8 +304,8 @@ def test_early_stopping(synthetic_data, tiny_encoder_dir, tmp_path):
 def test_auto_precision_resolves_to_what_the_device_computes_natively(synthetic_data, tiny_encoder_dir, tmp_path):
     import yaml
 
-    from bookmatch.training.config import ContrastiveTrainConfig
     from bookmatch.precision import native_bf16, resolve_mixed_precision
+    from bookmatch.training.config import ContrastiveTrainConfig
     from bookmatch.training.trainer import train_contrastive
 
     for value in ("no", "bf16", "fp16"):

@@ -31,9 +31,10 @@ def calibrate(model_dir, data_dir, pairs_file, split, target, batch_size, max_pa
     Writes calibration.json (and, for a bi-encoder, style_calibration.json and the score cohort
     score_cohort.safetensors) in the model's parent folder: OUT/final/ -> OUT/calibration.json.
     """
-    from bookmatch.calibration import CalibrateConfig, calibrate as run_calibrate
-    from bookmatch.inference.calibration import calibration_path
+    from bookmatch.calibration import CalibrateConfig
+    from bookmatch.calibration import calibrate as run_calibrate
     from bookmatch.config import build_config
+    from bookmatch.inference.calibration import calibration_path
 
     config = build_config(
         CalibrateConfig,

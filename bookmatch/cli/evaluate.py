@@ -29,7 +29,8 @@ def evaluate(model_dir, data_dir, split, pairs_file, report_dir, cross_model_dir
     The bi-encoder reads long texts whole, window by window; the cross-encoder truncates at its max_seq_length.
     """
     from bookmatch.config import build_config
-    from bookmatch.evaluation.evaluate import EvaluateConfig, evaluate as run_evaluate
+    from bookmatch.evaluation.evaluate import EvaluateConfig
+    from bookmatch.evaluation.evaluate import evaluate as run_evaluate
 
     config = build_config(
         EvaluateConfig,

@@ -13,13 +13,13 @@ from typing import Any
 
 import numpy as np
 
-from bookmatch.inference.calibration import Calibration, load_calibration, load_score_cohort, probability_from_margin
-from bookmatch.inference.pairs_file import load_labelled_pairs
 from bookmatch.config import check_settings, save_config, setting
 from bookmatch.errors import InputError
 from bookmatch.evaluation import plots
 from bookmatch.evaluation.metrics import compute_metrics, metrics_by_kind
 from bookmatch.evaluation.report import render_report
+from bookmatch.inference.calibration import Calibration, load_calibration, load_score_cohort, probability_from_margin
+from bookmatch.inference.pairs_file import load_labelled_pairs
 from bookmatch.precision import PRECISIONS
 from bookmatch.storage import atomic_write_json, atomic_write_text, os_reason
 
@@ -64,7 +64,7 @@ class _Scores:
 
 
 def _two_stage(bi_margin, cross_margin, bi_cal: Calibration, cross_cal: Calibration, prefilter: float) -> _Scores:
-    from bookmatch.inference import CROSS_ENCODER, BI_ENCODER, two_stage_decision
+    from bookmatch.inference import BI_ENCODER, CROSS_ENCODER, two_stage_decision
 
     probability, same_book, by_cross = two_stage_decision(
         bi_cal.probabilities(bi_margin), cross_cal.probabilities(cross_margin), prefilter, cross_cal.threshold

@@ -8,7 +8,8 @@ PAN submission with a tuned threshold hands to the evaluator.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 

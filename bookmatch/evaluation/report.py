@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 TABLE_METRICS = ("accuracy", "precision", "recall", "f1", "auc", "average_precision", "brier", "ece", "c_at_1", "f05u")
 

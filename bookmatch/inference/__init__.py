@@ -17,10 +17,25 @@ Modules: `pairs_file` (reading JSON-lines pairs), `loading` (model kind, device,
 each model), `matcher` (the `Matcher` API and the two-stage rule).
 """
 
-from bookmatch.inference.loading import BI_ENCODER, CROSS_ENCODER, default_device, detect_model_kind, load_bi_encoder, load_cross_encoder, resolve_device
+from bookmatch.inference.loading import (
+    BI_ENCODER,
+    CROSS_ENCODER,
+    default_device,
+    detect_model_kind,
+    load_bi_encoder,
+    load_cross_encoder,
+    resolve_device,
+)
 from bookmatch.inference.matcher import MIN_RELIABLE_WORDS, BatchReport, Matcher, MatchResult, two_stage_decision
 from bookmatch.inference.pairs_file import is_valid_unicode, read_pairs_jsonl
-from bookmatch.inference.scorers import TRUNCATED, BiEncoderScorer, CrossEncoderScorer, RawScores, load_scorer, resolve_inference_precision
+from bookmatch.inference.scorers import (
+    TRUNCATED,
+    BiEncoderScorer,
+    CrossEncoderScorer,
+    RawScores,
+    load_scorer,
+    resolve_inference_precision,
+)
 
 __all__ = [
     "BI_ENCODER", "CROSS_ENCODER", "MIN_RELIABLE_WORDS", "TRUNCATED", "BatchReport", "BiEncoderScorer", "CrossEncoderScorer",

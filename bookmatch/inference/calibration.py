@@ -16,9 +16,10 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -130,7 +131,7 @@ class StyleCalibration:
         return {"method": "isotonic", "input": "cosine of projected embeddings", "x": list(self.x), "y": list(self.y)}
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "StyleCalibration":
+    def from_json(cls, data: dict[str, Any]) -> StyleCalibration:
         """ValueError (or KeyError/TypeError) unless the knots are a usable map: np.interp quietly returns
         garbage for unequal lengths, unsorted or non-finite x, so a damaged file is refused here instead."""
         x, y = tuple(float(v) for v in data["x"]), tuple(float(v) for v in data["y"])

@@ -6,19 +6,32 @@ import json
 import os
 import re
 import time
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
-from bookmatch.inference.calibration import Calibration, StyleCalibration, load_calibration, load_score_cohort, load_style_calibration
 from bookmatch.config import check_batch_size
 from bookmatch.errors import InputError, ModelLoadError
-from bookmatch.inference.loading import BI_ENCODER, CROSS_ENCODER, detect_model_kind, load_bi_encoder, load_cross_encoder
+from bookmatch.inference.calibration import (
+    Calibration,
+    StyleCalibration,
+    load_calibration,
+    load_score_cohort,
+    load_style_calibration,
+)
+from bookmatch.inference.loading import (
+    BI_ENCODER,
+    CROSS_ENCODER,
+    detect_model_kind,
+    load_bi_encoder,
+    load_cross_encoder,
+)
 from bookmatch.inference.pairs_file import check_pairs_input, is_valid_unicode, read_pairs_jsonl
-from bookmatch.leftovers import sweep_dead
 from bookmatch.inference.scorers import TRUNCATED, BiEncoderScorer, CrossEncoderScorer, longer_than, truncation_warning
+from bookmatch.leftovers import sweep_dead
 from bookmatch.storage import os_reason
 
 # Fewer words than this and the style/topic signal is too thin to trust: scored, but with a warning.
@@ -107,7 +120,7 @@ class Matcher:
         cross_threshold: float | None = None,
         cache_size: int = 4096,
         precision: str = "auto",
-    ) -> "Matcher":
+    ) -> Matcher:
         """Load the bi-encoder in `model_dir` (and a cross-encoder for two-stage) with the calibration files
         in their parent folders, when present. `precision`: the encoders' autocast (see BiEncoderScorer)."""
         if detect_model_kind(model_dir) != BI_ENCODER:

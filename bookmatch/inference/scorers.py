@@ -6,15 +6,15 @@ from __future__ import annotations
 import hashlib
 import os
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 from bookmatch.errors import InputError
 from bookmatch.inference.calibration import logit_margin
 from bookmatch.inference.loading import CROSS_ENCODER, detect_model_kind, load_bi_encoder, load_cross_encoder
-
 
 TRUNCATED = "are read"  # marks the truncation warning (counted in batch reports)
 

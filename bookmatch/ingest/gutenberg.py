@@ -19,9 +19,9 @@ import random
 import re
 import time
 import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
 
 from bookmatch.ingest import (
     IngestIndex,
@@ -260,7 +260,7 @@ async def _get_once(client, url: str, config: GutenbergConfig) -> bytes:
 
     try:
         return await asyncio.wait_for(attempt(), config.timeout)
-    except asyncio.TimeoutError as err:
+    except TimeoutError as err:
         raise _Retryable(f"timed out after {config.timeout:g} s") from err
     except httpx.TimeoutException as err:
         raise _Retryable(f"timed out after {config.timeout:g} s") from err

@@ -10,9 +10,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple, Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -98,7 +99,7 @@ class BiEncoder(nn.Module):
 
     # construction and storage -----------------------------------------------------------------------------
     @classmethod
-    def from_backbone(cls, backbone: str, local_files_only: bool = True, **config_values) -> "BiEncoder":
+    def from_backbone(cls, backbone: str, local_files_only: bool = True, **config_values) -> BiEncoder:
         """A new bi-encoder on a pretrained encoder (heads randomly initialised from the torch seed)."""
         from transformers import AutoModel, AutoTokenizer
 
@@ -113,7 +114,7 @@ class BiEncoder(nn.Module):
         return cls(BiEncoderConfig(backbone=str(backbone), **config_values), encoder, tokenizer)
 
     @classmethod
-    def from_pretrained(cls, model_dir: str | os.PathLike, device: str | torch.device | None = None) -> "BiEncoder":
+    def from_pretrained(cls, model_dir: str | os.PathLike, device: str | torch.device | None = None) -> BiEncoder:
         from transformers import AutoConfig, AutoModel, AutoTokenizer
 
         model_dir = Path(model_dir)

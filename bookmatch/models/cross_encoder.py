@@ -5,9 +5,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
@@ -35,7 +35,7 @@ class CrossEncoder:
         self.tokenizer = tokenizer
 
     @classmethod
-    def from_backbone(cls, backbone: str, max_seq_length: int = 512, local_files_only: bool = True) -> "CrossEncoder":
+    def from_backbone(cls, backbone: str, max_seq_length: int = 512, local_files_only: bool = True) -> CrossEncoder:
         """A new cross-encoder on a pretrained encoder (the classification head is newly initialised)."""
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -49,7 +49,7 @@ class CrossEncoder:
         return cls(CrossEncoderConfig(backbone=str(backbone), max_seq_length=max_seq_length), model, tokenizer)
 
     @classmethod
-    def from_pretrained(cls, model_dir: str | os.PathLike, device: str | torch.device | None = None) -> "CrossEncoder":
+    def from_pretrained(cls, model_dir: str | os.PathLike, device: str | torch.device | None = None) -> CrossEncoder:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         model_dir = Path(model_dir)

@@ -7,8 +7,8 @@ For tests and throughput benchmarks: no download, seconds to build. The folder i
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 
 def train_wordpiece_tokenizer(texts: Iterable[str], vocab_size: int = 2000):

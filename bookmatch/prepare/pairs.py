@@ -8,8 +8,8 @@ to tell one author's books apart), `same_topic` (same lexicon topic) and `random
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from bookmatch.prepare.records import BookRecord
 

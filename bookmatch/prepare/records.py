@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+
 @dataclass
 class BookRecord:
     path: str  # relative to the books folder, posix separators: the stable key across machines and shards

@@ -9,9 +9,9 @@ from __future__ import annotations
 import functools
 import multiprocessing
 import random
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 from bookmatch.errors import InputError
 from bookmatch.prepare.records import BookRecord, sentence_hashes, word_gram_shingles

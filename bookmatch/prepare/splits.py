@@ -9,7 +9,7 @@ SPLITS = ("train", "validation", "test")
 
 
 def _order_key(seed: int, work_key: str) -> str:
-    return hashlib.sha1(f"{seed}:{work_key}".encode("utf-8")).hexdigest()
+    return hashlib.sha1(f"{seed}:{work_key}".encode()).hexdigest()
 
 
 # Who edited, translated or illustrated a book is not its author: "Edited by Julian Hawthorne" is no Hawthorne book.
@@ -36,7 +36,7 @@ def assign_splits(
     holdout = [name.lower() for name in holdout_authors if name]
     split_of: dict[int, str] = {}
     free = []
-    for work, key in work_keys.items():
+    for work in work_keys:
         if any(is_holdout_author(author, holdout) for author in work_authors.get(work, [])):
             split_of[work] = "test"
         else:

@@ -13,9 +13,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -76,7 +77,7 @@ class BookIndex:
         return path
 
     @classmethod
-    def load(cls, path: str | os.PathLike, backend: str = "auto") -> "BookIndex":
+    def load(cls, path: str | os.PathLike, backend: str = "auto") -> BookIndex:
         path = Path(path)
         if not (path / "manifest.json").is_file():
             raise InputError(f"{path} is not a search index (no manifest.json): build one with `bookmatch index`")

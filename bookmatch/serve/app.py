@@ -101,7 +101,7 @@ def _validation_message(err: RequestValidationError) -> tuple[int, str]:
 
 
 def _check_texts(texts: list[tuple[str, str]], max_chars: int) -> None:
-    for number, (name, text) in enumerate(texts, start=1):
+    for name, text in texts:
         if len(text) > max_chars:
             raise ApiError(413, f"{name} has {len(text)} characters, over the limit of {max_chars}: send a shorter passage")
         if not text.strip():

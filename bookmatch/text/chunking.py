@@ -15,8 +15,9 @@ chunk: chunks overlap, and per-chunk regexes made chunking the slowest step of t
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, NamedTuple, Sequence
+from typing import NamedTuple
 
 import numpy as np
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import re
 import zlib
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -107,7 +107,7 @@ class LexicalFingerprint:
             counts[bucket] = counts.get(bucket, 0) + 1
         return counts
 
-    def fit(self, texts: Iterable[str]) -> "LexicalFingerprint":
+    def fit(self, texts: Iterable[str]) -> LexicalFingerprint:
         """Smoothed IDF per bucket from document frequencies over `texts`."""
         doc_freq = np.zeros(self.num_buckets, dtype=np.float64)
         n_docs = 0

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import functools
 import re
-from typing import Callable, Literal
+from collections.abc import Callable
+from typing import Literal
 
 # spaCy's English tokenizer exceptions that end in a period (case-sensitive, as in spaCy), grouped by length
 # because Python look-behinds must have a fixed width.

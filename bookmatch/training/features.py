@@ -20,9 +20,9 @@ import io
 import json
 import logging
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -46,7 +46,7 @@ class Sequences:
     token_types: np.ndarray | None = None  # cross-encoder segment ids, padded with 0
 
     @classmethod
-    def from_lists(cls, ids: Sequence[Sequence[int]], pad_id: int, token_types: Sequence[Sequence[int]] | None = None) -> "Sequences":
+    def from_lists(cls, ids: Sequence[Sequence[int]], pad_id: int, token_types: Sequence[Sequence[int]] | None = None) -> Sequences:
         lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
         width = int(lengths.max()) if len(ids) else 0
         matrix = np.full((len(ids), width), pad_id, dtype=np.int64)
@@ -124,7 +124,7 @@ class PairArrays:
         return buffer.getvalue()
 
     @classmethod
-    def from_npz(cls, path: Path) -> "PairArrays":
+    def from_npz(cls, path: Path) -> PairArrays:
         with np.load(path) as stored:
             columns = {k.split(".", 1)[1]: stored[k] for k in stored.files if k.startswith("column.")}
             sides = [k.split(".", 1)[1] for k in stored.files if k.startswith("ids.")]

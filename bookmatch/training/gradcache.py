@@ -44,8 +44,9 @@ With the bi-encoder (both sides stacked: rows [0, B) are text1, [B, 2B) text2):
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch.utils.checkpoint import get_device_states, set_device_states

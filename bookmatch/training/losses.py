@@ -6,7 +6,7 @@ Keys ending in `_loss` are differentiable terms that `combine_losses` weights an
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F

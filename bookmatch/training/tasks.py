@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np

@@ -17,8 +17,8 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -107,9 +107,8 @@ def train_contrastive(config: ContrastiveTrainConfig, on_step: Callable[[int], N
 
 def _build_accelerator(config: TrainConfig, find_unused_parameters: bool = False):
     from accelerate import Accelerator
-    from accelerate.utils import DistributedDataParallelKwargs
-
     from accelerate.state import AcceleratorState
+    from accelerate.utils import DistributedDataParallelKwargs
 
     # Accelerate keeps one process-wide state: a second run in this process (the pipeline trains the teacher,
     # then the bi-encoder) with another precision must drop it. The process group (PartialState) is kept.
