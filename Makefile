@@ -8,7 +8,7 @@ TEST_ARGS ?=
 # whose pip reaches PyPI, whose Linux torch is the CUDA build, pass TORCH_INDEX=https://download.pytorch.org/whl/cpu.
 TORCH_INDEX ?=
 
-.PHONY: install install-sky run test bench container-base smoke-container
+.PHONY: install install-sky lint run test bench container-base smoke-container
 
 install:
 	# torch first and pinned: an unpinned torch pulls several GB of CUDA wheels on a CPU machine.
@@ -23,8 +23,13 @@ install-sky:
 run: install
 	HF_HUB_OFFLINE=1 bookmatch pipeline --preset cpu-small --books $(BOOKS) --out $(OUT)
 
-test: install install-sky
+test: install install-sky lint
 	HF_HUB_OFFLINE=1 BOOKMATCH_SKY_PYTHON=$(SKY_VENV)/bin/python $(PYTHON) -m pytest -m "not slow and not gpu" $(TEST_ARGS)
+
+# ruff (pyproject.toml [tool.ruff]): lint and format are checked, never rewritten, by the test run.
+lint: install
+	$(PYTHON) -m ruff check .
+	$(PYTHON) -m ruff format --check .
 
 bench: install
 	$(PYTHON) scripts/bench_prepare.py --books $(BOOKS)

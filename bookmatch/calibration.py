@@ -50,8 +50,12 @@ class CalibrateConfig:
     fit_offset: bool = setting(True, "Platt scaling (a temperature and an offset); false: the temperature alone.")
     precision: str = setting("auto", "Encoders' autocast: auto = bf16 where native, else fp32.", choices=PRECISIONS)
     # 64 to 546 measured about equal, and each costs every scored text one classifier row.
-    cohort_size: int = setting(256, "Bi-encoder score cohort (bookmatch.cohort): training passages spread over the "
-                               "training books that normalise margins (0: none).", ge=0)
+    cohort_size: int = setting(
+        256,
+        "Bi-encoder score cohort (bookmatch.cohort): training passages spread over the "
+        "training books that normalise margins (0: none).",
+        ge=0,
+    )
     cohort_data: str | None = setting(None, "Prepared dataset whose train split gives the cohort (null: data_dir).")
 
     def __post_init__(self) -> None:
@@ -59,14 +63,24 @@ class CalibrateConfig:
         check_settings(self)
 
 
-def calibrate(config: CalibrateConfig | str | os.PathLike, data_dir: str | os.PathLike | None = None, target: str | None = None, **options: Any) -> dict[str, Any]:
+def calibrate(
+    config: CalibrateConfig | str | os.PathLike,
+    data_dir: str | os.PathLike | None = None,
+    target: str | None = None,
+    **options: Any,
+) -> dict[str, Any]:
     """Fit temperature + threshold (and the style map for a bi-encoder); write them beside the model.
 
     Call with a CalibrateConfig, or as `calibrate(model_dir, data_dir, target, **other CalibrateConfig
     fields)`. Returns the content of calibration.json.
     """
     if not isinstance(config, CalibrateConfig):
-        config = CalibrateConfig(model_dir=os.fspath(config), data_dir=None if data_dir is None else os.fspath(data_dir), target=target or "accuracy", **options)
+        config = CalibrateConfig(
+            model_dir=os.fspath(config),
+            data_dir=None if data_dir is None else os.fspath(data_dir),
+            target=target or "accuracy",
+            **options,
+        )
     kind = detect_model_kind(config.model_dir)
     pairs = load_labelled_pairs(config.data_dir, config.split, config.pairs_file, config.max_pairs)
     if len(set(pairs.labels)) < 2:
@@ -103,8 +117,13 @@ def calibrate(config: CalibrateConfig | str | os.PathLike, data_dir: str | os.Pa
     cohort_path(config.model_dir).unlink(missing_ok=True)
     if cohort is not None:
         sha256 = write_cohort(cohort, cohort_path(config.model_dir))
-        result["score_normalization"] = {"method": "cohort mean margin", "file": COHORT_FILE, "texts": len(cohort), "sha256": sha256,
-                                         "source": f"{config.cohort_data or config.data_dir}[train]"}
+        result["score_normalization"] = {
+            "method": "cohort mean margin",
+            "file": COHORT_FILE,
+            "texts": len(cohort),
+            "sha256": sha256,
+            "source": f"{config.cohort_data or config.data_dir}[train]",
+        }
     if raw.cosine is not None:
         style = fit_style_calibration(raw.cosine, labels)
         payload = style.to_json()
@@ -122,11 +141,16 @@ def _build_cohort(scorer, config: CalibrateConfig):
     if config.cohort_size == 0:
         return None
     if source is None:
-        log.warning("calibrate: no prepared dataset to draw a score cohort from (--pairs without --cohort-data): margins are not normalised")
+        log.warning(
+            "calibrate: no prepared dataset to draw a score cohort from (--pairs without --cohort-data): margins are not normalised"
+        )
         return None
     texts = select_cohort_texts(source, config.cohort_size)
     if not texts:
-        log.warning("calibrate: %s has no training passages (train split) to draw a score cohort from: margins are not normalised", source)
+        log.warning(
+            "calibrate: %s has no training passages (train split) to draw a score cohort from: margins are not normalised",
+            source,
+        )
         return None
     embeddings = scorer.embed(texts, batch_size=config.batch_size)
     scorer.cohort = cohort = ScoreCohort(*embeddings)

@@ -55,7 +55,9 @@ class ScoreCohort:
         widths = (int(self.pooled.shape[1]), int(self.projected.shape[1]), int(self.style.shape[1]))
         expected = (model.config.hidden_size, model.config.projection_dim, model.style_width)
         if widths != expected:
-            raise InputError(f"{self.source} was built for another model (widths {widths}, this model {expected}); re-run `bookmatch calibrate`")
+            raise InputError(
+                f"{self.source} was built for another model (widths {widths}, this model {expected}); re-run `bookmatch calibrate`"
+            )
 
     def affinities(self, model, texts) -> np.ndarray:
         """Each text's mean margin against the cohort, the text on the classifier's first side.
@@ -68,7 +70,13 @@ class ScoreCohort:
     def to_bytes(self) -> bytes:
         from safetensors.torch import save
 
-        return save({"pooled": self.pooled.contiguous(), "projected": self.projected.contiguous(), "style": self.style.contiguous()})
+        return save(
+            {
+                "pooled": self.pooled.contiguous(),
+                "projected": self.projected.contiguous(),
+                "style": self.style.contiguous(),
+            }
+        )
 
 
 def normalized_margin(margin: np.ndarray, affinity1: np.ndarray, affinity2: np.ndarray) -> np.ndarray:
@@ -83,7 +91,9 @@ def select_cohort_texts(data_dir: str | os.PathLike, size: int, split: str = "tr
     try:
         dataset = load_from_disk(os.fspath(data_dir))
     except (FileNotFoundError, ValueError, OSError) as err:
-        raise InputError(f"cannot read the dataset {data_dir} for the score cohort ({first_line(err)}); pass the folder written by `bookmatch prepare`") from err
+        raise InputError(
+            f"cannot read the dataset {data_dir} for the score cohort ({first_line(err)}); pass the folder written by `bookmatch prepare`"
+        ) from err
     if size <= 0 or split not in dataset:
         return []
     part = dataset[split]
@@ -134,10 +144,16 @@ def read_cohort(path: str | os.PathLike, sha256: str) -> ScoreCohort:
     try:
         data = path.read_bytes()
     except OSError as err:
-        raise InputError(f"calibration.json names the score cohort {path}, which cannot be read ({err.strerror or err}); {fix}") from err
+        raise InputError(
+            f"calibration.json names the score cohort {path}, which cannot be read ({err.strerror or err}); {fix}"
+        ) from err
     if hashlib.sha256(data).hexdigest() != sha256:
-        raise InputError(f"score cohort {path} is not the one calibration.json was fitted with (SHA-256 differs); {fix}")
+        raise InputError(
+            f"score cohort {path} is not the one calibration.json was fitted with (SHA-256 differs); {fix}"
+        )
     from safetensors.torch import load
 
     tensors = load(data)
-    return ScoreCohort(tensors["pooled"].float(), tensors["projected"].float(), tensors["style"].float(), source=f"score cohort {path}")
+    return ScoreCohort(
+        tensors["pooled"].float(), tensors["projected"].float(), tensors["style"].float(), source=f"score cohort {path}"
+    )

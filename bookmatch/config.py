@@ -162,8 +162,11 @@ def check_value(name: str, value: Any, hint: Any, meta: Mapping[str, Any], conve
     choices, ge, gt, le = (meta.get(key) for key in ("choices", "ge", "gt", "le"))
     if ok and choices and value not in choices:
         ok = False
-    if ok and scalar in (int, float) and ((ge is not None and value < ge) or (gt is not None and value <= gt)
-                                          or (le is not None and value > le)):
+    if (
+        ok
+        and scalar in (int, float)
+        and ((ge is not None and value < ge) or (gt is not None and value <= gt) or (le is not None and value > le))
+    ):
         ok = False
     if not ok:
         raise ConfigError(f"{name} must be {_allowed(scalar, meta, nullable)}, got {_show(value)}{hint_text}")
@@ -217,8 +220,9 @@ def build_config(
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(k if isinstance(k, str) and k.isidentifier() else _show(k) for k in set(values) - set(fields))
     if unknown:
-        raise ConfigError(f"{where}unknown option(s) {', '.join(unknown)} for {cls.__name__}; "
-                          f"known: {', '.join(fields)}")
+        raise ConfigError(
+            f"{where}unknown option(s) {', '.join(unknown)} for {cls.__name__}; known: {', '.join(fields)}"
+        )
     hints = field_types(cls)
     try:
         checked = {k: check_value(k, v, hints[k], fields[k].metadata, convert=True) for k, v in values.items()}

@@ -102,7 +102,11 @@ def explain_pair(matcher, text1: str, text2: str, batch_size: int = 64) -> PairE
     lost2 = base - score[1 + len(variants1) :] if variants2 else np.full(len(spans2), base)
     return PairEvidence(
         margin=base,
-        sentences1=[SentenceEvidence(i, text1[s:e].strip(), float(w)) for i, ((s, e), w) in enumerate(zip(spans1, lost1))],
-        sentences2=[SentenceEvidence(i, text2[s:e].strip(), float(w)) for i, ((s, e), w) in enumerate(zip(spans2, lost2))],
+        sentences1=[
+            SentenceEvidence(i, text1[s:e].strip(), float(w)) for i, ((s, e), w) in enumerate(zip(spans1, lost1))
+        ],
+        sentences2=[
+            SentenceEvidence(i, text2[s:e].strip(), float(w)) for i, ((s, e), w) in enumerate(zip(spans2, lost2))
+        ],
         shared_names=shared_names(scorer.model, text1, text2),
     )

@@ -54,8 +54,20 @@ def export_sentence_transformers(model_dir: str | os.PathLike, out_dir: str | os
         model.tokenizer.save_pretrained(staging)
         transformer = Transformer(str(staging), max_seq_length=model.config.max_seq_length)
         pooling = Pooling(hidden, pooling_mode=_ST_POOLING[model.config.pooling])
-        dense_in = Dense(hidden, first.out_features, activation_function=torch.nn.GELU(), init_weight=first.weight.detach().clone(), init_bias=first.bias.detach().clone())
-        dense_out = Dense(second.in_features, second.out_features, activation_function=torch.nn.Identity(), init_weight=second.weight.detach().clone(), init_bias=second.bias.detach().clone())
+        dense_in = Dense(
+            hidden,
+            first.out_features,
+            activation_function=torch.nn.GELU(),
+            init_weight=first.weight.detach().clone(),
+            init_bias=first.bias.detach().clone(),
+        )
+        dense_out = Dense(
+            second.in_features,
+            second.out_features,
+            activation_function=torch.nn.Identity(),
+            init_weight=second.weight.detach().clone(),
+            init_bias=second.bias.detach().clone(),
+        )
         st_model = SentenceTransformer(modules=[transformer, pooling, dense_in, dense_out, Normalize()], device="cpu")
         with atomic_directory(out_dir) as tmp:
             st_model.save(str(tmp))

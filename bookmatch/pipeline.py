@@ -35,8 +35,9 @@ class PipelineConfig:
     books: str = setting("../shared/corpus/books", "Folder of .txt books (searched recursively).")
     out: str = setting("artifacts/cpu-small", "Artifacts folder (data/, models/, reports/).")
     preset: str = setting("cpu-small", "Stage settings: a preset name (bookmatch/configs/presets).")
-    eval_pairs: str | None = setting(None, "Extra labelled pairs (JSON lines) evaluated after the test split, e.g. the "
-                                     "corpus validation file.")
+    eval_pairs: str | None = setting(
+        None, "Extra labelled pairs (JSON lines) evaluated after the test split, e.g. the corpus validation file."
+    )
     # A teacher whose best validation AUC stays under this is not distilled from: it would only add noise.
     min_teacher_auc: float = setting(0.6, "Best validation AUC a teacher needs to be distilled from.", ge=0, le=1)
     # Per-stage option overrides: {"prepare": {...}, "cross": {...}, ...}.
@@ -50,7 +51,9 @@ def available_presets() -> list[str]:
     return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
 
 
-def load_stage_options(preset: str, file: str | None = None, sets: list[str] | None = None) -> dict[str, dict[str, Any]]:
+def load_stage_options(
+    preset: str, file: str | None = None, sets: list[str] | None = None
+) -> dict[str, dict[str, Any]]:
     """Merge preset, YAML file and `stage.option=value` overrides into {stage: {option: value}}."""
     path = PRESET_DIR / f"{preset}.yaml"
     if not path.exists():
@@ -79,7 +82,9 @@ def load_stage_options(preset: str, file: str | None = None, sets: list[str] | N
         try:
             merged[stage][option] = yaml.safe_load(raw)
         except yaml.YAMLError as err:
-            raise ConfigError(f"--set {item!r}: the value is not valid YAML ({_yaml_problem(err)}); quote it, e.g. --set '{key}=\"...\"'") from None
+            raise ConfigError(
+                f"--set {item!r}: the value is not valid YAML ({_yaml_problem(err)}); quote it, e.g. --set '{key}=\"...\"'"
+            ) from None
     return merged
 
 
@@ -323,7 +328,9 @@ def _distil_from(teacher: TrainStage, min_auc: float) -> str:
     if auc is None or auc < min_auc:
         log.warning(
             "pipeline: the teacher's best validation AUC is %s (< %.2f): training the bi-encoder without "
-            "distillation; give the teacher more steps or a larger backbone (the gpu preset) to distil", auc, min_auc,
+            "distillation; give the teacher more steps or a larger backbone (the gpu preset) to distil",
+            auc,
+            min_auc,
         )
         return ""
     return str(teacher.run_dir / "final")
@@ -333,7 +340,9 @@ def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
     """Run every unfinished stage; return the test metrics (and eval-pairs metrics when asked)."""
     # Input files too are checked before any work.
     if config.eval_pairs and not Path(config.eval_pairs).is_file():
-        raise InputError(f"--eval-pairs {config.eval_pairs} does not exist (or is not a file): pass a JSONL file of labelled pairs")
+        raise InputError(
+            f"--eval-pairs {config.eval_pairs} does not exist (or is not a file): pass a JSONL file of labelled pairs"
+        )
     layout = _Layout(Path(config.out))
     stages, teacher, student = _stages(config, layout)
     # Every stage's config is built before any work, by the stage's own `build`: a bad value late in the list
@@ -360,8 +369,10 @@ def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
             log.info("pipeline: %s done in %.1f s", stage.name, timings[stage.name])
         if isinstance(stage, EvaluateStage):
             results[stage.evaluation] = stage.metrics()
-    atomic_write_json(layout.out / "pipeline_summary.json",
-                      {"timings": timings, "total_seconds": round(time.perf_counter() - started, 1), "complete": True})
+    atomic_write_json(
+        layout.out / "pipeline_summary.json",
+        {"timings": timings, "total_seconds": round(time.perf_counter() - started, 1), "complete": True},
+    )
     return results
 
 
@@ -373,8 +384,12 @@ def metrics_table(results: dict[str, Any]) -> str:
         for variant in ("uncalibrated", "calibrated"):
             figures = metrics.get(variant)
             if isinstance(figures, dict):
-                lines.append(f"{name + ' ' + variant[:5]:<22}" + "".join(f"{_num(figures.get(k)):>10.3f}" for k in keys))
-        by_kind = (metrics.get("by_kind") or {}).get("calibrated") or (metrics.get("by_kind") or {}).get("uncalibrated") or {}
+                lines.append(
+                    f"{name + ' ' + variant[:5]:<22}" + "".join(f"{_num(figures.get(k)):>10.3f}" for k in keys)
+                )
+        by_kind = (
+            (metrics.get("by_kind") or {}).get("calibrated") or (metrics.get("by_kind") or {}).get("uncalibrated") or {}
+        )
         for kind, figures in by_kind.items():
             lines.append(f"{'  ' + str(kind):<22}" + "".join(f"{_num(figures.get(k)):>10.3f}" for k in keys))
     return "\n".join(lines)

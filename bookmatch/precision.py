@@ -30,7 +30,7 @@ def check_precision(value: str, name: str = "precision") -> None:
 
 
 def resolve_mixed_precision(value: str, use_cuda: bool) -> str:
-    """"auto" -> "bf16" where native, else "no"; any other value as given."""
+    """ "auto" -> "bf16" where native, else "no"; any other value as given."""
     check_precision(value)
     if value != "auto":
         return value

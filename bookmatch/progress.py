@@ -53,7 +53,9 @@ def _duration(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
-def progress_text(desc: str, done: int, total: int | None, elapsed: float, unit: str, start: int = 0, postfix: str = "") -> str:
+def progress_text(
+    desc: str, done: int, total: int | None, elapsed: float, unit: str, start: int = 0, postfix: str = ""
+) -> str:
     """One progress line: `desc: 120/400 book (30%), 4.0 book/s, 0:30 elapsed, ETA 1:10`.
 
     The rate counts only what this run did (`done - start`): a resumed run does not claim its predecessor's work.
@@ -73,8 +75,16 @@ def progress_text(desc: str, done: int, total: int | None, elapsed: float, unit:
 class LineProgress:
     """A tqdm-like counter (update, set_postfix, close) that prints a plain line every `interval` seconds."""
 
-    def __init__(self, total: int | None, desc: str, unit: str = "it", initial: int = 0, interval: float | None = None,
-                 stream: TextIO | None = None, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        total: int | None,
+        desc: str,
+        unit: str = "it",
+        initial: int = 0,
+        interval: float | None = None,
+        stream: TextIO | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.total, self.desc, self.unit = total, desc, unit
         self.n = self.start = initial
         self.interval = progress_interval() if interval is None else interval
@@ -132,7 +142,9 @@ def progress_bar(total: int | None, desc: str, unit: str = "it", initial: int = 
     return tqdm(total=total, initial=initial, desc=desc, unit=unit, dynamic_ncols=True, file=sys.stderr)
 
 
-def progress(items: Iterable[T], desc: str, total: int | None = None, unit: str = "it", disable: bool | None = None) -> Iterator[T]:
+def progress(
+    items: Iterable[T], desc: str, total: int | None = None, unit: str = "it", disable: bool | None = None
+) -> Iterator[T]:
     """Iterate `items`, reporting progress on stderr (a bar or plain lines, see module doc); `disable=True`: quiet."""
     if total is None and hasattr(items, "__len__"):
         total = len(items)  # type: ignore[arg-type]

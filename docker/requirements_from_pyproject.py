@@ -43,8 +43,9 @@ def requirements(project: dict, build_requires: list[str], extras: list[str]) ->
                 continue
             seen.add(extra)
             if extra not in optional:
-                print(f"requirements_from_pyproject: {project['name']} has no extra '{extra}', skipped",
-                      file=sys.stderr)
+                print(
+                    f"requirements_from_pyproject: {project['name']} has no extra '{extra}', skipped", file=sys.stderr
+                )
                 continue
             pending = list(optional[extra])
         if not pending:

@@ -57,7 +57,9 @@ def auc_table(model, sets: dict, seq_lengths: list[int], batch_size: int = 32) -
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True, help="A `bookmatch prepare` output (DatasetDict folder).")
-    parser.add_argument("--pairs", default=None, help="Labelled JSONL pairs (text1, text2, label[, kind]) to score too.")
+    parser.add_argument(
+        "--pairs", default=None, help="Labelled JSONL pairs (text1, text2, label[, kind]) to score too."
+    )
     parser.add_argument("--model", default="sentence-transformers/all-MiniLM-L6-v2")
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--batch-size", type=int, default=16, help="Pairs per step (MNRL: 2x texts).")
@@ -106,12 +108,17 @@ def main() -> None:
     order = list(range(len(positives)))
     random.Random(args.seed).shuffle(order)
     epochs = -(-need // len(order))
-    train = Dataset.from_dict({
-        "anchor": [positives[i]["text1"] for i in order],
-        "positive": [positives[i]["text2"] for i in order],
-    })
-    print(f"{len(train)} positive training pairs; {args.steps} steps x {args.batch_size} pairs = {need} "
-          f"({epochs} epoch{'s' if epochs > 1 else ''}); precision {precision}", flush=True)
+    train = Dataset.from_dict(
+        {
+            "anchor": [positives[i]["text1"] for i in order],
+            "positive": [positives[i]["text2"] for i in order],
+        }
+    )
+    print(
+        f"{len(train)} positive training pairs; {args.steps} steps x {args.batch_size} pairs = {need} "
+        f"({epochs} epoch{'s' if epochs > 1 else ''}); precision {precision}",
+        flush=True,
+    )
 
     model = SentenceTransformer(resolve_model_path(args.model), device="cpu")
     results: dict[str, dict[str, float]] = {}
@@ -138,8 +145,9 @@ def main() -> None:
         report_to=[],
         dataloader_drop_last=True,
     )
-    trainer = SentenceTransformerTrainer(model=model, args=training_args, train_dataset=train,
-                                         loss=MultipleNegativesRankingLoss(model))
+    trainer = SentenceTransformerTrainer(
+        model=model, args=training_args, train_dataset=train, loss=MultipleNegativesRankingLoss(model)
+    )
     start = time.perf_counter()
     trainer.train()
     train_seconds = time.perf_counter() - start
@@ -153,8 +161,12 @@ def main() -> None:
     for key in keys:
         print(f"{key:<40} {results['zero-shot'][key]:>10.3f} {results['fine-tuned'][key]:>11.3f}")
     if args.json_out:
-        Path(args.json_out).write_text(json.dumps({"args": vars(args), "precision": precision, "train_seconds": train_seconds,
-                                                   "auc": results}, indent=2), encoding="utf-8")
+        Path(args.json_out).write_text(
+            json.dumps(
+                {"args": vars(args), "precision": precision, "train_seconds": train_seconds, "auc": results}, indent=2
+            ),
+            encoding="utf-8",
+        )
 
 
 if __name__ == "__main__":

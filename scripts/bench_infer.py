@@ -65,9 +65,14 @@ def build_models(root: Path, backbone: str, texts: list[str], max_seq_length: in
     torch.manual_seed(0)
     # the side features a trained model carries (training defaults): style, lexical and names signatures
     defaults = ContrastiveTrainConfig()
-    bi = BiEncoder.from_backbone(backbone, max_seq_length=max_seq_length, lexical_buckets=defaults.lexical_buckets,
-                                 lexical_top_k=defaults.lexical_top_k, name_top_k=defaults.name_top_k,
-                                 pooled_cosine=defaults.pooled_cosine)
+    bi = BiEncoder.from_backbone(
+        backbone,
+        max_seq_length=max_seq_length,
+        lexical_buckets=defaults.lexical_buckets,
+        lexical_top_k=defaults.lexical_top_k,
+        name_top_k=defaults.name_top_k,
+        pooled_cosine=defaults.pooled_cosine,
+    )
     bi.fit_lexical(texts)
     bi.save_pretrained(root / "bi" / "final")
     torch.manual_seed(1)
@@ -84,7 +89,16 @@ def timed(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def bench(label: str, models: dict[str, Path], pairs, repeats: int, batch_size: int, tmp: Path, precision: str, cohort_size: int) -> list[dict]:
+def bench(
+    label: str,
+    models: dict[str, Path],
+    pairs,
+    repeats: int,
+    batch_size: int,
+    tmp: Path,
+    precision: str,
+    cohort_size: int,
+) -> list[dict]:
     from bookmatch.cohort import ScoreCohort
     from bookmatch.inference import Matcher
 
@@ -93,8 +107,13 @@ def bench(label: str, models: dict[str, Path], pairs, repeats: int, batch_size: 
     rows = []
     for mode in ("contrastive", "two-stage"):
         # prefilter 0 sends every pair to the cross-encoder: the worst case for two-stage throughput
-        matcher = Matcher.from_pretrained(models["bi"], cross_model=models["cross"] if mode == "two-stage" else None, device="cpu",
-                                          prefilter_threshold=0.0 if mode == "two-stage" else None, precision=precision)
+        matcher = Matcher.from_pretrained(
+            models["bi"],
+            cross_model=models["cross"] if mode == "two-stage" else None,
+            device="cpu",
+            prefilter_threshold=0.0 if mode == "two-stage" else None,
+            precision=precision,
+        )
         if cohort_size:
             # what calibration gives a bi-encoder by default: margins normalised against a score cohort
             matcher.bi.cohort = ScoreCohort(*matcher.bi.embed(load_cohort_texts(cohort_size)))
@@ -114,9 +133,22 @@ def bench(label: str, models: dict[str, Path], pairs, repeats: int, batch_size: 
                 matcher.score(a, b)
 
         batch_s, single_s = timed(batch_mode, repeats), timed(one_at_a_time, repeats)
-        rows.append({"model": label, "mode": mode, "precision": matcher.bi.precision, "cohort": cohort_size, "pairs": len(pairs), "batch_pairs_per_s": len(pairs) / batch_s,
-                     "single_pairs_per_s": len(pairs) / single_s, "ratio": single_s / batch_s})
-        print(f"{label:>8} {mode:>12} {matcher.bi.precision:>5} {len(pairs):>6} {rows[-1]['batch_pairs_per_s']:>12.1f} {rows[-1]['single_pairs_per_s']:>12.1f} {rows[-1]['ratio']:>7.2f}x", flush=True)
+        rows.append(
+            {
+                "model": label,
+                "mode": mode,
+                "precision": matcher.bi.precision,
+                "cohort": cohort_size,
+                "pairs": len(pairs),
+                "batch_pairs_per_s": len(pairs) / batch_s,
+                "single_pairs_per_s": len(pairs) / single_s,
+                "ratio": single_s / batch_s,
+            }
+        )
+        print(
+            f"{label:>8} {mode:>12} {matcher.bi.precision:>5} {len(pairs):>6} {rows[-1]['batch_pairs_per_s']:>12.1f} {rows[-1]['single_pairs_per_s']:>12.1f} {rows[-1]['ratio']:>7.2f}x",
+            flush=True,
+        )
     return rows
 
 
@@ -125,7 +157,19 @@ def bench_cli(label: str, models: dict[str, Path], pairs, tmp: Path, precision: 
     import subprocess
 
     env = dict(os.environ, OMP_NUM_THREADS=str(threads)) if threads > 0 else dict(os.environ)
-    base = [sys.executable, "-m", "bookmatch", "infer", "contrastive", "--model", str(models["bi"]), "--device", "cpu", "--precision", precision]
+    base = [
+        sys.executable,
+        "-m",
+        "bookmatch",
+        "infer",
+        "contrastive",
+        "--model",
+        str(models["bi"]),
+        "--device",
+        "cpu",
+        "--precision",
+        precision,
+    ]
     source = tmp / "cli_pairs.jsonl"
     source.write_text("".join(json.dumps({"text1": a, "text2": b}) + "\n" for a, b in pairs), encoding="utf-8")
     start = time.perf_counter()
@@ -133,11 +177,25 @@ def bench_cli(label: str, models: dict[str, Path], pairs, tmp: Path, precision: 
         subprocess.run(base + ["--text1", a, "--text2", b], env=env, check=True, capture_output=True)
     per_pair_s = time.perf_counter() - start
     start = time.perf_counter()
-    subprocess.run(base + ["--input", str(source), "--output", str(tmp / "cli_scores.jsonl")], env=env, check=True, capture_output=True)
+    subprocess.run(
+        base + ["--input", str(source), "--output", str(tmp / "cli_scores.jsonl")],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
     batch_s = time.perf_counter() - start
-    row = {"model": label, "mode": "contrastive, CLI processes", "pairs": len(pairs), "batch_pairs_per_s": len(pairs) / batch_s,
-           "single_pairs_per_s": len(pairs) / per_pair_s, "ratio": per_pair_s / batch_s}
-    print(f"{label:>8} {'CLI/process':>12} {precision:>5} {len(pairs):>6} {row['batch_pairs_per_s']:>12.2f} {row['single_pairs_per_s']:>12.2f} {row['ratio']:>7.2f}x", flush=True)
+    row = {
+        "model": label,
+        "mode": "contrastive, CLI processes",
+        "pairs": len(pairs),
+        "batch_pairs_per_s": len(pairs) / batch_s,
+        "single_pairs_per_s": len(pairs) / per_pair_s,
+        "ratio": per_pair_s / batch_s,
+    }
+    print(
+        f"{label:>8} {'CLI/process':>12} {precision:>5} {len(pairs):>6} {row['batch_pairs_per_s']:>12.2f} {row['single_pairs_per_s']:>12.2f} {row['ratio']:>7.2f}x",
+        flush=True,
+    )
     return row
 
 
@@ -149,9 +207,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-seq-length", type=int, default=256)
-    parser.add_argument("--precision", default="auto", help="Encoders' autocast: auto | no | bf16 | fp16 (both modes alike).")
-    parser.add_argument("--cli-pairs", type=int, default=0, help="Also time one CLI process per pair on this many pairs (0: skip).")
-    parser.add_argument("--cohort", type=int, default=256, help="Score cohort size, as calibrate gives a bi-encoder (0: none).")
+    parser.add_argument(
+        "--precision", default="auto", help="Encoders' autocast: auto | no | bf16 | fp16 (both modes alike)."
+    )
+    parser.add_argument(
+        "--cli-pairs", type=int, default=0, help="Also time one CLI process per pair on this many pairs (0: skip)."
+    )
+    parser.add_argument(
+        "--cohort", type=int, default=256, help="Score cohort size, as calibrate gives a bi-encoder (0: none)."
+    )
     parser.add_argument("--no-minilm", action="store_true", help="Skip the all-MiniLM-L6-v2 backbone.")
     parser.add_argument("--no-tiny", action="store_true", help="Skip the tiny random backbone.")
     args = parser.parse_args(argv)
@@ -163,7 +227,9 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s); batch size {args.batch_size}, median of {args.repeats}; cohort {args.cohort}; pairs from {CORPUS_PAIRS if CORPUS_PAIRS.exists() else 'synthetic text'}")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} thread(s); batch size {args.batch_size}, median of {args.repeats}; cohort {args.cohort}; pairs from {CORPUS_PAIRS if CORPUS_PAIRS.exists() else 'synthetic text'}"
+    )
     print(f"{'model':>8} {'mode':>12} {'prec':>5} {'pairs':>6} {'batch/s':>12} {'single/s':>12} {'ratio':>8}")
     backbones = [] if args.no_tiny else [("tiny", "tiny", args.pairs)]
     if not args.no_minilm:

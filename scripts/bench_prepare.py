@@ -79,7 +79,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--mining", action="store_true", help="Mine hard negatives (embeds chunks on CPU).")
     parser.add_argument("--num-chunks-for-embed", type=int, default=16)
-    parser.add_argument("--miner-precision", default="auto", help="Comma-separated miner precisions to compare, e.g. no,auto.")
+    parser.add_argument(
+        "--miner-precision", default="auto", help="Comma-separated miner precisions to compare, e.g. no,auto."
+    )
     parser.add_argument("--memory", default="", help="Comma-separated book counts to compare peak RSS, e.g. 100,406.")
     args = parser.parse_args(argv)
 
@@ -88,22 +90,37 @@ def main(argv: list[str] | None = None) -> None:
         counts = [int(c) for c in args.memory.split(",") if c] or [args.limit]
         precisions = [p for p in args.miner_precision.split(",") if p] if args.mining else ["auto"]
         for count, precision in ((c, p) for c in counts for p in precisions):
-            books = subset(args.books, count, scratch) if not (scratch / f"books_{count}").exists() else scratch / f"books_{count}"
-            config = {"books": str(books), "out": str(scratch / f"out_{count}_{precision}"), "workers": args.workers,
-                      "hard_negatives": args.mining, "num_chunks_for_embed": args.num_chunks_for_embed,
-                      "miner_precision": precision}
+            books = (
+                subset(args.books, count, scratch)
+                if not (scratch / f"books_{count}").exists()
+                else scratch / f"books_{count}"
+            )
+            config = {
+                "books": str(books),
+                "out": str(scratch / f"out_{count}_{precision}"),
+                "workers": args.workers,
+                "hard_negatives": args.mining,
+                "num_chunks_for_embed": args.num_chunks_for_embed,
+                "miner_precision": precision,
+            }
             result = run_once(config)
             label = f"{result['books_used']} books used of {count or 'all'}"
             mining = f"on, miner precision {precision}" if args.mining else "off"
-            print(f"prepare ({label}, workers={args.workers}, mining={mining}): "
-                  f"wall {result['wall_s']:.1f} s, pairs {result['pairs']}")
+            print(
+                f"prepare ({label}, workers={args.workers}, mining={mining}): "
+                f"wall {result['wall_s']:.1f} s, pairs {result['pairs']}"
+            )
             print("  stage timings (s): " + ", ".join(f"{k} {v:.2f}" for k, v in result["timings"].items()))
-            print(f"  peak RSS: main {result['peak_rss_main_mb']:.0f} MB (anonymous {result['peak_anon_main_mb']:.0f} MB, "
-                  f"mapped files {result['peak_file_main_mb']:.0f} MB), largest worker {result['peak_rss_worker_mb']:.0f} MB")
+            print(
+                f"  peak RSS: main {result['peak_rss_main_mb']:.0f} MB (anonymous {result['peak_anon_main_mb']:.0f} MB, "
+                f"mapped files {result['peak_file_main_mb']:.0f} MB), largest worker {result['peak_rss_worker_mb']:.0f} MB"
+            )
             if args.mining and result.get("chunks_embedded"):
                 seconds = result["timings"].get("mining", 0.0)
-                print(f"  mining: {result['chunks_embedded']:,} chunks embedded in {seconds:.1f} s "
-                      f"({result['chunks_embedded'] / max(seconds, 1e-9):,.1f} chunks/s incl. model load and k-NN)")
+                print(
+                    f"  mining: {result['chunks_embedded']:,} chunks embedded in {seconds:.1f} s "
+                    f"({result['chunks_embedded'] / max(seconds, 1e-9):,.1f} chunks/s incl. model load and k-NN)"
+                )
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 

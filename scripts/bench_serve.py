@@ -36,8 +36,14 @@ PAIRS_FILE = REPO.parent / "shared" / "corpus" / "validation_pairs.jsonl"
 def build_model(out: Path) -> Path:
     from bookmatch.models.bi_encoder import BiEncoder
 
-    model = BiEncoder.from_backbone("sentence-transformers/all-MiniLM-L6-v2", max_seq_length=128, lexical_buckets=4096,
-                                    lexical_top_k=64, name_top_k=32, pooled_cosine=True)
+    model = BiEncoder.from_backbone(
+        "sentence-transformers/all-MiniLM-L6-v2",
+        max_seq_length=128,
+        lexical_buckets=4096,
+        lexical_top_k=64,
+        name_top_k=32,
+        pooled_cosine=True,
+    )
     model.save_pretrained(out)
     return out
 
@@ -54,14 +60,37 @@ def load_pairs(n: int) -> list[dict[str, str]]:
 
 
 def env() -> dict[str, str]:
-    return dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-                HF_HUB_OFFLINE="1", NO_PROXY="127.0.0.1", no_proxy="127.0.0.1")
+    return dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+        HF_HUB_OFFLINE="1",
+        NO_PROXY="127.0.0.1",
+        no_proxy="127.0.0.1",
+    )
 
 
 def batch_mode(model: Path, pairs_path: Path, out_dir: Path, precision: str) -> dict:
-    proc = subprocess.run([sys.executable, "-m", "bookmatch", "infer", "contrastive", "--model", str(model), "--input",
-                           str(pairs_path), "--output", str(out_dir / "batch.jsonl"), "--precision", precision],
-                          capture_output=True, text=True, env=env(), timeout=3600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bookmatch",
+            "infer",
+            "contrastive",
+            "--model",
+            str(model),
+            "--input",
+            str(pairs_path),
+            "--output",
+            str(out_dir / "batch.jsonl"),
+            "--precision",
+            precision,
+        ],
+        capture_output=True,
+        text=True,
+        env=env(),
+        timeout=3600,
+    )
     if proc.returncode != 0:
         raise SystemExit(f"batch mode failed:\n{proc.stderr[-3000:]}")
     match = re.search(r"infer: scored: ([\d,]+) pairs in ([\d.]+) s", proc.stderr)
@@ -101,9 +130,15 @@ async def load_level(url: str, pairs: list[dict], clients: int, max_seconds: flo
         await asyncio.gather(*(client(http) for _ in range(clients)))
         seconds = time.perf_counter() - start
     done = len(latencies)
-    return {"clients": clients, "requests": done, "errors": errors, "seconds": round(seconds, 2),
-            "pairs_per_s": round((done - errors) / seconds, 2), "p50_ms": round(float(np.percentile(latencies, 50)) * 1000, 1),
-            "p99_ms": round(float(np.percentile(latencies, 99)) * 1000, 1)}
+    return {
+        "clients": clients,
+        "requests": done,
+        "errors": errors,
+        "seconds": round(seconds, 2),
+        "pairs_per_s": round((done - errors) / seconds, 2),
+        "p50_ms": round(float(np.percentile(latencies, 50)) * 1000, 1),
+        "p99_ms": round(float(np.percentile(latencies, 99)) * 1000, 1),
+    }
 
 
 def free_port() -> int:
@@ -116,9 +151,27 @@ def service_levels(model: Path, pairs: list[dict], levels: list[int], args, out_
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = open(out_dir / "server.log", "w", encoding="utf-8")
-    proc = subprocess.Popen([sys.executable, "-m", "bookmatch", "serve", "--model", str(model), "--port", str(port),
-                             "--precision", args.precision, "--cache-size", "0", "--max-wait-ms", str(args.max_wait_ms)],
-                            stdout=log, stderr=subprocess.STDOUT, env=env())
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "bookmatch",
+            "serve",
+            "--model",
+            str(model),
+            "--port",
+            str(port),
+            "--precision",
+            args.precision,
+            "--cache-size",
+            "0",
+            "--max-wait-ms",
+            str(args.max_wait_ms),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env(),
+    )
     try:
         deadline = time.time() + 600
         while True:
@@ -142,7 +195,9 @@ def service_levels(model: Path, pairs: list[dict], levels: list[int], args, out_
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=Path, default=None, help="bi-encoder final/ folder [default: untrained MiniLM heads]")
+    parser.add_argument(
+        "--model", type=Path, default=None, help="bi-encoder final/ folder [default: untrained MiniLM heads]"
+    )
     parser.add_argument("--pairs", type=int, default=128, help="pairs per level (from validation_pairs.jsonl)")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--max-seconds", type=float, default=300.0, help="time bound per level")
@@ -156,8 +211,12 @@ def main() -> None:
         pairs = load_pairs(args.pairs)
         pairs_path = tmp / "pairs.jsonl"
         pairs_path.write_text("".join(json.dumps(p) + "\n" for p in pairs), encoding="utf-8")
-        report = {"pairs": len(pairs), "model": str(args.model or "all-MiniLM-L6-v2, untrained heads"), "cpus": os.cpu_count(),
-                  "load_average": os.getloadavg()}
+        report = {
+            "pairs": len(pairs),
+            "model": str(args.model or "all-MiniLM-L6-v2, untrained heads"),
+            "cpus": os.cpu_count(),
+            "load_average": os.getloadavg(),
+        }
         report["batch_mode"] = batch_mode(model, pairs_path, tmp, args.precision)
         print(json.dumps({"batch_mode": report["batch_mode"]}), flush=True)
         report["service"] = service_levels(model, pairs, args.clients, args, tmp)

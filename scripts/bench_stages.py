@@ -124,14 +124,18 @@ def checkout(revision: str, scratch: Path) -> Path:
     """The package as it was at `revision`, unpacked into scratch (git archive: no worktree needed)."""
     target = scratch / f"rev-{revision}"
     target.mkdir()
-    archive = subprocess.run(["git", "-C", str(REPO), "archive", revision, "bookmatch"], check=True, capture_output=True)
+    archive = subprocess.run(
+        ["git", "-C", str(REPO), "archive", revision, "bookmatch"], check=True, capture_output=True
+    )
     subprocess.run(["tar", "-x", "-C", str(target)], input=archive.stdout, check=True)
     return target
 
 
 def measure(child: str, argv: list[str], code: Path, env: dict[str, str]) -> dict:
     full_env = dict(os.environ, PYTHONPATH=str(code), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", **env)
-    done = subprocess.run([sys.executable, "-c", child, *argv], capture_output=True, text=True, env=full_env, cwd=str(code), check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", child, *argv], capture_output=True, text=True, env=full_env, cwd=str(code), check=False
+    )
     if done.returncode != 0:
         sys.exit(f"measurement failed ({code}):\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -150,7 +154,9 @@ def main(argv=None) -> list[dict]:
         miner, teacher = build_models(args, args.data, scratch)
         chunks_file = scratch / "chunks.json"
         chunks_file.write_text(json.dumps(chunk_lists(args.data, args.books)))
-        versions = [("after", REPO)] + ([(f"before {args.before}", checkout(args.before, scratch))] if args.before else [])
+        versions = [("after", REPO)] + (
+            [(f"before {args.before}", checkout(args.before, scratch))] if args.before else []
+        )
         stages = [s.strip() for s in args.stages.split(",") if s.strip()]
         for repeat in range(args.repeat):
             for env in env_settings(args.env):
@@ -159,15 +165,25 @@ def main(argv=None) -> list[dict]:
                     for label, code in versions if repeat % 2 == 0 else versions[::-1]:
                         out = scratch / f"out-{len(results)}"
                         if stage == "mining":
-                            figures = measure(_MINING_CHILD, [str(chunks_file), miner, str(args.batch_size), args.device], code, env)
+                            figures = measure(
+                                _MINING_CHILD, [str(chunks_file), miner, str(args.batch_size), args.device], code, env
+                            )
                         else:
-                            figures = measure(_TEACHER_CHILD, [str(args.data), teacher, str(args.pairs), str(args.batch_size), str(out), args.device], code, env)
+                            figures = measure(
+                                _TEACHER_CHILD,
+                                [str(args.data), teacher, str(args.pairs), str(args.batch_size), str(out), args.device],
+                                code,
+                                env,
+                            )
                         row = {"stage": stage, "version": label, "env": env, "repeat": repeat, **figures}
                         results.append(row)
                         unit = "chunks" if stage == "mining" else "pairs"
-                        print(f"{stage:<8} {label:<18} {','.join(f'{k}={v}' for k, v in env.items()):<34} "
-                              f"{row['count']:>6,} {unit} in {row['seconds']:6.1f} s = {row['count'] / row['seconds']:8.1f} {unit}/s "
-                              f"(cpu {row['cpu']:6.1f} s, {row['count'] / max(row['cpu'], 1e-9):8.1f} {unit}/cpu-s)", flush=True)
+                        print(
+                            f"{stage:<8} {label:<18} {','.join(f'{k}={v}' for k, v in env.items()):<34} "
+                            f"{row['count']:>6,} {unit} in {row['seconds']:6.1f} s = {row['count'] / row['seconds']:8.1f} {unit}/s "
+                            f"(cpu {row['cpu']:6.1f} s, {row['count'] / max(row['cpu'], 1e-9):8.1f} {unit}/cpu-s)",
+                            flush=True,
+                        )
         if args.json_out:
             args.json_out.write_text(json.dumps(results, indent=1))
     finally:

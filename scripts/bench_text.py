@@ -49,7 +49,9 @@ def book_by_book(raw: list[bytes], megabytes: float) -> None:
         return len(make_chunk_records(split_sentences(standardize(decode(data)), standardized=True)))
 
     counts, seconds = cpu_timed(whole_path, raw)
-    print(f"{'book by book':>15}: {megabytes / seconds:7.1f} MB/s per core  ({seconds:.2f} s CPU, {sum(counts):,} chunks)")
+    print(
+        f"{'book by book':>15}: {megabytes / seconds:7.1f} MB/s per core  ({seconds:.2f} s CPU, {sum(counts):,} chunks)"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -57,7 +59,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--books", required=True, type=Path)
     parser.add_argument("--limit-mb", type=float, default=0, help="Stop reading books after this many MB (0: all).")
     parser.add_argument("--spacy-mb", type=float, default=2.0, help="MB of clean text to run spaCy on.")
-    parser.add_argument("--book-by-book-first", action="store_true", help="Time the book-by-book pass before the stage-by-stage one (order check).")
+    parser.add_argument(
+        "--book-by-book-first",
+        action="store_true",
+        help="Time the book-by-book pass before the stage-by-stage one (order check).",
+    )
     args = parser.parse_args(argv)
 
     files = sorted(p for p in args.books.rglob("*.txt") if p.is_file())
@@ -77,8 +83,13 @@ def main(argv: list[str] | None = None) -> None:
     sentences, t_split = cpu_timed(functools.partial(split_sentences, standardized=True), clean)
     chunks, t_chunk = cpu_timed(make_chunk_records, sentences)
     total = t_decode + t_standardize + t_split + t_chunk
-    for name, seconds in [("decode", t_decode), ("standardize", t_standardize), ("split (regex)", t_split),
-                          ("chunk", t_chunk), ("total", total)]:
+    for name, seconds in [
+        ("decode", t_decode),
+        ("standardize", t_standardize),
+        ("split (regex)", t_split),
+        ("chunk", t_chunk),
+        ("total", total),
+    ]:
         print(f"{name:>15}: {megabytes / seconds:7.1f} MB/s per core  ({seconds:.2f} s CPU)")
     print(f"{'':>15}  {sum(map(len, sentences)):,} sentences, {sum(map(len, chunks)):,} chunks")
     del texts, sentences, chunks
@@ -103,13 +114,17 @@ def main(argv: list[str] | None = None) -> None:
 
     _, t_regex = cpu_timed(split_sentences, [sample])
     sample_mb = len(sample.encode("utf-8")) / 1e6
-    print(f"{'split (spaCy)':>15}: {sample_mb / t_spacy:7.1f} MB/s per core  on a {sample_mb:.1f} MB sample "
-          f"(regex on the same sample: {sample_mb / t_regex:.1f} MB/s)")
+    print(
+        f"{'split (spaCy)':>15}: {sample_mb / t_spacy:7.1f} MB/s per core  on a {sample_mb:.1f} MB sample "
+        f"(regex on the same sample: {sample_mb / t_regex:.1f} MB/s)"
+    )
     for mode, snap in [("snapped", True), ("strict", False)]:
         scores = boundary_agreement(sample, spacy_reference, split_sentences, snap_to_word=snap)
-        print(f"regex vs spaCy boundaries ({mode}): precision {scores['precision']:.4f}  recall "
-              f"{scores['recall']:.4f}  F1 {scores['f1']:.4f}  ({scores['reference_boundaries']:,} spaCy "
-              f"boundaries, {scores['candidate_boundaries']:,} regex)")
+        print(
+            f"regex vs spaCy boundaries ({mode}): precision {scores['precision']:.4f}  recall "
+            f"{scores['recall']:.4f}  F1 {scores['f1']:.4f}  ({scores['reference_boundaries']:,} spaCy "
+            f"boundaries, {scores['candidate_boundaries']:,} regex)"
+        )
 
 
 if __name__ == "__main__":

@@ -99,7 +99,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--projection-dim", type=int, default=256)
     parser.add_argument("--chunks-per-book", type=int, default=4, help="sequences sharing a SupCon label")
     parser.add_argument("--lengths-from", type=Path, default=None, help="a prepared dataset: real passage lengths")
-    parser.add_argument("--tokenizer", default="sentence-transformers/all-MiniLM-L6-v2", help="counts --lengths-from tokens")
+    parser.add_argument(
+        "--tokenizer", default="sentence-transformers/all-MiniLM-L6-v2", help="counts --lengths-from tokens"
+    )
     parser.add_argument("--json-out", type=Path, default=None)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -131,7 +133,9 @@ def build_random_roberta(size: str, seq_len: int, seed: int):
 
 def count_params(model) -> tuple[int, int]:
     total = sum(p.numel() for p in model.parameters())
-    embedding = sum(p.numel() for name, p in model.named_parameters() if "embeddings." in name and "LayerNorm" not in name)
+    embedding = sum(
+        p.numel() for name, p in model.named_parameters() if "embeddings." in name and "LayerNorm" not in name
+    )
     return total, total - embedding
 
 
@@ -152,7 +156,9 @@ def make_batch(args, vocab: int, device):
     return padded_batch(full, full, args.seq_len, args.seq_len, pair_labels, books, vocab, device, args.seed + 1)
 
 
-def padded_batch(lengths_a, lengths_b, width_a: int, width_b: int, pair_labels, book_labels, vocab: int, device, seed: int):
+def padded_batch(
+    lengths_a, lengths_b, width_a: int, width_b: int, pair_labels, book_labels, vocab: int, device, seed: int
+):
     """Random ids (never RoBERTa's <s>, <pad>, </s>: 0-2) for texts of the given lengths, padded with id 1 to
     width_a / width_b, with their attention masks."""
     import torch
@@ -203,14 +209,18 @@ def real_length_batches(args, vocab: int, device) -> dict[str, list[dict]]:
         return -(-n // multiple) * multiple
 
     samplers = {
-        "ours": NoDuplicatesBatchSampler(keys, args.batch_pairs, args.seed, lengths=[max(a, b) for a, b in zip(len_a, len_b)]),
+        "ours": NoDuplicatesBatchSampler(
+            keys, args.batch_pairs, args.seed, lengths=[max(a, b) for a, b in zip(len_a, len_b)]
+        ),
         "st": NoDuplicatesBatchSampler(keys, args.batch_pairs, args.seed),
     }
     out = {}
     for path, sampler in samplers.items():
         full = [rows for rows in sampler.batches(0) if len(rows) == args.batch_pairs][:wanted]
         if len(full) < wanted:
-            raise SystemExit(f"error: {args.lengths_from} gives {len(full)} full batches of {args.batch_pairs} pairs; fewer --steps")
+            raise SystemExit(
+                f"error: {args.lengths_from} gives {len(full)} full batches of {args.batch_pairs} pairs; fewer --steps"
+            )
         batches = []
         for i, rows in enumerate(full):
             a, b = [len_a[r] for r in rows], [len_b[r] for r in rows]
@@ -219,7 +229,9 @@ def real_length_batches(args, vocab: int, device) -> dict[str, list[dict]]:
             else:
                 width_a, width_b = max(a), max(b)
             book_labels = torch.cat([books[rows, 0], books[rows, 1]])
-            batches.append(padded_batch(a, b, width_a, width_b, labels[rows], book_labels, vocab, device, args.seed + 1 + i))
+            batches.append(
+                padded_batch(a, b, width_a, width_b, labels[rows], book_labels, vocab, device, args.seed + 1 + i)
+            )
         out[path] = batches
     return out
 
@@ -255,14 +267,17 @@ def ours_step_fn(encoder, args, device):
     )
     bi_encoder = BiEncoder(model_config, encoder, tokenizer=None)  # token ids are given: no tokenizer needed
     weights = LossWeights(train_config.ce_weight, train_config.contrastive_weight, train_config.distill_weight)
-    model = ContrastiveModule(bi_encoder, weights, temperature=train_config.temperature,
-                              distill_temperature=train_config.distill_temperature).to(device)
+    model = ContrastiveModule(
+        bi_encoder, weights, temperature=train_config.temperature, distill_temperature=train_config.distill_temperature
+    ).to(device)
     if args.compile:
         encoder.compile()
     optimizer = make_optimizer(model.parameters(), device)
     pairs, n_side = args.batch_pairs, bi_encoder.side_features.dim
     generator = torch.Generator().manual_seed(args.seed + 2)
-    style_a, style_b, teacher_logits = (torch.randn(pairs, n, generator=generator).to(device) for n in (n_side, n_side, 2))
+    style_a, style_b, teacher_logits = (
+        torch.randn(pairs, n, generator=generator).to(device) for n in (n_side, n_side, 2)
+    )
 
     def step(batch):
         inputs = {
@@ -306,6 +321,7 @@ def st_step_fn(model_dir: Path, args, device):
     model = SentenceTransformer(modules=[transformer, pooling], device=str(device))
     loss = MultipleNegativesRankingLoss(model)
     optimizer = make_optimizer(model.parameters(), device)
+
     def step(batch):
         # Fresh dicts each step: the modules write their outputs into the features dict.
         columns = [dict(batch["text1"]), dict(batch["text2"])]
@@ -376,7 +392,9 @@ def bench_size(size: str, args, device, work_dir: Path) -> list[Result]:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(device)
         if path == "ours":
-            step, keep, attention = ours_step_fn(build_random_roberta(size, args.seq_len, args.seed).to(device), args, device)
+            step, keep, attention = ours_step_fn(
+                build_random_roberta(size, args.seq_len, args.seed).to(device), args, device
+            )
         else:
             step, keep, attention = st_step_fn(model_dir, args, device)
         times = time_steps(step, batches[path], args.warmup, device)
@@ -384,10 +402,14 @@ def bench_size(size: str, args, device, work_dir: Path) -> list[Result]:
         # fixed batches: the median step (robust to a slow outlier); real lengths: the mean, since steps differ
         step_s = statistics.median(times) if args.lengths_from is None else statistics.fmean(times)
         per_step = len(timed)
-        real_lengths = [n for b in timed for side in ("text1", "text2") for n in b[side]["attention_mask"].sum(1).tolist()]
+        real_lengths = [
+            n for b in timed for side in ("text1", "text2") for n in b[side]["attention_mask"].sum(1).tolist()
+        ]
         positions = sum(b[side]["input_ids"].numel() for b in timed for side in ("text1", "text2")) / per_step
         real = sum(real_lengths) / per_step
-        flops = sequence_flops(params_non_embedding, config.num_hidden_layers, config.hidden_size, real_lengths) / per_step
+        flops = (
+            sequence_flops(params_non_embedding, config.num_hidden_layers, config.hidden_size, real_lengths) / per_step
+        )
         seqs = 2 * args.batch_pairs
         results.append(
             Result(

@@ -49,29 +49,66 @@ print(json.dumps({"steps": len(batches), "seconds": time.perf_counter() - start}
 
 
 def train_args(args, out: Path) -> list[str]:
-    return ["train", "contrastive", "--data", str(args.data), "--model", str(args.model), "--out", str(out), "--cpu",
-            "--max-steps", str(args.steps), "--batch-size", str(args.batch_pairs), "--max-seq-length", str(args.seq_len),
-            "--eval-steps", "100000", "--save-steps", "100000", "--epochs", "100", "--lr", "1e-4",
-            *(["--teacher", str(args.teacher)] if args.teacher else [])]
+    return [
+        "train",
+        "contrastive",
+        "--data",
+        str(args.data),
+        "--model",
+        str(args.model),
+        "--out",
+        str(out),
+        "--cpu",
+        "--max-steps",
+        str(args.steps),
+        "--batch-size",
+        str(args.batch_pairs),
+        "--max-seq-length",
+        str(args.seq_len),
+        "--eval-steps",
+        "100000",
+        "--save-steps",
+        "100000",
+        "--epochs",
+        "100",
+        "--lr",
+        "1e-4",
+        *(["--teacher", str(args.teacher)] if args.teacher else []),
+    ]
 
 
 def run_cli(tree: Path, args, out: Path) -> dict:
     env = dict(os.environ, PYTHONPATH=str(tree), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "bookmatch", *train_args(args, out)], env=env, capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "bookmatch", *train_args(args, out)], env=env, capture_output=True, text=True
+    )
     wall = time.perf_counter() - start
     if done.returncode != 0:
         raise SystemExit(f"error: {tree}: {done.stderr[-2000:]}")
     summary = json.loads((out / "train_summary.json").read_text())
     steps = summary["global_step"]
-    return {"wall_s": round(wall, 2), "train_s": summary["train_seconds"], "startup_s": round(wall - summary["train_seconds"], 2),
-            "steps_per_s": round(steps / summary["train_seconds"], 3), "summary": summary["summary"]}
+    return {
+        "wall_s": round(wall, 2),
+        "train_s": summary["train_seconds"],
+        "startup_s": round(wall - summary["train_seconds"], 2),
+        "steps_per_s": round(steps / summary["train_seconds"], 3),
+        "summary": summary["summary"],
+    }
 
 
 def run_bare(args) -> dict:
-    values = {"data": str(args.data), "model": str(args.model), "out": tempfile.mkdtemp(prefix="bare_"), "cpu": True,
-              "max_steps": args.steps, "batch_size": args.batch_pairs, "max_seq_length": args.seq_len, "epochs": 100,
-              "lr": 1e-4}
+    values = {
+        "data": str(args.data),
+        "model": str(args.model),
+        "out": tempfile.mkdtemp(prefix="bare_"),
+        "cpu": True,
+        "max_steps": args.steps,
+        "batch_size": args.batch_pairs,
+        "max_seq_length": args.seq_len,
+        "epochs": 100,
+        "lr": 1e-4,
+    }
     env = dict(os.environ, PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     done = subprocess.run([sys.executable, "-c", _BARE, json.dumps(values)], env=env, capture_output=True, text=True)
     if done.returncode != 0:

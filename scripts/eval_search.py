@@ -79,8 +79,11 @@ def passages_and_queries(files: list[Path], per_book: int, queries_per_book: int
         if len(chunks) < 4:
             continue
         indexed = set(embed_positions(len(chunks), per_book))
-        candidates = [c for i, c in enumerate(chunks) if i not in indexed
-                      and not any(s.strip() in training for s in split_sentences(c))]
+        candidates = [
+            c
+            for i, c in enumerate(chunks)
+            if i not in indexed and not any(s.strip() in training for s in split_sentences(c))
+        ]
         dropped += len(chunks) - len(indexed) - len(candidates)
         if not candidates:
             continue
@@ -117,7 +120,11 @@ def model_ranks(args, books, passages, passage_book, queries, query_book) -> tup
     if args.model is not None:
         model, vector, name = load_bi_encoder(args.model), args.vector or "projected", str(args.model)
     else:
-        model, vector, name = BiEncoder.from_backbone(args.backbone, max_seq_length=128), "pooled", f"{args.backbone} (zero-shot)"
+        model, vector, name = (
+            BiEncoder.from_backbone(args.backbone, max_seq_length=128),
+            "pooled",
+            f"{args.backbone} (zero-shot)",
+        )
     scorer = BiEncoderScorer(model, cache_size=0, precision=args.precision)
     start = time.perf_counter()
     vectors = embed_queries(scorer, passages, 64, vector)
@@ -147,7 +154,9 @@ def bench_ann(sizes: list[int], dim: int = 256, n_queries: int = 200) -> list[di
     for n in sizes:
         vectors = rng.normal(size=(n, dim)).astype(np.float32)
         faiss.normalize_L2(vectors)
-        queries = vectors[rng.choice(n, n_queries, replace=False)] + 0.05 * rng.normal(size=(n_queries, dim)).astype(np.float32)
+        queries = vectors[rng.choice(n, n_queries, replace=False)] + 0.05 * rng.normal(size=(n_queries, dim)).astype(
+            np.float32
+        )
         faiss.normalize_L2(queries)
         flat = faiss.IndexFlatIP(dim)
         flat.add(vectors)
@@ -163,18 +172,29 @@ def bench_ann(sizes: list[int], dim: int = 256, n_queries: int = 200) -> list[di
         _, approx = hnsw.search(queries, 10)
         hnsw_ms = (time.perf_counter() - start) / n_queries * 1000
         overlap = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(exact, approx)])
-        out.append({"vectors": n, "flat_ms_per_query": round(flat_ms, 3), "hnsw_ms_per_query": round(hnsw_ms, 3),
-                    "hnsw_build_s": round(build_s, 1), "hnsw_recall@10_vs_exact": round(float(overlap), 3)})
+        out.append(
+            {
+                "vectors": n,
+                "flat_ms_per_query": round(flat_ms, 3),
+                "hnsw_ms_per_query": round(hnsw_ms, 3),
+                "hnsw_build_s": round(build_s, 1),
+                "hnsw_recall@10_vs_exact": round(float(overlap), 3),
+            }
+        )
         print(json.dumps(out[-1]), flush=True)
     return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--books", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "corpus" / "books")
+    parser.add_argument(
+        "--books", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "corpus" / "books"
+    )
     parser.add_argument("--data", type=Path, default=None, help="prepared dataset: its train split's books and texts")
     parser.add_argument("--model", type=Path, default=None, help="a trained bi-encoder's final/ folder")
-    parser.add_argument("--backbone", default="sentence-transformers/all-MiniLM-L6-v2", help="zero-shot encoder without --model")
+    parser.add_argument(
+        "--backbone", default="sentence-transformers/all-MiniLM-L6-v2", help="zero-shot encoder without --model"
+    )
     parser.add_argument("--vector", choices=["projected", "pooled"], default=None)
     parser.add_argument("--max-books", type=int, default=100)
     parser.add_argument("--passages-per-book", type=int, default=8)
@@ -189,12 +209,19 @@ def main() -> None:
     else:
         files, training = choose_books(args.books, args.data, args.max_books, args.seed)
         books, passages, passage_book, queries, query_book, dropped = passages_and_queries(
-            files, args.passages_per_book, args.queries_per_book, training, args.seed)
+            files, args.passages_per_book, args.queries_per_book, training, args.seed
+        )
         ranks, info = model_ranks(args, books, passages, passage_book, queries, query_book)
-        report = {"books": len(books), "passages": len(passages), "queries": len(queries), "chunks_seen_in_training": dropped,
-                  **info, "model_search": recall(ranks),
-                  "tfidf_search": recall(tfidf_ranks(passages, passage_book, queries, query_book, len(books))),
-                  "load_average": os.getloadavg()}
+        report = {
+            "books": len(books),
+            "passages": len(passages),
+            "queries": len(queries),
+            "chunks_seen_in_training": dropped,
+            **info,
+            "model_search": recall(ranks),
+            "tfidf_search": recall(tfidf_ranks(passages, passage_book, queries, query_book, len(books))),
+            "load_average": os.getloadavg(),
+        }
     text = json.dumps(report, indent=2)
     print(text)
     if args.out:

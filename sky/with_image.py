@@ -34,10 +34,15 @@ def with_image(text: str, image: str) -> str:
 def main(argv: list[str]) -> int:
     image = os.environ.get(IMAGE_ENV, "").strip()
     if len(argv) != 1 or not image:
-        print(f"usage: {IMAGE_ENV}=docker:<registry>/<repo>:<tag> python sky/with_image.py TASK.yaml > OUT.yaml", file=sys.stderr)
+        print(
+            f"usage: {IMAGE_ENV}=docker:<registry>/<repo>:<tag> python sky/with_image.py TASK.yaml > OUT.yaml",
+            file=sys.stderr,
+        )
         return 2
     if not image.startswith("docker:"):
-        print(f"{IMAGE_ENV} must name a container image as docker:<registry>/<repo>:<tag>, not {image!r}", file=sys.stderr)
+        print(
+            f"{IMAGE_ENV} must name a container image as docker:<registry>/<repo>:<tag>, not {image!r}", file=sys.stderr
+        )
         return 2
     with open(argv[0], encoding="utf-8") as handle:
         sys.stdout.write(with_image(handle.read(), image))

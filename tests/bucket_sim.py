@@ -38,7 +38,9 @@ class Recorder:
         self.on_step(-1)  # the state after the run's last writes (final/, the summary)
 
 
-def bucket_view(snapshots: list[dict[str, bytes]], kill_after: int, rng: random.Random, lag: int = 1) -> dict[str, bytes]:
+def bucket_view(
+    snapshots: list[dict[str, bytes]], kill_after: int, rng: random.Random, lag: int = 1
+) -> dict[str, bytes]:
     """The bucket when the writer dies between snapshots `kill_after` and `kill_after + 1`."""
     base = snapshots[max(0, kill_after - rng.randint(0, lag))]
     target = snapshots[min(kill_after + 1, len(snapshots) - 1)]

@@ -19,7 +19,7 @@ SAMPLE_TEXTS = [
     "Call me Ishmael. Some years ago, never mind how long precisely, I thought I would sail about.",
     "Happy families are all alike; every unhappy family is unhappy in its own way.",
     "It is a truth universally acknowledged, that a single man in possession of a good fortune must be in want of a wife.",
-    "The sun shone, having no alternative, on the nothing new. Mr. Smith said, \"Well, Dr. Jones?\"",
+    'The sun shone, having no alternative, on the nothing new. Mr. Smith said, "Well, Dr. Jones?"',
 ] * 20
 
 
@@ -59,8 +59,14 @@ def models(tiny_encoder_dir, tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("tiny_models")
     torch.manual_seed(0)
     bi = BiEncoder.from_backbone(
-        str(tiny_encoder_dir), projection_dim=16, classifier_hidden_dim=32, max_seq_length=64, lexical_buckets=256, lexical_top_k=8,
-        name_top_k=0, pooled_cosine=False,
+        str(tiny_encoder_dir),
+        projection_dim=16,
+        classifier_hidden_dim=32,
+        max_seq_length=64,
+        lexical_buckets=256,
+        lexical_top_k=8,
+        name_top_k=0,
+        pooled_cosine=False,
     )
     bi.fit_lexical(SAMPLE_TEXTS)
     bi.save_pretrained(root / "bi" / "final")

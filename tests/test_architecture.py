@@ -28,7 +28,10 @@ def import_graph(modules: dict[str, ast.Module]) -> dict[str, set[str]]:
             if isinstance(node, ast.Import):
                 targets = [alias.name for alias in node.names]
             elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                targets = [f"{node.module}.{alias.name}" if f"{node.module}.{alias.name}" in modules else node.module for alias in node.names]
+                targets = [
+                    f"{node.module}.{alias.name}" if f"{node.module}.{alias.name}" in modules else node.module
+                    for alias in node.names
+                ]
             graph[name].update(t for t in targets if t in modules and t != name and t != "bookmatch")
     return graph
 
@@ -76,7 +79,9 @@ def test_the_cycle_finder_sees_a_planted_circle():
 
 def test_no_import_circle_in_the_package():
     graph = import_graph(_modules())
-    assert "bookmatch.inference.calibration" in graph["bookmatch.inference.matcher"]  # lazy and top-level imports both seen
+    assert (
+        "bookmatch.inference.calibration" in graph["bookmatch.inference.matcher"]
+    )  # lazy and top-level imports both seen
     assert strongly_connected(graph) == []
 
 

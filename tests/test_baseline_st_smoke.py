@@ -19,12 +19,52 @@ def test_baseline_trains_and_scores_every_set(tiny_encoder_dir, tmp_path):
     from datasets import load_from_disk
 
     rows = load_from_disk(str(data))["test"].to_list()[:20]
-    pairs.write_text("".join(json.dumps({"text1": r["text1"], "text2": r["text2"], "label": r["label"],
-                                         "kind": "positive" if r["label"] else "neg_other"}) + "\n" for r in rows), encoding="utf-8")
+    pairs.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "text1": r["text1"],
+                    "text2": r["text2"],
+                    "label": r["label"],
+                    "kind": "positive" if r["label"] else "neg_other",
+                }
+            )
+            + "\n"
+            for r in rows
+        ),
+        encoding="utf-8",
+    )
     out = tmp_path / "baseline.json"
-    command = [sys.executable, str(SCRIPT), "--data", str(data), "--pairs", str(pairs), "--model", str(tiny_encoder_dir),
-               "--steps", "3", "--batch-size", "4", "--lr", "1e-2", "--train-seq-length", "32", "--eval-seq-length", "32",
-               "--test-pairs", "0", "--precision", "no", "--threads", "1", "--out", str(tmp_path / "trainer"), "--json-out", str(out)]
+    command = [
+        sys.executable,
+        str(SCRIPT),
+        "--data",
+        str(data),
+        "--pairs",
+        str(pairs),
+        "--model",
+        str(tiny_encoder_dir),
+        "--steps",
+        "3",
+        "--batch-size",
+        "4",
+        "--lr",
+        "1e-2",
+        "--train-seq-length",
+        "32",
+        "--eval-seq-length",
+        "32",
+        "--test-pairs",
+        "0",
+        "--precision",
+        "no",
+        "--threads",
+        "1",
+        "--out",
+        str(tmp_path / "trainer"),
+        "--json-out",
+        str(out),
+    ]
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     run = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]

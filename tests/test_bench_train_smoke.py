@@ -35,7 +35,20 @@ def test_flop_estimate_follows_nanogpt_formula():
 def test_bench_runs_both_paths_on_cpu(tmp_path, capsys):
     bench = _load_script()
     out = tmp_path / "bench.json"
-    argv = ["--device", "cpu", "--size", "tiny", "--seq-len", "64", "--steps", "3", "--warmup", "1", "--batch-pairs", "4"]
+    argv = [
+        "--device",
+        "cpu",
+        "--size",
+        "tiny",
+        "--seq-len",
+        "64",
+        "--steps",
+        "3",
+        "--warmup",
+        "1",
+        "--batch-pairs",
+        "4",
+    ]
     assert bench.main(argv + ["--json-out", str(out)]) == 0
     payload = json.loads(out.read_text())
     results = payload["results"]
@@ -81,8 +94,24 @@ def test_real_length_batches_pad_as_each_path_trains(tmp_path, tiny_encoder_dir)
     bench = _load_script()
     data = _pairs_dataset(tmp_path / "data")
     args = bench.parse_args(
-        ["--device", "cpu", "--size", "tiny", "--seq-len", "128", "--batch-pairs", "8", "--steps", "9", "--warmup", "1",
-         "--lengths-from", str(data), "--tokenizer", str(tiny_encoder_dir)]
+        [
+            "--device",
+            "cpu",
+            "--size",
+            "tiny",
+            "--seq-len",
+            "128",
+            "--batch-pairs",
+            "8",
+            "--steps",
+            "9",
+            "--warmup",
+            "1",
+            "--lengths-from",
+            str(data),
+            "--tokenizer",
+            str(tiny_encoder_dir),
+        ]
     )
     batches = bench.real_length_batches(args, vocab=1000, device=torch.device("cpu"))
 
@@ -90,7 +119,10 @@ def test_real_length_batches_pad_as_each_path_trains(tmp_path, tiny_encoder_dir)
     from datasets import load_from_disk
 
     split = load_from_disk(str(data))["train"]
-    lengths = {side: sorted(min(len(ids), 128) for ids in tokenizer(list(split[side]))["input_ids"]) for side in ("text1", "text2")}
+    lengths = {
+        side: sorted(min(len(ids), 128) for ids in tokenizer(list(split[side]))["input_ids"])
+        for side in ("text1", "text2")
+    }
     assert lengths["text1"][-1] - lengths["text1"][0] > 20  # the premise: lengths vary
 
     pad = {}
@@ -122,8 +154,26 @@ def test_bench_with_real_lengths_reports_real_tokens(tmp_path, tiny_encoder_dir)
     bench = _load_script()
     data = _pairs_dataset(tmp_path / "data")
     out = tmp_path / "bench.json"
-    argv = ["--device", "cpu", "--size", "tiny", "--seq-len", "128", "--steps", "9", "--warmup", "1", "--batch-pairs", "8",
-            "--lengths-from", str(data), "--tokenizer", str(tiny_encoder_dir), "--json-out", str(out)]
+    argv = [
+        "--device",
+        "cpu",
+        "--size",
+        "tiny",
+        "--seq-len",
+        "128",
+        "--steps",
+        "9",
+        "--warmup",
+        "1",
+        "--batch-pairs",
+        "8",
+        "--lengths-from",
+        str(data),
+        "--tokenizer",
+        str(tiny_encoder_dir),
+        "--json-out",
+        str(out),
+    ]
     assert bench.main(argv) == 0
     payload = json.loads(out.read_text())
     assert payload["meta"]["step_statistic"] == "mean"

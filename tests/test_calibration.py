@@ -110,15 +110,18 @@ def test_style_knots_reproduce_isotonic_regression():
 # ---------------------------------------------------------------------------------------------- loading files
 
 
-@pytest.mark.parametrize("content", [
-    '{"temperature": 0, "threshold": 0.5}',
-    '{"temperature": -1.5, "threshold": 0.5}',
-    '{"temperature": NaN, "threshold": 0.5}',
-    '{"temperature": Infinity, "threshold": 0.5}',
-    '{"temperature": 1.0, "threshold": 1.5}',
-    '{"temperature": 1.0, "threshold": 0.5, "offset": NaN}',
-    '[1, 2]',
-])
+@pytest.mark.parametrize(
+    "content",
+    [
+        '{"temperature": 0, "threshold": 0.5}',
+        '{"temperature": -1.5, "threshold": 0.5}',
+        '{"temperature": NaN, "threshold": 0.5}',
+        '{"temperature": Infinity, "threshold": 0.5}',
+        '{"temperature": 1.0, "threshold": 1.5}',
+        '{"temperature": 1.0, "threshold": 0.5, "offset": NaN}',
+        "[1, 2]",
+    ],
+)
 def test_corrupt_calibration_file_is_refused(tmp_path, content):
     from bookmatch.inference.calibration import load_calibration
 
@@ -128,15 +131,18 @@ def test_corrupt_calibration_file_is_refused(tmp_path, content):
     assert "\n" not in str(info.value)
 
 
-@pytest.mark.parametrize("knots", [
-    {"x": [0.1, 0.2], "y": [0.5]},
-    {"x": [], "y": []},
-    {"x": [0.5, 0.1], "y": [0.2, 0.3]},
-    {"x": [0.1, float("nan")], "y": [0.2, 0.3]},
-    {"x": [0.1, 0.2], "y": [0.2, float("inf")]},
-    {"x": "ab", "y": "cd"},
-    {"y": [0.1]},
-])
+@pytest.mark.parametrize(
+    "knots",
+    [
+        {"x": [0.1, 0.2], "y": [0.5]},
+        {"x": [], "y": []},
+        {"x": [0.5, 0.1], "y": [0.2, 0.3]},
+        {"x": [0.1, float("nan")], "y": [0.2, 0.3]},
+        {"x": [0.1, 0.2], "y": [0.2, float("inf")]},
+        {"x": "ab", "y": "cd"},
+        {"y": [0.1]},
+    ],
+)
 def test_corrupt_style_calibration_file_is_refused(tmp_path, knots):
     import json
 
@@ -154,7 +160,9 @@ def test_valid_calibration_files_load(tmp_path):
     from bookmatch.inference.calibration import load_calibration, load_style_calibration
 
     (tmp_path / "calibration.json").write_text(json.dumps({"temperature": 2.0, "threshold": 0.4, "offset": -0.5}))
-    (tmp_path / "style_calibration.json").write_text(json.dumps({"x": [-0.5, 0.1, 0.1, 0.9], "y": [0.0, 0.2, 0.3, 1.0]}))
+    (tmp_path / "style_calibration.json").write_text(
+        json.dumps({"x": [-0.5, 0.1, 0.1, 0.9], "y": [0.0, 0.2, 0.3, 1.0]})
+    )
     assert load_calibration(tmp_path / "final").temperature == 2.0
     assert load_style_calibration(tmp_path / "final")(0.9) == pytest.approx(1.0)
 

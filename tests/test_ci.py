@@ -17,16 +17,22 @@ def make_dry_run(target: str, *variables: str) -> list[list[str]]:
     """The commands `make TARGET` would run, split into words (recipe comments dropped)."""
     if shutil.which("make") is None:
         pytest.skip("make is not installed")
-    proc = subprocess.run(["make", "-n", target, "PYTHON=python3", *variables], cwd=REPO, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        ["make", "-n", target, "PYTHON=python3", *variables], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 0, proc.stderr
-    return [shlex.split(line) for line in proc.stdout.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    return [
+        shlex.split(line) for line in proc.stdout.splitlines() if line.strip() and not line.lstrip().startswith("#")
+    ]
 
 
 def _torch_install(commands: list[list[str]]) -> list[str]:
     torch_installs = [c for c in commands if "pip" in c and "install" in c and any(w.startswith("torch==") for w in c)]
     assert torch_installs, f"`make install` pins no torch before the project: {commands}"
     command = torch_installs[0]
-    assert commands.index(command) < next(i for i, c in enumerate(commands) if any(w.startswith("-e") or w.startswith(".[") for w in c))
+    assert commands.index(command) < next(
+        i for i, c in enumerate(commands) if any(w.startswith("-e") or w.startswith(".[") for w in c)
+    )
     return command
 
 

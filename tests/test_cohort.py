@@ -33,17 +33,37 @@ def dataset_dir(tmp_path_factory) -> Path:
         out, seed = [], offset
         for book, count in books.items():
             for _ in range(count):
-                out.append({"text1": _text(seed), "text2": _text(seed + 1), "label": 1, "book1": book, "book2": book, "neg_type": ""})
-                out.append({"text1": _text(seed + 2), "text2": _text(seed + 3), "label": 0, "book1": book, "book2": "other/x", "neg_type": "random"})
+                out.append(
+                    {
+                        "text1": _text(seed),
+                        "text2": _text(seed + 1),
+                        "label": 1,
+                        "book1": book,
+                        "book2": book,
+                        "neg_type": "",
+                    }
+                )
+                out.append(
+                    {
+                        "text1": _text(seed + 2),
+                        "text2": _text(seed + 3),
+                        "label": 0,
+                        "book1": book,
+                        "book2": "other/x",
+                        "neg_type": "random",
+                    }
+                )
                 seed += 4
         return out
 
     out = tmp_path_factory.mktemp("cohort_data") / "processed"
-    DatasetDict({
-        "train": Dataset.from_list(rows({"a/one": 1, "b/three": 3, "c/six": 6}, 0)),
-        "validation": Dataset.from_list(rows({"d/v": 10}, 1000)),
-        "test": Dataset.from_list(rows({"e/t": 6}, 2000)),
-    }).save_to_disk(str(out))
+    DatasetDict(
+        {
+            "train": Dataset.from_list(rows({"a/one": 1, "b/three": 3, "c/six": 6}, 0)),
+            "validation": Dataset.from_list(rows({"d/v": 10}, 1000)),
+            "test": Dataset.from_list(rows({"e/t": 6}, 2000)),
+        }
+    ).save_to_disk(str(out))
     return out
 
 
@@ -80,8 +100,12 @@ def test_normalised_margins_match_a_plain_reference(models):
     assert np.std(raw.normalized - raw.margin) > 1e-3  # the texts' affinities differ: normalising changes the order
     # cached affinities give the same values, and a cohort change drops them
     cached = BiEncoderScorer(model, cache_size=100, cohort=scorer.cohort)
-    assert cached.raw_scores([a for a, _ in pairs], [b for _, b in pairs]).normalized == pytest.approx(reference, abs=1e-4)
-    assert cached.raw_scores([a for a, _ in pairs], [b for _, b in pairs]).normalized == pytest.approx(reference, abs=1e-4)
+    assert cached.raw_scores([a for a, _ in pairs], [b for _, b in pairs]).normalized == pytest.approx(
+        reference, abs=1e-4
+    )
+    assert cached.raw_scores([a for a, _ in pairs], [b for _, b in pairs]).normalized == pytest.approx(
+        reference, abs=1e-4
+    )
     cached.cohort = ScoreCohort(*cached.embed(cohort_texts[:3]))
     assert not cached._affinities
     with torch.no_grad():
@@ -105,7 +129,9 @@ def test_cohort_texts_spread_over_the_books(dataset_dir):
 def test_calibrate_evaluate_and_matcher_share_the_cohort(run, dataset_dir, tmp_path):
     from bookmatch.evaluation.evaluate import EvaluateConfig, evaluate
 
-    result = calibrate(CalibrateConfig(model_dir=str(run), data_dir=str(dataset_dir), cohort_size=6, precision="no", device="cpu"))
+    result = calibrate(
+        CalibrateConfig(model_dir=str(run), data_dir=str(dataset_dir), cohort_size=6, precision="no", device="cpu")
+    )
     written = json.loads((run.parent / "calibration.json").read_text())
     assert written["score_normalization"]["texts"] == 6 == result["score_normalization"]["texts"]
     assert (run.parent / COHORT_FILE).exists()
@@ -119,17 +145,30 @@ def test_calibrate_evaluate_and_matcher_share_the_cohort(run, dataset_dir, tmp_p
     assert [r.probability for r in matcher.score_many(pairs)] == pytest.approx(expected.tolist(), abs=1e-6)
 
     report = tmp_path / "report"
-    evaluate(EvaluateConfig(model_dir=str(run), data_dir=str(dataset_dir), split="validation", report_dir=str(report), precision="no", device="cpu"))
+    evaluate(
+        EvaluateConfig(
+            model_dir=str(run),
+            data_dir=str(dataset_dir),
+            split="validation",
+            report_dir=str(report),
+            precision="no",
+            device="cpu",
+        )
+    )
     predictions = [json.loads(line) for line in (report / "predictions.jsonl").read_text().splitlines()]
     assert [p["probability"] for p in predictions] == pytest.approx(expected.tolist(), abs=1e-5)
     # uncalibrated figures stay the model's own (symmetric) margin
-    assert [p["uncalibrated_probability"] for p in predictions] == pytest.approx(probability_from_margin(raw.margin).tolist(), abs=1e-5)
+    assert [p["uncalibrated_probability"] for p in predictions] == pytest.approx(
+        probability_from_margin(raw.margin).tolist(), abs=1e-5
+    )
     assert json.loads((report / "metrics.json").read_text())["calibration"]["score_cohort"] == 6
     assert "score_cohort 6" in (report / "report.md").read_text()
 
 
 def test_a_missing_altered_or_stale_cohort_file_is_handled(run, dataset_dir):
-    calibrate(CalibrateConfig(model_dir=str(run), data_dir=str(dataset_dir), cohort_size=4, precision="no", device="cpu"))
+    calibrate(
+        CalibrateConfig(model_dir=str(run), data_dir=str(dataset_dir), cohort_size=4, precision="no", device="cpu")
+    )
     cohort_file = run.parent / COHORT_FILE
     good = cohort_file.read_bytes()
     cohort_file.write_bytes(good[:-8] + b"\x00" * 8)
@@ -141,7 +180,9 @@ def test_a_missing_altered_or_stale_cohort_file_is_handled(run, dataset_dir):
         Matcher.from_pretrained(run, device="cpu", precision="no")
     # calibrating without a cohort removes the old file and writes a calibration that needs none
     cohort_file.write_bytes(good)
-    written = calibrate(CalibrateConfig(model_dir=str(run), data_dir=str(dataset_dir), cohort_size=0, precision="no", device="cpu"))
+    written = calibrate(
+        CalibrateConfig(model_dir=str(run), data_dir=str(dataset_dir), cohort_size=0, precision="no", device="cpu")
+    )
     assert written["score_normalization"] is None and not cohort_file.exists()
     assert Matcher.from_pretrained(run, device="cpu", precision="no").bi.cohort is None
 
@@ -155,8 +196,13 @@ def test_pairs_without_a_train_split_calibrate_without_a_cohort(run, tmp_path, c
     assert written["score_normalization"] is None and "not normalised" in caplog.text
 
 
-@pytest.mark.parametrize("features", [{"lexical_buckets": 0, "pooled_cosine": False},  # the plain model
-                                      {"lexical_buckets": 64, "lexical_top_k": 8, "name_top_k": 4, "pooled_cosine": True}])
+@pytest.mark.parametrize(
+    "features",
+    [
+        {"lexical_buckets": 0, "pooled_cosine": False},  # the plain model
+        {"lexical_buckets": 64, "lexical_top_k": 8, "name_top_k": 4, "pooled_cosine": True},
+    ],
+)
 def test_margins_against_equal_the_classifier_on_every_pair(tiny_encoder_dir, features):
     import torch
 
@@ -164,7 +210,9 @@ def test_margins_against_equal_the_classifier_on_every_pair(tiny_encoder_dir, fe
     from bookmatch.models.bi_encoder import BiEncoder, TextEmbeddings
 
     torch.manual_seed(3)
-    model = BiEncoder.from_backbone(str(tiny_encoder_dir), projection_dim=8, classifier_hidden_dim=24, max_seq_length=32, **features)
+    model = BiEncoder.from_backbone(
+        str(tiny_encoder_dir), projection_dim=8, classifier_hidden_dim=24, max_seq_length=32, **features
+    )
     texts = [_text(i, length=10 + i) + " Mr. Harbour met Captain Lamp in London." * (i % 3) for i in range(9)]
     if model.lexical is not None:
         model.fit_lexical(texts)

@@ -50,7 +50,10 @@ def test_commit_lists_every_file_and_verifies(tmp_path):
     assert body["files"]["a.bin"]["size"] == 5000
 
 
-@pytest.mark.parametrize("damage", ["truncate", "remove", "same_size_other_bytes", "manifest_cut", "manifest_edited", "no_manifest", "unsafe_path"])
+@pytest.mark.parametrize(
+    "damage",
+    ["truncate", "remove", "same_size_other_bytes", "manifest_cut", "manifest_edited", "no_manifest", "unsafe_path"],
+)
 def test_verify_names_what_is_wrong(tmp_path, damage):
     folder = _artifact(tmp_path / "art")
     manifest = folder / COMMIT_NAME
@@ -157,7 +160,13 @@ def test_checkpoint_round_trip_restores_weights_scheduler_and_rng(two_checkpoint
     path, skipped = resumable_checkpoint(out)
     assert path.name == "checkpoint-4" and skipped == []
     assert sorted(p.name for p in path.iterdir()) == [
-        "COMMIT.json", "custom_state_0.json", "model.safetensors", "optimizer.bin", "random_states_0.pkl", "trainer_state.json"]
+        "COMMIT.json",
+        "custom_state_0.json",
+        "model.safetensors",
+        "optimizer.bin",
+        "random_states_0.pkl",
+        "trainer_state.json",
+    ]
     expected_draw = None
     # the RNG state saved with checkpoint-4 is the one right after step 4: reload it and draw twice
     state = load_checkpoint(accelerator, path)
@@ -173,8 +182,17 @@ def test_checkpoint_round_trip_restores_weights_scheduler_and_rng(two_checkpoint
 
 # the issue's table: a cut model.safetensors / optimizer.bin / trainer_state.json crashed --resume, a cut
 # random_states_0.pkl was silently ignored; each must now make the resume fall back to the older checkpoint
-@pytest.mark.parametrize("name", ["model.safetensors", "optimizer.bin", "trainer_state.json", "random_states_0.pkl",
-                                  "custom_state_0.json", "COMMIT.json"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "model.safetensors",
+        "optimizer.bin",
+        "trainer_state.json",
+        "random_states_0.pkl",
+        "custom_state_0.json",
+        "COMMIT.json",
+    ],
+)
 def test_damaged_newest_checkpoint_falls_back_to_the_previous(two_checkpoints, name, caplog):
     from bookmatch.training.checkpoint import load_checkpoint, resume_checkpoint
 
@@ -184,7 +202,9 @@ def test_damaged_newest_checkpoint_falls_back_to_the_previous(two_checkpoints, n
     with caplog.at_level(logging.WARNING, logger="bookmatch.training.checkpoint"):
         path = resume_checkpoint(accelerator, out)
     assert path.name == "checkpoint-2"
-    assert any("not resuming from" in r.message and "checkpoint-4" in r.message and name in r.message for r in caplog.records)
+    assert any(
+        "not resuming from" in r.message and "checkpoint-4" in r.message and name in r.message for r in caplog.records
+    )
     assert load_checkpoint(accelerator, path).global_step == 2
     _assert_weights(model, weights[2])
 
@@ -263,7 +283,14 @@ def test_payload_really_runs_when_unpickled(tmp_path):
     assert (tmp_path / "ran").exists()
 
 
-CHECKPOINT_PLANTS = ["custom_checkpoint_0.pkl", "scheduler.bin", "scaler.pt", "sampler.bin", "pytorch_model.bin", "dl_state_dict.bin"]
+CHECKPOINT_PLANTS = [
+    "custom_checkpoint_0.pkl",
+    "scheduler.bin",
+    "scaler.pt",
+    "sampler.bin",
+    "pytorch_model.bin",
+    "dl_state_dict.bin",
+]
 
 
 def test_no_code_runs_from_any_checkpoint_file(two_checkpoints, tmp_path):
@@ -333,8 +360,21 @@ def _sim_config(data: Path, model: Path, out: Path, resume: bool = False, batch_
     from bookmatch.training.config import ContrastiveTrainConfig
 
     return ContrastiveTrainConfig(
-        data=str(data), out=str(out), model=str(model), cpu=True, max_seq_length=32, lr=1e-3, batch_size=batch_size,
-        max_steps=6, eval_steps=2, save_steps=2, save_total_limit=2, patience=0, seed=3, projection_dim=8, epochs=1,
+        data=str(data),
+        out=str(out),
+        model=str(model),
+        cpu=True,
+        max_seq_length=32,
+        lr=1e-3,
+        batch_size=batch_size,
+        max_steps=6,
+        eval_steps=2,
+        save_steps=2,
+        save_total_limit=2,
+        patience=0,
+        seed=3,
+        projection_dim=8,
+        epochs=1,
         resume=resume,
     )
 
@@ -357,7 +397,10 @@ def _assert_same_run(straight: Path, resumed: Path) -> None:
     assert [h["step"] for h in a["history"]] == [h["step"] for h in b["history"]]
     for ha, hb in zip(a["history"], b["history"]):
         assert hb["val_loss"] == pytest.approx(ha["val_loss"], rel=1e-5, abs=1e-6), ha["step"]
-    wa, wb = load_file(str(straight / "final" / "model.safetensors")), load_file(str(resumed / "final" / "model.safetensors"))
+    wa, wb = (
+        load_file(str(straight / "final" / "model.safetensors")),
+        load_file(str(resumed / "final" / "model.safetensors")),
+    )
     assert wa.keys() == wb.keys()
     for key in wa:
         assert torch.allclose(wa[key], wb[key], rtol=1e-5, atol=1e-6), key
@@ -401,13 +444,27 @@ def _resume_in_process(data, model):
 
 
 def test_bucket_mount_kills_resume_to_the_uninterrupted_weights(straight_run, data_dir, tiny_encoder_dir, tmp_path):  # noqa: F811
-    starts = _simulated_trials(straight_run, data_dir, tiny_encoder_dir, tmp_path, [11, 12, 13], _resume_in_process(data_dir, tiny_encoder_dir))
+    starts = _simulated_trials(
+        straight_run, data_dir, tiny_encoder_dir, tmp_path, [11, 12, 13], _resume_in_process(data_dir, tiny_encoder_dir)
+    )
     assert sum(starts.values()) == 3
 
 
 @pytest.mark.slow  # 24 resumed training runs: minutes on 2 cores
-def test_bucket_mount_kills_resume_to_the_uninterrupted_weights_many_trials(straight_run, data_dir, tiny_encoder_dir, tmp_path):  # noqa: F811
-    starts = _simulated_trials(straight_run, data_dir, tiny_encoder_dir, tmp_path, range(100, 124), _resume_in_process(data_dir, tiny_encoder_dir))
+def test_bucket_mount_kills_resume_to_the_uninterrupted_weights_many_trials(
+    straight_run,
+    data_dir,
+    tiny_encoder_dir,
+    tmp_path,  # noqa: F811
+):
+    starts = _simulated_trials(
+        straight_run,
+        data_dir,
+        tiny_encoder_dir,
+        tmp_path,
+        range(100, 124),
+        _resume_in_process(data_dir, tiny_encoder_dir),
+    )
     print("resumed from:", starts)
     assert sum(starts.values()) == 24
     assert len(starts) >= 2  # the trials reached more than one kind of start (a checkpoint, an older one, scratch)
@@ -420,8 +477,15 @@ def _free_port() -> int:
 
 
 def _ddp_worker(rank: int, world_size: int, port: int, config_args: tuple, record_to: str | None) -> None:
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_WORLD_SIZE=str(world_size),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+    os.environ.update(
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(world_size),
+        LOCAL_WORLD_SIZE=str(world_size),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        OMP_NUM_THREADS="1",
+    )
     from bookmatch.training.trainer import train_contrastive
 
     config = _sim_config(*config_args)
@@ -436,8 +500,12 @@ def _ddp_worker(rank: int, world_size: int, port: int, config_args: tuple, recor
 def _ddp_run(data, model, out: Path, resume: bool, record_to: Path | None = None) -> None:
     import torch.multiprocessing as mp
 
-    mp.spawn(_ddp_worker, args=(2, _free_port(), (data, model, out, resume, 4), str(record_to) if record_to else None),
-             nprocs=2, join=True)
+    mp.spawn(
+        _ddp_worker,
+        args=(2, _free_port(), (data, model, out, resume, 4), str(record_to) if record_to else None),
+        nprocs=2,
+        join=True,
+    )
 
 
 @pytest.mark.slow  # two processes per run, 7 runs: minutes on 2 cores
@@ -448,9 +516,17 @@ def test_bucket_mount_kills_resume_to_the_uninterrupted_weights_ddp(data_dir, ti
     with open(tmp_path / "record.pkl", "rb") as handle:
         recorder.snapshots, recorder.steps = pickle.load(handle)
     assert sorted(n for n in recorder.snapshots[recorder.steps.index(2)] if "random_states" in n) == [
-        "checkpoint-2/random_states_0.pkl", "checkpoint-2/random_states_1.pkl"]  # both ranks' files are committed
-    starts = _simulated_trials((straight, recorder), data_dir, tiny_encoder_dir, tmp_path, range(200, 206),
-                               lambda folder: _ddp_run(data_dir, tiny_encoder_dir, folder, resume=True))
+        "checkpoint-2/random_states_0.pkl",
+        "checkpoint-2/random_states_1.pkl",
+    ]  # both ranks' files are committed
+    starts = _simulated_trials(
+        (straight, recorder),
+        data_dir,
+        tiny_encoder_dir,
+        tmp_path,
+        range(200, 206),
+        lambda folder: _ddp_run(data_dir, tiny_encoder_dir, folder, resume=True),
+    )
     print("resumed from:", starts)
     assert sum(starts.values()) == 6
 

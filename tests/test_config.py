@@ -22,8 +22,13 @@ from bookmatch.pipeline import load_stage_options
 from bookmatch.prepare.config import PrepareConfig
 from bookmatch.training.config import ContrastiveTrainConfig, CrossTrainConfig
 
-STAGE_CLASSES = {"prepare": PrepareConfig, "cross": CrossTrainConfig, "contrastive": ContrastiveTrainConfig,
-                 "calibrate": CalibrateConfig, "evaluate": EvaluateConfig}
+STAGE_CLASSES = {
+    "prepare": PrepareConfig,
+    "cross": CrossTrainConfig,
+    "contrastive": ContrastiveTrainConfig,
+    "calibrate": CalibrateConfig,
+    "evaluate": EvaluateConfig,
+}
 RESOLVED = Path(__file__).parent / "data" / "resolved_presets.json"
 
 
@@ -32,9 +37,12 @@ def resolved_presets() -> dict:
     out = {}
     for preset in ("cpu-small", "gpu"):
         options = load_stage_options(preset)
-        out[preset] = {stage: config_to_dict(build_config(cls, overrides={k: v for k, v in options[stage].items()
-                                                                           if k != "teacher"}))
-                       for stage, cls in STAGE_CLASSES.items()}
+        out[preset] = {
+            stage: config_to_dict(
+                build_config(cls, overrides={k: v for k, v in options[stage].items() if k != "teacher"})
+            )
+            for stage, cls in STAGE_CLASSES.items()
+        }
     return out
 
 
@@ -52,25 +60,32 @@ def test_the_model_settings_have_one_default():
         assert inherited == model_fields, cls
 
 
-@pytest.mark.parametrize("cls, values, expected", [
-    (ContrastiveTrainConfig, {"lr": -1.0}, "lr must be a number >= 0, got -1.0"),
-    (ContrastiveTrainConfig, {"lr": {"a": 1}}, 'lr must be a number >= 0, got {"a": 1}'),
-    (ContrastiveTrainConfig, {"lr": float("nan")}, "lr must be a number >= 0"),
-    (ContrastiveTrainConfig, {"max_seq_length": -5}, "max_seq_length must be a whole number >= 1, got -5"),
-    (ContrastiveTrainConfig, {"side_features": "bogus"}, 'side_features must be one of style_v1, none, got "bogus"'),
-    (ContrastiveTrainConfig, {"seed": None}, "seed must be a whole number >= 0, got null"),
-    (ContrastiveTrainConfig, {"max_steps": 1.5}, "max_steps must be a whole number >= 0, got 1.5"),
-    (ContrastiveTrainConfig, {"max_steps": -3}, "max_steps must be a whole number >= 0, got -3"),
-    (ContrastiveTrainConfig, {"eval_steps": True}, "eval_steps must be a whole number >= 1, got true"),
-    (ContrastiveTrainConfig, {"pooled_cosine": "maybe"}, 'pooled_cosine must be true or false, got "maybe"'),
-    (ContrastiveTrainConfig, {"mixed_precision": True}, "quote the value"),
-    (CrossTrainConfig, {"lr": "fast"}, 'lr must be a number >= 0, got "fast"'),
-    (PrepareConfig, {"overlap": 14}, "overlap must be < chunk_size"),
-    (PrepareConfig, {"n_positive_per_book": -1}, "n_positive_per_book must be a whole number >= 0 or null"),
-    (PrepareConfig, {"splitter": 3}, 'splitter must be one of regex, spacy, got "3"'),
-    (CalibrateConfig, {"cohort_size": -1}, "cohort_size must be a whole number >= 0"),
-    (EvaluateConfig, {"prefilter_threshold": 2}, "prefilter_threshold must be a number >= 0 and <= 1 or null"),
-])
+@pytest.mark.parametrize(
+    "cls, values, expected",
+    [
+        (ContrastiveTrainConfig, {"lr": -1.0}, "lr must be a number >= 0, got -1.0"),
+        (ContrastiveTrainConfig, {"lr": {"a": 1}}, 'lr must be a number >= 0, got {"a": 1}'),
+        (ContrastiveTrainConfig, {"lr": float("nan")}, "lr must be a number >= 0"),
+        (ContrastiveTrainConfig, {"max_seq_length": -5}, "max_seq_length must be a whole number >= 1, got -5"),
+        (
+            ContrastiveTrainConfig,
+            {"side_features": "bogus"},
+            'side_features must be one of style_v1, none, got "bogus"',
+        ),
+        (ContrastiveTrainConfig, {"seed": None}, "seed must be a whole number >= 0, got null"),
+        (ContrastiveTrainConfig, {"max_steps": 1.5}, "max_steps must be a whole number >= 0, got 1.5"),
+        (ContrastiveTrainConfig, {"max_steps": -3}, "max_steps must be a whole number >= 0, got -3"),
+        (ContrastiveTrainConfig, {"eval_steps": True}, "eval_steps must be a whole number >= 1, got true"),
+        (ContrastiveTrainConfig, {"pooled_cosine": "maybe"}, 'pooled_cosine must be true or false, got "maybe"'),
+        (ContrastiveTrainConfig, {"mixed_precision": True}, "quote the value"),
+        (CrossTrainConfig, {"lr": "fast"}, 'lr must be a number >= 0, got "fast"'),
+        (PrepareConfig, {"overlap": 14}, "overlap must be < chunk_size"),
+        (PrepareConfig, {"n_positive_per_book": -1}, "n_positive_per_book must be a whole number >= 0 or null"),
+        (PrepareConfig, {"splitter": 3}, 'splitter must be one of regex, spacy, got "3"'),
+        (CalibrateConfig, {"cohort_size": -1}, "cohort_size must be a whole number >= 0"),
+        (EvaluateConfig, {"prefilter_threshold": 2}, "prefilter_threshold must be a number >= 0 and <= 1 or null"),
+    ],
+)
 def test_every_bad_value_is_one_line_naming_the_setting(cls, values, expected):
     with pytest.raises(ConfigError) as raised:
         build_config(cls, settings=values, where="stage: ")
@@ -81,8 +96,10 @@ def test_every_bad_value_is_one_line_naming_the_setting(cls, values, expected):
 
 
 def test_text_and_yaml_values_take_the_declared_types(tmp_path):
-    config = build_config(ContrastiveTrainConfig, settings={"lr": "1e-4", "max_steps": 7.0, "epochs": "2",
-                                                            "mixed_precision": False, "cpu": "yes"})
+    config = build_config(
+        ContrastiveTrainConfig,
+        settings={"lr": "1e-4", "max_steps": 7.0, "epochs": "2", "mixed_precision": False, "cpu": "yes"},
+    )
     assert (config.lr, config.max_steps, config.epochs, config.mixed_precision, config.cpu) == (1e-4, 7, 2, "no", True)
     assert isinstance(config.max_steps, int) and isinstance(config.lr, float)
     yaml_file = tmp_path / "c.yaml"
@@ -99,12 +116,14 @@ def test_pipeline_set_validates_every_stage_and_refuses_an_empty_value(tmp_path,
     monkeypatch.setattr(bookmatch.prepare, "run_prepare", lambda *a, **k: pytest.fail("prepare ran"))
     out = tmp_path / "run"
     assert load_stage_options("cpu-small", sets=["prepare.holdout_authors="])["prepare"]["holdout_authors"] == ""
-    for sets, expected in ((["contrastive.lr="], 'contrastive: lr must be a number >= 0, got ""'),
-                           (["contrastive.lr=-1"], "contrastive: lr must be a number >= 0, got -1.0"),
-                           (["contrastive.seed=null"], "contrastive: seed must be a whole number >= 0, got null"),
-                           (["contrastive.max_steps=1.5"], "contrastive: max_steps must be a whole number >= 0"),
-                           (["cross.side_features=none"], "cross: unknown option(s) side_features"),
-                           (["evaluate.max_pairs=0"], "evaluate: max_pairs must be a whole number >= 1 or null")):
+    for sets, expected in (
+        (["contrastive.lr="], 'contrastive: lr must be a number >= 0, got ""'),
+        (["contrastive.lr=-1"], "contrastive: lr must be a number >= 0, got -1.0"),
+        (["contrastive.seed=null"], "contrastive: seed must be a whole number >= 0, got null"),
+        (["contrastive.max_steps=1.5"], "contrastive: max_steps must be a whole number >= 0"),
+        (["cross.side_features=none"], "cross: unknown option(s) side_features"),
+        (["evaluate.max_pairs=0"], "evaluate: max_pairs must be a whole number >= 1 or null"),
+    ):
         args = ["pipeline", "--out", str(out)] + [x for s in sets for x in ("--set", s)]
         result = CliRunner().invoke(main, args)
         assert result.exit_code == 4, (sets, result.output)
@@ -137,10 +156,19 @@ def test_cli_values_are_checked_like_yaml_values(tmp_path):
     assert result.exit_code == 4 and f'config {config_file}: lr must be a number >= 0, got {{"a": 1}}' in result.stderr
 
 
-_yaml_scalars = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6), st.floats(allow_nan=True),
-                          st.text(max_size=12), st.sampled_from(["no", "off", "auto", "1e-4", "1.5", "", "null"]))
-_yaml_values = st.recursive(_yaml_scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
-    st.text(max_size=5), inner, max_size=3), max_leaves=5)
+_yaml_scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(10**6), 10**6),
+    st.floats(allow_nan=True),
+    st.text(max_size=12),
+    st.sampled_from(["no", "off", "auto", "1e-4", "1.5", "", "null"]),
+)
+_yaml_values = st.recursive(
+    _yaml_scalars,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=5,
+)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -175,8 +203,13 @@ def test_prepare_sections_are_what_the_modules_take():
     config = PrepareConfig(chunk_size=9, overlap=2, gram_words=5, seed=3)
     chunking = section_values(config, prepare_config.ChunkingSettings)
     assert ChunkingOptions(**chunking, seed=config.seed) == chunking_options(config)
-    sections = (prepare_config.ChunkingSettings, prepare_config.MiningSettings, prepare_config.DedupSettings,
-                prepare_config.SplitSettings, prepare_config.PairSettings)
+    sections = (
+        prepare_config.ChunkingSettings,
+        prepare_config.MiningSettings,
+        prepare_config.DedupSettings,
+        prepare_config.SplitSettings,
+        prepare_config.PairSettings,
+    )
     owned = [f.name for section in sections for f in dataclasses.fields(section)]
     assert len(owned) == len(set(owned))
     assert set(f.name for f in dataclasses.fields(PrepareConfig)) - set(owned) == {"books", "out", "workers", "seed"}
@@ -190,8 +223,15 @@ def test_a_model_folder_saved_before_the_signatures_existed_loads_with_them_off(
     from bookmatch.models.bi_encoder import CONFIG_NAME, BiEncoder
 
     torch.manual_seed(0)
-    old = BiEncoder.from_backbone(str(tiny_encoder_dir), projection_dim=8, max_seq_length=32, classifier_hidden_dim=16,
-                                  lexical_buckets=0, name_top_k=0, pooled_cosine=False)
+    old = BiEncoder.from_backbone(
+        str(tiny_encoder_dir),
+        projection_dim=8,
+        max_seq_length=32,
+        classifier_hidden_dim=16,
+        lexical_buckets=0,
+        name_top_k=0,
+        pooled_cosine=False,
+    )
     folder = old.save_pretrained(tmp_path / "old")
     saved = json.loads((folder / CONFIG_NAME).read_text())
     for key in ("lexical_buckets", "name_top_k", "pooled_cosine"):

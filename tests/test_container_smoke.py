@@ -38,8 +38,17 @@ def test_cpu_image_runs_the_pipeline_and_two_stage_inference(corpus_dir: Path) -
     if engine is None:
         pytest.skip("no container engine: docker with a running daemon, or podman")
     args = shlex.split(os.environ.get("BOOKMATCH_SMOKE_ARGS", DEFAULT_ARGS))
-    command = ["bash", str(REPO / "scripts" / "docker_smoke.sh"), "--quick", "--keep", "--engine", engine,
-               "--books", str(corpus_dir / "books"), *args]
+    command = [
+        "bash",
+        str(REPO / "scripts" / "docker_smoke.sh"),
+        "--quick",
+        "--keep",
+        "--engine",
+        engine,
+        "--books",
+        str(corpus_dir / "books"),
+        *args,
+    ]
     started = time.perf_counter()
     proc = subprocess.run(command, capture_output=True, text=True, timeout=3500)
     elapsed = time.perf_counter() - started
@@ -62,8 +71,10 @@ def test_cpu_image_runs_the_pipeline_and_two_stage_inference(corpus_dir: Path) -
         if os.geteuid() == 0:  # a rootful engine keeps the container's uid on the host
             owners = {p.lstat().st_uid for p in artifacts}
             assert owners == {IMAGE_USER_UID}, f"artifact owners on the host: {owners}"
-        print(f"container smoke test: {elapsed:.0f} s with {engine}, image {size / 1e9:.2f} GB, "
-              f"{len(artifacts)} artifacts in /vol/run")
+        print(
+            f"container smoke test: {elapsed:.0f} s with {engine}, image {size / 1e9:.2f} GB, "
+            f"{len(artifacts)} artifacts in /vol/run"
+        )
     finally:
         if kept:
             shutil.rmtree(kept.group(1), ignore_errors=True)

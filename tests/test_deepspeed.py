@@ -15,20 +15,26 @@ from safetensors.torch import load_file
 from test_resume import _args, _entry, data_dir  # noqa: F401  (data_dir is a fixture)
 
 # Not a dev dependency: DeepSpeed builds a C++ op at first use on CPU, and CI machines need not have a compiler.
-pytest.importorskip("deepspeed", reason="deepspeed is not installed (pip install deepspeed; it comes with the gpu extra)")
+pytest.importorskip(
+    "deepspeed", reason="deepspeed is not installed (pip install deepspeed; it comes with the gpu extra)"
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _env() -> dict[str, str]:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu")
+    env = dict(
+        os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu"
+    )
     return env
 
 
 def _zero_on_two_cpu_processes(tmp_path: Path, stage: int, **deepspeed_config) -> Path:
     """The shipped ZeRO accelerate config with only the machine shape changed (and `deepspeed_config` entries,
     where given): what a GPU node would launch."""
-    config = yaml.safe_load((REPO / "configs" / "accelerate" / f"deepspeed_zero{stage}.yaml").read_text(encoding="utf-8"))
+    config = yaml.safe_load(
+        (REPO / "configs" / "accelerate" / f"deepspeed_zero{stage}.yaml").read_text(encoding="utf-8")
+    )
     config["num_processes"] = 2
     config["deepspeed_config"]["deepspeed_config_file"] = str(REPO / "configs" / "deepspeed" / f"zero{stage}.json")
     config["deepspeed_config"].update(deepspeed_config)
@@ -37,12 +43,28 @@ def _zero_on_two_cpu_processes(tmp_path: Path, stage: int, **deepspeed_config) -
     return path
 
 
-def _launch(config: Path, data: Path, model: Path, out: Path, *extra: str, env: dict[str, str] | None = None,
-            kill_at: int | None = None) -> subprocess.CompletedProcess:
+def _launch(
+    config: Path,
+    data: Path,
+    model: Path,
+    out: Path,
+    *extra: str,
+    env: dict[str, str] | None = None,
+    kill_at: int | None = None,
+) -> subprocess.CompletedProcess:
     """`accelerate launch --config_file CONFIG -m bookmatch train contrastive ...` (the resume tests' arguments);
     with `kill_at`, through the launcher that SIGKILLs after that step."""
     args = [a for a in _args("contrastive", data, model, out) if a != "--cpu"]
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config), *_entry(kill_at), *args, *extra]
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(config),
+        *_entry(kill_at),
+        *args,
+        *extra,
+    ]
     return subprocess.run(command, cwd=REPO, env=env or _env(), capture_output=True, text=True, timeout=300)
 
 
@@ -50,9 +72,24 @@ def _launch(config: Path, data: Path, model: Path, out: Path, *extra: str, env: 
 def test_zero_on_two_cpu_processes_matches_ddp(stage, data_dir, tiny_encoder_dir, models, tmp_path):  # noqa: F811
     """Distilling from a teacher too: under ZeRO-3 the teacher must load whole (it is never wrapped by an engine)."""
     teacher = ["--teacher", str(models["cross"])]
-    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "bookmatch",
-                          *_args("contrastive", data_dir, tiny_encoder_dir, tmp_path / "ddp"), *teacher],
-                         cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+    ddp = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "bookmatch",
+            *_args("contrastive", data_dir, tiny_encoder_dir, tmp_path / "ddp"),
+            *teacher,
+        ],
+        cwd=REPO,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     zero = _launch(_zero_on_two_cpu_processes(tmp_path, stage), data_dir, tiny_encoder_dir, tmp_path / "zero", *teacher)
     assert zero.returncode == 0, zero.stderr[-3000:]
@@ -113,7 +150,15 @@ def test_zero_resume_after_kill_matches_uninterrupted(stage, data_dir, tiny_enco
 @pytest.mark.parametrize("stage", [2, 3])
 def test_zero_bf16_final_weights_are_the_fp32_masters(stage, data_dir, tiny_encoder_dir, tmp_path):  # noqa: F811
     """Under DeepSpeed bf16 the module computes in bf16; final/ must hold the optimizer's fp32 master weights."""
-    run = _launch(_zero_on_two_cpu_processes(tmp_path, stage), data_dir, tiny_encoder_dir, tmp_path / "zero", "--max-steps", "4", "--bf16")
+    run = _launch(
+        _zero_on_two_cpu_processes(tmp_path, stage),
+        data_dir,
+        tiny_encoder_dir,
+        tmp_path / "zero",
+        "--max-steps",
+        "4",
+        "--bf16",
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     weights = load_file(str(tmp_path / "zero" / "final" / "model.safetensors"))
     assert {str(w.dtype) for w in weights.values()} == {"torch.float32"}
@@ -123,7 +168,9 @@ def test_zero_bf16_final_weights_are_the_fp32_masters(stage, data_dir, tiny_enco
 
 
 def test_zero3_init_flag_true_is_one_clear_line(data_dir, tiny_encoder_dir, tmp_path):  # noqa: F811
-    run = _launch(_zero_on_two_cpu_processes(tmp_path, 3, zero3_init_flag=True), data_dir, tiny_encoder_dir, tmp_path / "zero")
+    run = _launch(
+        _zero_on_two_cpu_processes(tmp_path, 3, zero3_init_flag=True), data_dir, tiny_encoder_dir, tmp_path / "zero"
+    )
     assert run.returncode != 0
     assert "error: zero3_init_flag: true is not supported" in run.stderr
     # the launcher reports its failed children with a traceback of its own; the ranks print none

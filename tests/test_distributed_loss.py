@@ -75,9 +75,15 @@ def _worker(rank: int, rendezvous: str, out_dir: str) -> None:
             rows = slice(0, split) if rank == 0 else slice(split, len(labels))
             model.zero_grad()
             cached = CachedSupCon(SupConLoss(TEMPERATURE, rank=rank, world_size=WORLD_SIZE), mini_batch_size=2)
-            total, terms = cached.step_with_terms(model, inputs[rows], torch.tensor(labels)[rows], no_sync=model.no_sync)
+            total, terms = cached.step_with_terms(
+                model, inputs[rows], torch.tensor(labels)[rows], no_sync=model.no_sync
+            )
             results.append(
-                {"cached_case": index, "global": terms["contrastive_global"].item(), "grads": [p.grad.clone() for p in model.parameters()]}
+                {
+                    "cached_case": index,
+                    "global": terms["contrastive_global"].item(),
+                    "grads": [p.grad.clone() for p in model.parameters()],
+                }
             )
         # The gather helpers themselves, on uneven sizes: values and the gradient routed back to the owner.
         local = torch.arange(3 + rank, dtype=torch.float64).mul(rank + 1).reshape(-1, 1).requires_grad_(True)

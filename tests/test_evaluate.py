@@ -40,11 +40,20 @@ def dataset_dir(tmp_path_factory) -> Path:
         for i in range(n):
             label = int(i % 2 == 0)
             neg_type = "" if label else ("hard" if i % 4 == 1 else "random")
-            rows.append({
-                "text1": _passage(offset + i), "text2": _passage(offset + 1000 + i), "label": label,
-                "book1": "a/b", "book2": "a/b" if label else "c/d", "pair_type": "positive" if label else "negative",
-                "neg_type": neg_type, "topic1": 0, "topic2": 0, "same_topic": True,
-            })
+            rows.append(
+                {
+                    "text1": _passage(offset + i),
+                    "text2": _passage(offset + 1000 + i),
+                    "label": label,
+                    "book1": "a/b",
+                    "book2": "a/b" if label else "c/d",
+                    "pair_type": "positive" if label else "negative",
+                    "neg_type": neg_type,
+                    "topic1": 0,
+                    "topic2": 0,
+                    "same_topic": True,
+                }
+            )
         return Dataset.from_list(rows)
 
     out = tmp_path_factory.mktemp("data") / "processed"
@@ -64,7 +73,9 @@ def test_calibrate_then_evaluate_dataset(models, dataset_dir, tmp_path):
     style = models["bi"].parent / "style_calibration.json"
     cohort = models["bi"].parent / "score_cohort.safetensors"
     try:
-        result = _invoke(["calibrate", "--model", str(models["bi"]), "--data", str(dataset_dir), "--target", "f1", "--device", "cpu"])
+        result = _invoke(
+            ["calibrate", "--model", str(models["bi"]), "--data", str(dataset_dir), "--target", "f1", "--device", "cpu"]
+        )
         assert result.exit_code == 0, result.output
         written = json.loads(calibration.read_text())
         assert written["target"] == "f1" and written["pairs"] == 40 and written["temperature"] > 0
@@ -76,7 +87,21 @@ def test_calibrate_then_evaluate_dataset(models, dataset_dir, tmp_path):
         assert written["score_normalization"]["texts"] == 16 and cohort.exists()
 
         report = tmp_path / "report"
-        result = _invoke(["evaluate", "--model", str(models["bi"]), "--data", str(dataset_dir), "--report", str(report), "--device", "cpu", "--batch-size", "8"])
+        result = _invoke(
+            [
+                "evaluate",
+                "--model",
+                str(models["bi"]),
+                "--data",
+                str(dataset_dir),
+                "--report",
+                str(report),
+                "--device",
+                "cpu",
+                "--batch-size",
+                "8",
+            ]
+        )
         assert result.exit_code == 0, result.output
     finally:
         for path in (calibration, style, cohort):
@@ -85,7 +110,18 @@ def test_calibrate_then_evaluate_dataset(models, dataset_dir, tmp_path):
     metrics = json.loads((report / "metrics.json").read_text())
     assert metrics["precision"] == native_precision
     for setting in ("uncalibrated", "calibrated"):
-        for name in ("accuracy", "precision", "recall", "f1", "auc", "average_precision", "brier", "ece", "c_at_1", "f05u"):
+        for name in (
+            "accuracy",
+            "precision",
+            "recall",
+            "f1",
+            "auc",
+            "average_precision",
+            "brier",
+            "ece",
+            "c_at_1",
+            "f05u",
+        ):
             assert name in metrics[setting]
     assert metrics["calibrated"]["threshold"] == pytest.approx(written["threshold"])
     assert set(metrics["by_kind"]["calibrated"]) == {"positive", "hard", "random"}
@@ -120,26 +156,67 @@ def test_calibrate_then_evaluate_dataset(models, dataset_dir, tmp_path):
 
 def test_evaluate_pairs_file_two_stage(models, corpus_dir, tmp_path):
     report = tmp_path / "report"
-    result = _invoke([
-        "evaluate", "--model", str(models["bi"]), "--cross-model", str(models["cross"]), "--mode", "two-stage",
-        "--pairs", str(corpus_dir / "validation_pairs.jsonl"), "--max-pairs", "30", "--report", str(report), "--device", "cpu",
-    ])
+    result = _invoke(
+        [
+            "evaluate",
+            "--model",
+            str(models["bi"]),
+            "--cross-model",
+            str(models["cross"]),
+            "--mode",
+            "two-stage",
+            "--pairs",
+            str(corpus_dir / "validation_pairs.jsonl"),
+            "--max-pairs",
+            "30",
+            "--report",
+            str(report),
+            "--device",
+            "cpu",
+        ]
+    )
     assert result.exit_code == 0, result.output
     metrics = json.loads((report / "metrics.json").read_text())
     assert metrics["pairs"] == 30 and metrics["calibrated"] is None  # no calibration files beside these models
     assert set(metrics["by_kind"]["uncalibrated"]) == {"positive", "neg_same_author", "neg_other_author"}
     predictions = [json.loads(line) for line in (report / "predictions.jsonl").read_text().splitlines()]
     stages = [p["stage"] for p in predictions]
-    assert sum(metrics["stages"].values()) == 30 and metrics["stages"].get("cross-encoder", 0) == stages.count("cross-encoder")
+    assert sum(metrics["stages"].values()) == 30 and metrics["stages"].get("cross-encoder", 0) == stages.count(
+        "cross-encoder"
+    )
     # a pair the bi-encoder rejects is a negative answer whatever the cross-encoder would say
     assert all(p["decision"] == 0 for p in predictions if p["stage"] == "bi-encoder")
     assert all(p["uncalibrated_probability"] < 0.5 for p in predictions if p["stage"] == "bi-encoder")
 
 
 def test_evaluate_input_errors(models, dataset_dir, tmp_path):
-    no_cross = _invoke(["evaluate", "--model", str(models["bi"]), "--data", str(dataset_dir), "--mode", "two-stage", "--report", str(tmp_path / "r")])
+    no_cross = _invoke(
+        [
+            "evaluate",
+            "--model",
+            str(models["bi"]),
+            "--data",
+            str(dataset_dir),
+            "--mode",
+            "two-stage",
+            "--report",
+            str(tmp_path / "r"),
+        ]
+    )
     assert no_cross.exit_code == InputError.exit_code and "--cross-model" in no_cross.stderr
-    bad_split = _invoke(["evaluate", "--model", str(models["bi"]), "--data", str(dataset_dir), "--split", "nope", "--report", str(tmp_path / "r")])
+    bad_split = _invoke(
+        [
+            "evaluate",
+            "--model",
+            str(models["bi"]),
+            "--data",
+            str(dataset_dir),
+            "--split",
+            "nope",
+            "--report",
+            str(tmp_path / "r"),
+        ]
+    )
     assert bad_split.exit_code == InputError.exit_code and "no split 'nope'" in bad_split.stderr
     both = _invoke(["calibrate", "--model", str(models["bi"]), "--data", str(dataset_dir), "--pairs", "x.jsonl"])
     assert both.exit_code == InputError.exit_code and "exactly one of --data" in both.stderr
@@ -171,7 +248,9 @@ def test_calibrate_positional_form_matches_config_form(models, dataset_dir):
     from bookmatch.calibration import CalibrateConfig, calibrate
 
     try:
-        by_config = calibrate(CalibrateConfig(model_dir=str(models["bi"]), data_dir=str(dataset_dir), target="f1", device="cpu"))
+        by_config = calibrate(
+            CalibrateConfig(model_dir=str(models["bi"]), data_dir=str(dataset_dir), target="f1", device="cpu")
+        )
         by_args = calibrate(models["bi"], dataset_dir, "f1", device="cpu")
         assert by_args["temperature"] == pytest.approx(by_config["temperature"])
         assert by_args["threshold"] == pytest.approx(by_config["threshold"])
@@ -201,14 +280,27 @@ def test_two_stage_prefilter_applies_without_calibration(models, dataset_dir, tm
 
     own = _uncalibrated_copies(models, tmp_path)
     report = tmp_path / "report"
-    metrics = evaluate(EvaluateConfig(model_dir=str(own["bi"]), cross_model_dir=str(own["cross"]), mode="two-stage", data_dir=str(dataset_dir),
-                                      report_dir=str(report), prefilter_threshold=prefilter, max_pairs=12, precision="no", device="cpu"))
+    metrics = evaluate(
+        EvaluateConfig(
+            model_dir=str(own["bi"]),
+            cross_model_dir=str(own["cross"]),
+            mode="two-stage",
+            data_dir=str(dataset_dir),
+            report_dir=str(report),
+            prefilter_threshold=prefilter,
+            max_pairs=12,
+            precision="no",
+            device="cpu",
+        )
+    )
     assert metrics["calibration"] is None and metrics["prefilter_threshold"] == prefilter
     predictions = [json.loads(line) for line in (report / "predictions.jsonl").read_text().splitlines()]
     from bookmatch.inference.pairs_file import load_labelled_pairs
 
     pairs = load_labelled_pairs(str(dataset_dir), "test", max_pairs=12)
-    matcher = Matcher.from_pretrained(own["bi"], cross_model=own["cross"], device="cpu", precision="no", prefilter_threshold=prefilter)
+    matcher = Matcher.from_pretrained(
+        own["bi"], cross_model=own["cross"], device="cpu", precision="no", prefilter_threshold=prefilter
+    )
     results = matcher.score_many(list(zip(pairs.text1, pairs.text2)), check=False)
     assert [p["stage"] for p in predictions] == [r.stage for r in results]
     assert [p["decision"] for p in predictions] == [int(r.same_book) for r in results]
@@ -228,9 +320,25 @@ def test_evaluate_report_folder_checked_before_scoring(models, dataset_dir, tmp_
     a_file = tmp_path / "a_file"
     a_file.write_text("x")
     with pytest.raises(InputError, match=f"{a_file} is a file, not a folder"):
-        evaluate(EvaluateConfig(model_dir=str(models["bi"]), data_dir=str(dataset_dir), report_dir=str(a_file / "rep"), precision="no"))
+        evaluate(
+            EvaluateConfig(
+                model_dir=str(models["bi"]), data_dir=str(dataset_dir), report_dir=str(a_file / "rep"), precision="no"
+            )
+        )
     monkeypatch.undo()
-    result = _invoke(["evaluate", "--model", str(models["bi"]), "--data", str(dataset_dir), "--report", str(a_file / "rep"), "--precision", "no"])
+    result = _invoke(
+        [
+            "evaluate",
+            "--model",
+            str(models["bi"]),
+            "--data",
+            str(dataset_dir),
+            "--report",
+            str(a_file / "rep"),
+            "--precision",
+            "no",
+        ]
+    )
     assert result.exit_code == InputError.exit_code and "Traceback" not in result.output
 
 
@@ -261,7 +369,11 @@ def test_stage_markers_are_written_last(models, dataset_dir, tmp_path, monkeypat
 
     monkeypatch.setattr(calibration, "fit_style_calibration", cut)
     with pytest.raises(KeyboardInterrupt):
-        calibration.calibrate(calibration.CalibrateConfig(model_dir=str(own["bi"]), data_dir=str(dataset_dir), max_pairs=20, precision="no", device="cpu"))
+        calibration.calibrate(
+            calibration.CalibrateConfig(
+                model_dir=str(own["bi"]), data_dir=str(dataset_dir), max_pairs=20, precision="no", device="cpu"
+            )
+        )
     assert not (own["bi"].parent / "calibration.json").exists()
 
     monkeypatch.setattr(plots, "plot_roc", cut)
@@ -269,5 +381,14 @@ def test_stage_markers_are_written_last(models, dataset_dir, tmp_path, monkeypat
     report.mkdir()
     (report / "metrics.json").write_text("{}")  # left by an earlier run: must not survive a cut re-run
     with pytest.raises(KeyboardInterrupt):
-        evaluate(EvaluateConfig(model_dir=str(own["bi"]), data_dir=str(dataset_dir), report_dir=str(report), max_pairs=20, precision="no", device="cpu"))
+        evaluate(
+            EvaluateConfig(
+                model_dir=str(own["bi"]),
+                data_dir=str(dataset_dir),
+                report_dir=str(report),
+                max_pairs=20,
+                precision="no",
+                device="cpu",
+            )
+        )
     assert not (report / "metrics.json").exists()

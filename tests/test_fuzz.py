@@ -20,27 +20,60 @@ from bookmatch.text.names import unicode_name
 from bookmatch.text.standardize import standardize
 
 # database=None: nothing written into the checkout; a failure prints its example, which is enough to reproduce it.
-FUZZ = settings(max_examples=100, deadline=None, database=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+FUZZ = settings(
+    max_examples=100,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 # charset-normalizer runs on bytes that are neither UTF-8 nor cp1252-like: fewer examples keep this test short.
 FUZZ_DECODE = settings(FUZZ, max_examples=30)
 
 # Pieces of real Gutenberg files, so generated texts hit the marker and header code paths, not only prose.
 FRAGMENTS = [
-    "*** START OF THIS PROJECT GUTENBERG EBOOK A BOOK ***", "*** END OF THE PROJECT GUTENBERG EBOOK A BOOK ***",
-    "End of the Project Gutenberg EBook of A Book, by Someone", "End of this Etext", "*** START: FULL LICENSE ***",
+    "*** START OF THIS PROJECT GUTENBERG EBOOK A BOOK ***",
+    "*** END OF THE PROJECT GUTENBERG EBOOK A BOOK ***",
+    "End of the Project Gutenberg EBook of A Book, by Someone",
+    "End of this Etext",
+    "*** START: FULL LICENSE ***",
     "***START**THE SMALL PRINT!**FOR PUBLIC DOMAIN ETEXTS**START***",
-    "*END*THE SMALL PRINT! FOR PUBLIC DOMAIN ETEXTS*Ver.04.29.93*END*", "Title: ", "Author: ", "Language: ",
-    "[EBook #12345]", "Produced by ", "[Illustration: ", "]", "Transcriber's Note", "Executive Director's Notes:",
-    "<<THIS ELECTRONIC VERSION", ">>", "\n", "\n\n", "\r\n", "_", "\u2019", "\u00ad", "\ufeff", "\ufffd", "\x00",
-    "The Project Gutenberg EBook of ", ", by ", "in our series by ", "Character set encoding: ISO-8859-1",
+    "*END*THE SMALL PRINT! FOR PUBLIC DOMAIN ETEXTS*Ver.04.29.93*END*",
+    "Title: ",
+    "Author: ",
+    "Language: ",
+    "[EBook #12345]",
+    "Produced by ",
+    "[Illustration: ",
+    "]",
+    "Transcriber's Note",
+    "Executive Director's Notes:",
+    "<<THIS ELECTRONIC VERSION",
+    ">>",
+    "\n",
+    "\n\n",
+    "\r\n",
+    "_",
+    "\u2019",
+    "\u00ad",
+    "\ufeff",
+    "\ufffd",
+    "\x00",
+    "The Project Gutenberg EBook of ",
+    ", by ",
+    "in our series by ",
+    "Character set encoding: ISO-8859-1",
 ]
 gutenberg_like = st.lists(st.one_of(st.sampled_from(FRAGMENTS), st.text(max_size=60)), max_size=40).map("".join)
 
 
 @FUZZ_DECODE
-@given(st.one_of(st.binary(max_size=1000), gutenberg_like.map(lambda t: t.encode("utf-8", "surrogatepass")),
-                 gutenberg_like.map(lambda t: t.encode("cp1252", "replace"))))
+@given(
+    st.one_of(
+        st.binary(max_size=1000),
+        gutenberg_like.map(lambda t: t.encode("utf-8", "surrogatepass")),
+        gutenberg_like.map(lambda t: t.encode("cp1252", "replace")),
+    )
+)
 def test_decode_returns_text_or_its_own_error(data):
     try:
         text = decode_bytes(data, source="fuzz.txt")
@@ -76,8 +109,9 @@ json_values = st.recursive(
 )
 pair_lines = st.one_of(
     st.binary(max_size=200),
-    st.fixed_dictionaries({"text1": json_values, "text2": json_values},
-                          optional={"label": json_values, "id": json_values}).map(lambda row: json.dumps(row).encode()),
+    st.fixed_dictionaries(
+        {"text1": json_values, "text2": json_values}, optional={"label": json_values, "id": json_values}
+    ).map(lambda row: json.dumps(row).encode()),
     st.text(max_size=80).map(lambda t: json.dumps({"text1": t, "text2": "x"}).encode("utf-8", "surrogatepass")),
 )
 
@@ -92,8 +126,9 @@ def test_pairs_reader_yields_good_rows_or_raises_input_error(tmp_path, lines, re
     except InputError:
         rows = None
     skipped: list[str] = []
-    kept = list(read_pairs_jsonl(path, require_label=require_label, skip_bad_lines=True, bad_lines=skipped,
-                                 warnings=[]))
+    kept = list(
+        read_pairs_jsonl(path, require_label=require_label, skip_bad_lines=True, bad_lines=skipped, warnings=[])
+    )
     for _, row in kept:
         assert isinstance(row["text1"], str) and row["text1"].strip() and row["text1"].encode("utf-8")
     if rows is not None:
@@ -109,15 +144,18 @@ def test_any_name_becomes_a_safe_file_name_and_valid_unicode(name):
 
 
 @FUZZ
-@given(data=st.binary(max_size=400), encoding=st.sampled_from(["gzip", "deflate", "x-gzip", "identity", "br"]),
-       cap=st.integers(min_value=1, max_value=500))
+@given(
+    data=st.binary(max_size=400),
+    encoding=st.sampled_from(["gzip", "deflate", "x-gzip", "identity", "br"]),
+    cap=st.integers(min_value=1, max_value=500),
+)
 def test_body_reader_returns_bytes_under_the_cap_or_fails_that_id(data, encoding, cap):
     from bookmatch.ingest import gutenberg
 
     try:
         reader = gutenberg._BodyReader(encoding, cap)
         for start in range(0, len(data), 37):
-            reader.feed(data[start:start + 37])
+            reader.feed(data[start : start + 37])
         body = reader.finish()
     except (gutenberg._Unusable, gutenberg._Retryable):
         return

@@ -18,7 +18,12 @@ def test_script_parses_and_documents_its_parts():
     usage = subprocess.run(["bash", str(SCRIPT), "--help"], capture_output=True, text=True, check=True).stdout
     for part in ("carry", "setup", "mfu", "pipeline", "train", "summary", "64 MiB"):
         assert part in usage
-    wrong = subprocess.run(["bash", str(SCRIPT), "--part", "nope"], capture_output=True, text=True, env={**os.environ, "OUT": "/tmp/gpu_check_nope"})
+    wrong = subprocess.run(
+        ["bash", str(SCRIPT), "--part", "nope"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OUT": "/tmp/gpu_check_nope"},
+    )
     assert wrong.returncode == 2 and "unknown part nope" in wrong.stderr
 
 
@@ -34,8 +39,17 @@ def test_tiny_run_on_cpu_produces_every_figure(corpus_dir, tmp_path):
     lines = (corpus_dir / "validation_pairs.jsonl").read_text(encoding="utf-8").splitlines()
     pairs.write_text("\n".join(lines[:: len(lines) // 24][:24]) + "\n", encoding="utf-8")
     out = tmp_path / "out"
-    env = {**os.environ, "OUT": str(out), "DEVICE": "cpu", "BOOKS": str(books), "EVAL_PAIRS": str(pairs), "BUDGET_S": "900"}
-    subprocess.run(["bash", str(SCRIPT), "--tiny", "--part", "setup,pipeline,train,mfu,summary"], env=env, check=True, cwd=tmp_path)
+    env = {
+        **os.environ,
+        "OUT": str(out),
+        "DEVICE": "cpu",
+        "BOOKS": str(books),
+        "EVAL_PAIRS": str(pairs),
+        "BUDGET_S": "900",
+    }
+    subprocess.run(
+        ["bash", str(SCRIPT), "--tiny", "--part", "setup,pipeline,train,mfu,summary"], env=env, check=True, cwd=tmp_path
+    )
     summary = json.loads((out / "summary.json").read_text())
     assert "status=0" in " ".join(summary["parts"]), summary["parts"]
     assert float(summary["mining"][0][2].replace(",", "")) > 0

@@ -17,13 +17,20 @@ from bookmatch.inference.pairs_file import read_pairs_jsonl
 from bookmatch.leftovers import sweep_dead
 from bookmatch.text.names import unicode_name
 
-SMALL = ["Emshwiller, Ed/Derelict.txt", "Emshwiller, Ed/Laboratory.txt", "Emshwiller, Ed/Watchbird.txt",
-         "Orban, Paul/A Gift For Terra.txt", "Orban, Paul/The Barbarians.txt", "Orban, Paul/Brainchild.txt"]
+SMALL = [
+    "Emshwiller, Ed/Derelict.txt",
+    "Emshwiller, Ed/Laboratory.txt",
+    "Emshwiller, Ed/Watchbird.txt",
+    "Orban, Paul/A Gift For Terra.txt",
+    "Orban, Paul/The Barbarians.txt",
+    "Orban, Paul/Brainchild.txt",
+]
 
 
 def _dead_pid() -> int:
-    child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
-                           check=True)
+    child = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
+    )
     return int(child.stdout)
 
 
@@ -66,8 +73,15 @@ def test_prepare_survives_odd_file_names_and_sweeps_killed_runs_leftovers(corpus
         folder.mkdir()
         (folder / "pairs.arrow").write_bytes(b"\0" * 10)
 
-    config = PrepareConfig(books=str(books), out=str(out), hard_negatives=False, max_chunks_per_book=20,
-                           n_negative_per_book=2, workers=1, seed=3)
+    config = PrepareConfig(
+        books=str(books),
+        out=str(out),
+        hard_negatives=False,
+        max_chunks_per_book=20,
+        n_negative_per_book=2,
+        workers=1,
+        seed=3,
+    )
     run_prepare(config)
     manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
     used = {p for split in manifest["split_books"].values() for p in split}
@@ -123,8 +137,24 @@ def test_batch_cli_reads_stdin_dash_and_sweeps_dead_runs_temp_output(models, tmp
     stale = tmp_path / f".scores.jsonl.tmp-{_dead_pid()}"
     stale.write_bytes(b"")
     lines = "".join(json.dumps({"text1": f"passage number {i}", "text2": "another passage"}) + "\n" for i in range(3))
-    result = CliRunner().invoke(main, ["infer", "contrastive", "--model", str(models["bi"]), "--device", "cpu",
-                                       "--precision", "no", "--input", "-", "--output", str(out)], input=lines)
+    result = CliRunner().invoke(
+        main,
+        [
+            "infer",
+            "contrastive",
+            "--model",
+            str(models["bi"]),
+            "--device",
+            "cpu",
+            "--precision",
+            "no",
+            "--input",
+            "-",
+            "--output",
+            str(out),
+        ],
+        input=lines,
+    )
     assert result.exit_code == 0, result.output
     assert [json.loads(line)["line"] for line in out.read_text(encoding="utf-8").splitlines()] == [1, 2, 3]
     assert not stale.exists()
@@ -141,9 +171,27 @@ def test_batch_scoring_reads_dev_stdin_and_sweeps_dead_runs_temp_output(models, 
     lines = "".join(json.dumps({"text1": f"passage number {i}", "text2": "another passage"}) + "\n" for i in range(3))
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]), HF_HUB_OFFLINE="1")
     result = subprocess.run(
-        [sys.executable, "-m", "bookmatch", "infer", "contrastive", "--model", str(models["bi"]), "--device", "cpu",
-         "--precision", "no", "--input", "/dev/stdin", "--output", str(out)],
-        input=lines.encode() + b'{"text1": "\xff\xfe", "text2": "z"}\n', capture_output=True, env=env, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "bookmatch",
+            "infer",
+            "contrastive",
+            "--model",
+            str(models["bi"]),
+            "--device",
+            "cpu",
+            "--precision",
+            "no",
+            "--input",
+            "/dev/stdin",
+            "--output",
+            str(out),
+        ],
+        input=lines.encode() + b'{"text1": "\xff\xfe", "text2": "z"}\n',
+        capture_output=True,
+        env=env,
+        timeout=300,
         check=False,
     )
     assert result.returncode == 0, result.stderr.decode(errors="replace")[-2000:]

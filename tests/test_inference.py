@@ -55,7 +55,23 @@ def test_api_single_cli_and_batch_agree(models, tmp_path):
     assert [r.probability for r in matcher.score_many([(b, a) for a, b in pairs])] == pytest.approx(api, abs=1e-6)
     assert np.abs(forward - backward).max() > 1e-3
 
-    single = _invoke(["infer", "contrastive", "--model", str(models["bi"]), "--device", "cpu", "--precision", "no", "--text1", pairs[0][0], "--text2", pairs[0][1], "--style-sim"])
+    single = _invoke(
+        [
+            "infer",
+            "contrastive",
+            "--model",
+            str(models["bi"]),
+            "--device",
+            "cpu",
+            "--precision",
+            "no",
+            "--text1",
+            pairs[0][0],
+            "--text2",
+            pairs[0][1],
+            "--style-sim",
+        ]
+    )
     assert single.exit_code == 0, single.output
     out = json.loads(single.stdout)
     assert out["probability"] == pytest.approx(api[0], abs=1e-5)
@@ -63,8 +79,27 @@ def test_api_single_cli_and_batch_agree(models, tmp_path):
     assert out["confidence"] == pytest.approx(api[0] if out["same_book"] else 1 - api[0], abs=1e-5)
     assert "style_similarity" in out and out["stage"] == "bi-encoder"
 
-    source = _write_jsonl(tmp_path / "pairs.jsonl", [{"id": f"p{i}", "text1": a, "text2": b} for i, (a, b) in enumerate(pairs)])
-    batch = _invoke(["infer", "contrastive", "--model", str(models["bi"]), "--device", "cpu", "--precision", "no", "--input", str(source), "--output", str(tmp_path / "scores.jsonl"), "--batch-size", "3"])
+    source = _write_jsonl(
+        tmp_path / "pairs.jsonl", [{"id": f"p{i}", "text1": a, "text2": b} for i, (a, b) in enumerate(pairs)]
+    )
+    batch = _invoke(
+        [
+            "infer",
+            "contrastive",
+            "--model",
+            str(models["bi"]),
+            "--device",
+            "cpu",
+            "--precision",
+            "no",
+            "--input",
+            str(source),
+            "--output",
+            str(tmp_path / "scores.jsonl"),
+            "--batch-size",
+            "3",
+        ]
+    )
     assert batch.exit_code == 0, batch.output
     assert "infer: scored: 20 pairs" in batch.stderr
     rows = [json.loads(line) for line in (tmp_path / "scores.jsonl").read_text().splitlines()]
@@ -107,7 +142,9 @@ def test_style_similarity_uses_isotonic_knots(models):
         matcher = Matcher.from_pretrained(models["bi"], device="cpu", precision="no")
         a, b = _pairs()[0]
         cosine = matcher.bi.raw_scores([a], [b]).cosine[0]
-        assert matcher.score(a, b).style_similarity == pytest.approx(float(np.interp(cosine, [-1, 0, 1], [0, 0.2, 1])), abs=1e-6)
+        assert matcher.score(a, b).style_similarity == pytest.approx(
+            float(np.interp(cosine, [-1, 0, 1], [0, 0.2, 1])), abs=1e-6
+        )
     finally:
         style_file.unlink()
 
@@ -117,7 +154,14 @@ def test_two_stage_routes_by_prefilter(models, tmp_path):
     contrastive = Matcher.from_pretrained(models["bi"], device="cpu", precision="no")
     bi_p = np.array([r.probability for r in contrastive.score_many(pairs)])
     prefilter = float(np.median(bi_p))
-    matcher = Matcher.from_pretrained(models["bi"], cross_model=models["cross"], device="cpu", precision="no", prefilter_threshold=prefilter, cross_threshold=0.5)
+    matcher = Matcher.from_pretrained(
+        models["bi"],
+        cross_model=models["cross"],
+        device="cpu",
+        precision="no",
+        prefilter_threshold=prefilter,
+        cross_threshold=0.5,
+    )
     results = matcher.score_many(pairs)
     import torch
 
@@ -131,15 +175,51 @@ def test_two_stage_routes_by_prefilter(models, tmp_path):
     assert not any(r.same_book for r in results if r.stage == "bi-encoder")
 
     i = int(np.flatnonzero(by_cross)[0])
-    cli = _invoke(["infer", "two-stage", "--bi-model", str(models["bi"]), "--cross-model", str(models["cross"]), "--device", "cpu", "--precision", "no",
-                   "--prefilter-threshold", str(prefilter), "--text1", pairs[i][0], "--text2", pairs[i][1]])
+    cli = _invoke(
+        [
+            "infer",
+            "two-stage",
+            "--bi-model",
+            str(models["bi"]),
+            "--cross-model",
+            str(models["cross"]),
+            "--device",
+            "cpu",
+            "--precision",
+            "no",
+            "--prefilter-threshold",
+            str(prefilter),
+            "--text1",
+            pairs[i][0],
+            "--text2",
+            pairs[i][1],
+        ]
+    )
     assert cli.exit_code == 0, cli.output
     out = json.loads(cli.stdout)
     assert out["stage"] == "cross-encoder" and out["probability"] == pytest.approx(probability[i], abs=1e-5)
 
     source = _write_jsonl(tmp_path / "pairs.jsonl", [{"text1": a, "text2": b} for a, b in pairs])
-    batch = _invoke(["infer", "two-stage", "--bi-model", str(models["bi"]), "--cross-model", str(models["cross"]), "--device", "cpu", "--precision", "no",
-                     "--prefilter-threshold", str(prefilter), "--input", str(source), "--output", str(tmp_path / "out.jsonl")])
+    batch = _invoke(
+        [
+            "infer",
+            "two-stage",
+            "--bi-model",
+            str(models["bi"]),
+            "--cross-model",
+            str(models["cross"]),
+            "--device",
+            "cpu",
+            "--precision",
+            "no",
+            "--prefilter-threshold",
+            str(prefilter),
+            "--input",
+            str(source),
+            "--output",
+            str(tmp_path / "out.jsonl"),
+        ]
+    )
     assert batch.exit_code == 0, batch.output
     rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert [r["stage"] for r in rows] == [r.stage for r in results]
@@ -148,12 +228,19 @@ def test_two_stage_routes_by_prefilter(models, tmp_path):
 
 def test_stdin_json_and_non_utf8_bytes(models):
     a, b = _pairs()[0]
-    ok = _invoke(["infer", "contrastive", "--model", str(models["bi"]), "--device", "cpu"], input=json.dumps({"text1": a, "text2": b}))
+    ok = _invoke(
+        ["infer", "contrastive", "--model", str(models["bi"]), "--device", "cpu"],
+        input=json.dumps({"text1": a, "text2": b}),
+    )
     assert ok.exit_code == 0, ok.output
     direct = Matcher.from_pretrained(models["bi"], device="cpu").score(a, b)
     assert json.loads(ok.stdout)["probability"] == pytest.approx(direct.probability, abs=1e-5)
 
-    raw = json.dumps({"text1": a + " caf\u00e9", "text2": b}, ensure_ascii=False).encode("utf-8").replace("\u00e9".encode("utf-8"), b"\xe9")
+    raw = (
+        json.dumps({"text1": a + " caf\u00e9", "text2": b}, ensure_ascii=False)
+        .encode("utf-8")
+        .replace("\u00e9".encode("utf-8"), b"\xe9")
+    )
     bad = _invoke(["infer", "contrastive", "--model", str(models["bi"]), "--device", "cpu"], input=raw)
     assert bad.exit_code == 0, bad.output
     assert "not valid UTF-8" in bad.stderr and "Traceback" not in bad.output
@@ -192,9 +279,22 @@ def test_empty_short_and_long_texts(models):
 
 def test_bad_jsonl_lines(models, tmp_path):
     a, b = _pairs()[0]
-    source = _write_jsonl(tmp_path / "pairs.jsonl", [{"text1": a, "text2": b}, "{not json", {"text1": a}, "", {"text1": a, "text2": b}])
+    source = _write_jsonl(
+        tmp_path / "pairs.jsonl", [{"text1": a, "text2": b}, "{not json", {"text1": a}, "", {"text1": a, "text2": b}]
+    )
     out = tmp_path / "scores.jsonl"
-    base = ["infer", "contrastive", "--model", str(models["bi"]), "--device", "cpu", "--input", str(source), "--output", str(out)]
+    base = [
+        "infer",
+        "contrastive",
+        "--model",
+        str(models["bi"]),
+        "--device",
+        "cpu",
+        "--input",
+        str(source),
+        "--output",
+        str(out),
+    ]
     stop = _invoke(base)
     assert stop.exit_code == InputError.exit_code
     assert "line 2: not valid JSON" in stop.stderr and "--skip-bad-lines" in stop.stderr
@@ -213,14 +313,29 @@ def test_bad_jsonl_lines(models, tmp_path):
 def test_missing_and_corrupt_model_folders(models, tmp_path):
     import shutil
 
-    missing = _invoke(["infer", "contrastive", "--model", str(tmp_path / "nope"), "--text1", PASSAGES[0], "--text2", PASSAGES[1]])
+    missing = _invoke(
+        ["infer", "contrastive", "--model", str(tmp_path / "nope"), "--text1", PASSAGES[0], "--text2", PASSAGES[1]]
+    )
     assert missing.exit_code == ModelLoadError.exit_code and missing.stderr.startswith("error: model folder")
 
     broken = tmp_path / "broken" / "final"
     shutil.copytree(models["bi"], broken)
     weights = broken / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])
-    corrupt = _invoke(["infer", "contrastive", "--model", str(broken), "--device", "cpu", "--text1", PASSAGES[0], "--text2", PASSAGES[1]])
+    corrupt = _invoke(
+        [
+            "infer",
+            "contrastive",
+            "--model",
+            str(broken),
+            "--device",
+            "cpu",
+            "--text1",
+            PASSAGES[0],
+            "--text2",
+            PASSAGES[1],
+        ]
+    )
     assert corrupt.exit_code == ModelLoadError.exit_code
     assert corrupt.stderr.startswith("error: ") and len(corrupt.stderr.strip().splitlines()) == 1
     assert "Traceback" not in corrupt.output
@@ -281,7 +396,8 @@ def test_bf16_autocast_scores_track_fp32_and_auto_resolves_to_the_native_choice(
         rounded_logits = bf16.cross.model.predict_logits(pairs)
     assert (exact_logits - rounded_logits).abs().max() < 0.05 * exact_logits.abs().max()
     assert bf16.cross.raw_scores([a for a, _ in pairs], [b for _, b in pairs]).margin == pytest.approx(
-        (rounded_logits[:, 1] - rounded_logits[:, 0]).double().numpy(), abs=1e-6)
+        (rounded_logits[:, 1] - rounded_logits[:, 0]).double().numpy(), abs=1e-6
+    )
 
     auto = Matcher.from_pretrained(models["bi"], device="cpu")
     assert auto.bi.precision == ("bf16" if native_bf16(use_cuda=False) else "no")
@@ -294,13 +410,20 @@ def test_bf16_autocast_scores_track_fp32_and_auto_resolves_to_the_native_choice(
 
 def test_lone_surrogate_is_a_bad_input(models, tmp_path):
     # json.dumps writes "\ud800" as an escape; json.loads turns it back into a lone surrogate the tokenizer refuses
-    bad = _write_jsonl(tmp_path / "surr.jsonl", [{"text1": "The captain \ud800 spoke", "text2": PASSAGES[1]}, {"text1": PASSAGES[0], "text2": PASSAGES[2]}])
+    bad = _write_jsonl(
+        tmp_path / "surr.jsonl",
+        [{"text1": "The captain \ud800 spoke", "text2": PASSAGES[1]}, {"text1": PASSAGES[0], "text2": PASSAGES[2]}],
+    )
     with pytest.raises(InputError, match="line 1: field 'text1' holds a lone surrogate"):
         list(read_pairs_jsonl(bad))
     model = ["infer", "contrastive", "--model", str(models["bi"]), "--device", "cpu", "--precision", "no"]
     out = tmp_path / "out.jsonl"
     stopped = _invoke(model + ["--input", str(bad), "--output", str(out)])
-    assert stopped.exit_code == InputError.exit_code and "lone surrogate" in stopped.stderr and "--skip-bad-lines" in stopped.stderr
+    assert (
+        stopped.exit_code == InputError.exit_code
+        and "lone surrogate" in stopped.stderr
+        and "--skip-bad-lines" in stopped.stderr
+    )
     skipped = _invoke(model + ["--input", str(bad), "--output", str(out), "--skip-bad-lines"])
     assert skipped.exit_code == 0, skipped.output
     assert [json.loads(line)["line"] for line in out.read_text().splitlines()] == [2]
@@ -318,8 +441,22 @@ def test_lone_surrogate_is_a_bad_input(models, tmp_path):
 def test_batch_size_must_be_positive(models, tmp_path):
     pairs = _write_jsonl(tmp_path / "pairs.jsonl", [{"text1": a, "text2": b} for a, b in _pairs()[:3]])
     for value in ("0", "-3"):
-        result = _invoke(["infer", "contrastive", "--model", str(models["bi"]), "--device", "cpu", "--input", str(pairs),
-                          "--output", str(tmp_path / "o.jsonl"), "--batch-size", value])
+        result = _invoke(
+            [
+                "infer",
+                "contrastive",
+                "--model",
+                str(models["bi"]),
+                "--device",
+                "cpu",
+                "--input",
+                str(pairs),
+                "--output",
+                str(tmp_path / "o.jsonl"),
+                "--batch-size",
+                value,
+            ]
+        )
         assert result.exit_code == 2 and "--batch-size" in result.output and "Traceback" not in result.output
     assert not (tmp_path / "o.jsonl").exists()
     matcher = Matcher.from_pretrained(models["bi"], device="cpu", precision="no")
@@ -334,8 +471,22 @@ def test_unwritable_output_fails_before_scoring(models, tmp_path):
     pairs = _write_jsonl(tmp_path / "pairs.jsonl", [{"text1": a, "text2": b} for a, b in _pairs()[:3]])
     a_file = tmp_path / "a_file"
     a_file.write_text("x")
-    result = _invoke(["infer", "contrastive", "--model", str(models["bi"]), "--device", "cpu", "--precision", "no",
-                      "--input", str(pairs), "--output", str(a_file / "sub" / "out.jsonl")])
+    result = _invoke(
+        [
+            "infer",
+            "contrastive",
+            "--model",
+            str(models["bi"]),
+            "--device",
+            "cpu",
+            "--precision",
+            "no",
+            "--input",
+            str(pairs),
+            "--output",
+            str(a_file / "sub" / "out.jsonl"),
+        ]
+    )
     assert result.exit_code == InputError.exit_code, result.output
     assert f"{a_file} is a file, not a folder" in result.stderr and "Traceback" not in result.output
 
@@ -345,11 +496,44 @@ def test_bad_line_message_suggests_skip_flag_only_where_it_exists(models, tmp_pa
     with pytest.raises(InputError) as info:
         list(read_pairs_jsonl(bad, require_label=True))
     assert "--skip-bad-lines" not in str(info.value)
-    evaluate = _invoke(["evaluate", "--model", str(models["bi"]), "--pairs", str(bad), "--report", str(tmp_path / "r"), "--precision", "no"])
-    assert evaluate.exit_code == InputError.exit_code and "line 1" in evaluate.stderr and "--skip-bad-lines" not in evaluate.stderr
+    evaluate = _invoke(
+        [
+            "evaluate",
+            "--model",
+            str(models["bi"]),
+            "--pairs",
+            str(bad),
+            "--report",
+            str(tmp_path / "r"),
+            "--precision",
+            "no",
+        ]
+    )
+    assert (
+        evaluate.exit_code == InputError.exit_code
+        and "line 1" in evaluate.stderr
+        and "--skip-bad-lines" not in evaluate.stderr
+    )
     calibrate = _invoke(["calibrate", "--model", str(models["bi"]), "--pairs", str(bad), "--precision", "no"])
-    assert calibrate.exit_code == InputError.exit_code and "line 1" in calibrate.stderr and "--skip-bad-lines" not in calibrate.stderr
-    infer = _invoke(["infer", "contrastive", "--model", str(models["bi"]), "--device", "cpu", "--input", str(bad), "--output", str(tmp_path / "o.jsonl")])
+    assert (
+        calibrate.exit_code == InputError.exit_code
+        and "line 1" in calibrate.stderr
+        and "--skip-bad-lines" not in calibrate.stderr
+    )
+    infer = _invoke(
+        [
+            "infer",
+            "contrastive",
+            "--model",
+            str(models["bi"]),
+            "--device",
+            "cpu",
+            "--input",
+            str(bad),
+            "--output",
+            str(tmp_path / "o.jsonl"),
+        ]
+    )
     assert infer.exit_code == InputError.exit_code and "or pass --skip-bad-lines" in infer.stderr
 
 
@@ -363,8 +547,14 @@ def test_model_kind_without_bookmatch_config(models, tmp_path):
     (bi / "bookmatch_config.json").unlink()
     with pytest.raises(ModelLoadError, match="no bookmatch_config.json"):
         detect_model_kind(bi)
-    result = _invoke(["infer", "contrastive", "--model", str(bi), "--device", "cpu", "--text1", PASSAGES[0], "--text2", PASSAGES[1]])
-    assert result.exit_code == ModelLoadError.exit_code and "bookmatch_config.json" in result.stderr and "cross-encoder" not in result.stderr
+    result = _invoke(
+        ["infer", "contrastive", "--model", str(bi), "--device", "cpu", "--text1", PASSAGES[0], "--text2", PASSAGES[1]]
+    )
+    assert (
+        result.exit_code == ModelLoadError.exit_code
+        and "bookmatch_config.json" in result.stderr
+        and "cross-encoder" not in result.stderr
+    )
     cross = tmp_path / "cross" / "final"
     shutil.copytree(models["cross"], cross)
     (cross / "bookmatch_config.json").unlink()
@@ -376,7 +566,9 @@ def test_two_stage_warns_when_the_cross_encoder_truncates_a_pair(models):
 
     long_a = " ".join([PASSAGES[0], PASSAGES[2], PASSAGES[4]])  # each text fits the cross-encoder's 128 tokens...
     long_b = " ".join([PASSAGES[1], PASSAGES[3], PASSAGES[5]])  # ...the pair does not
-    all_cross = M.from_pretrained(models["bi"], cross_model=models["cross"], device="cpu", precision="no", prefilter_threshold=0.0)
+    all_cross = M.from_pretrained(
+        models["bi"], cross_model=models["cross"], device="cpu", precision="no", prefilter_threshold=0.0
+    )
     tokens = all_cross.cross.pair_token_lengths([long_a], [long_b])[0]
     assert tokens > all_cross.cross.max_text_tokens
     result = all_cross.score(long_a, long_b)
@@ -390,7 +582,9 @@ def test_two_stage_warns_when_the_cross_encoder_truncates_a_pair(models):
     # Pairs the bi-encoder decides get no warning from the cross-encoder's limit, even a text past it alone.
     longer = " ".join([long_a, long_b])
     assert all_cross.cross.pair_token_lengths([longer], ["x"])[0] > 128
-    none_cross = M.from_pretrained(models["bi"], cross_model=models["cross"], device="cpu", precision="no", prefilter_threshold=1.0)
+    none_cross = M.from_pretrained(
+        models["bi"], cross_model=models["cross"], device="cpu", precision="no", prefilter_threshold=1.0
+    )
     for a, b in ((long_a, long_b), (longer, PASSAGES[1])):
         result = none_cross.score(a, b)
         if result.stage == "bi-encoder":
@@ -399,7 +593,9 @@ def test_two_stage_warns_when_the_cross_encoder_truncates_a_pair(models):
 
 def test_byte_order_marks_and_bad_devices(models, tmp_path):
     pairs = tmp_path / "bom.jsonl"
-    pairs.write_bytes(b"\xef\xbb\xbf" + (json.dumps({"text1": PASSAGES[0], "text2": PASSAGES[1]}) + "\n").encode("utf-8"))
+    pairs.write_bytes(
+        b"\xef\xbb\xbf" + (json.dumps({"text1": PASSAGES[0], "text2": PASSAGES[1]}) + "\n").encode("utf-8")
+    )
     assert [number for number, _ in read_pairs_jsonl(pairs)] == [1]
     base = ["infer", "contrastive", "--model", str(models["bi"])]
     for device, expected in (("bogus", "is not a device torch knows"), ("cuda:7", "no such CUDA GPU")):

@@ -107,8 +107,9 @@ class FaultyMirror:
         return self.send(handler, 200, body)
 
     @staticmethod
-    def send(handler, status: int, body: bytes, content_type: str = "text/plain; charset=utf-8",
-             encoding: str | None = None) -> None:
+    def send(
+        handler, status: int, body: bytes, content_type: str = "text/plain; charset=utf-8", encoding: str | None = None
+    ) -> None:
         try:
             handler.send_response(status)
             handler.send_header("Content-Length", str(len(body)))
@@ -134,16 +135,23 @@ def mirror(corpus_dir):
     import gzip
 
     books = _small_books(corpus_dir, 5)
-    served = {SLOW: books[0], FLAKY: books[1], CUT: books[2], FALLBACK: books[3], BROKEN: books[4],
-              GZIP: gzip.compress(books[4])}
+    served = {
+        SLOW: books[0],
+        FLAKY: books[1],
+        CUT: books[2],
+        FALLBACK: books[3],
+        BROKEN: books[4],
+        GZIP: gzip.compress(books[4]),
+    }
     with FaultyMirror(served) as server:
         server.expected = {i: parse_header(decode_bytes(b)) for i, b in served.items() if i != GZIP}
         yield server
 
 
 def _config(mirror: FaultyMirror, **overrides) -> GutenbergConfig:
-    values = dict(mirror=mirror.url, concurrency=4, timeout=TIMEOUT, retries=3, backoff_base=0.01, backoff_max=0.05,
-                  seed=0)
+    values = dict(
+        mirror=mirror.url, concurrency=4, timeout=TIMEOUT, retries=3, backoff_base=0.01, backoff_max=0.05, seed=0
+    )
     values.update(overrides)
     return GutenbergConfig(**values)
 
@@ -197,19 +205,39 @@ def test_cli_gutenberg_exit_code_and_summary(mirror, tmp_path):
     ids_file.write_text(f"# two books\n{FALLBACK}\n{MISSING}  # gone\n", encoding="utf-8")
     out = tmp_path / "books"
     runner = CliRunner()
-    result = runner.invoke(main, ["ingest", "gutenberg", "--ids", str(FLAKY), "--ids-file", str(ids_file),
-                                  "--out", str(out), "--mirror", mirror.url, "--timeout", str(TIMEOUT), "--retries", "3"])
+    result = runner.invoke(
+        main,
+        [
+            "ingest",
+            "gutenberg",
+            "--ids",
+            str(FLAKY),
+            "--ids-file",
+            str(ids_file),
+            "--out",
+            str(out),
+            "--mirror",
+            mirror.url,
+            "--timeout",
+            str(TIMEOUT),
+            "--retries",
+            "3",
+        ],
+    )
     assert result.exit_code == 1, result.output
     assert f"{MISSING}: not found" in result.output
     assert "fetched: 2 books" in result.output and "1 failed" in result.output
-    ok = runner.invoke(main, ["ingest", "gutenberg", "--ids", f"{FLAKY},{FALLBACK}", "--out", str(out),
-                              "--mirror", mirror.url])
+    ok = runner.invoke(
+        main, ["ingest", "gutenberg", "--ids", f"{FLAKY},{FALLBACK}", "--out", str(out), "--mirror", mirror.url]
+    )
     assert ok.exit_code == 0, ok.output
     assert "already fetched, skipped: 2" in ok.output
     bad = runner.invoke(main, ["ingest", "gutenberg", "--ids", "12,abc", "--out", str(out)])
     assert bad.exit_code == 4 and "not a Gutenberg ID: 'abc'" in bad.output
     (tmp_path / "latin1.txt").write_bytes(b"1342\n\xff\xfe bad\n")
-    unreadable = runner.invoke(main, ["ingest", "gutenberg", "--ids-file", str(tmp_path / "latin1.txt"), "--out", str(out)])
+    unreadable = runner.invoke(
+        main, ["ingest", "gutenberg", "--ids-file", str(tmp_path / "latin1.txt"), "--out", str(out)]
+    )
     assert unreadable.exit_code == 4 and "cannot read it as UTF-8" in unreadable.output
     assert "Traceback" not in unreadable.output and len(unreadable.output.strip().splitlines()) == 1
 
@@ -257,6 +285,7 @@ def test_import_folder_lays_out_books_and_reports_skips(corpus_dir, tmp_path):
 
 # ---- hostile mirror ---------------------------------------------------------------------------------------------
 
+
 def _gzip_bomb(inflated_mib: int) -> bytes:
     """About 1 KB of gzip per MiB of zeros: gzip members one after another (valid, RFC 1952) inflate to
     `inflated_mib` MiB; built in milliseconds, where one deflate stream of 1 GiB takes half a minute."""
@@ -271,8 +300,14 @@ def hostile(corpus_dir):
 
     books = _small_books(corpus_dir, 2)
     html = b"<!DOCTYPE html>\n<html><head><title>Error</title></head><body>Please log in</body></html>\n" * 40
-    served = {BOMB: _gzip_bomb(1024), LOOP: books[0], FAKE_GZIP: books[0], HTML: html, GZIP_OK: gzip.compress(books[1]),
-              FALLBACK: books[0]}
+    served = {
+        BOMB: _gzip_bomb(1024),
+        LOOP: books[0],
+        FAKE_GZIP: books[0],
+        HTML: html,
+        GZIP_OK: gzip.compress(books[1]),
+        FALLBACK: books[0],
+    }
     with FaultyMirror(served) as server:
         server.plain = {GZIP_OK: books[1], FALLBACK: books[0]}
         yield server
@@ -288,8 +323,11 @@ def test_hostile_answers_fail_their_id_and_the_others_land(hostile, tmp_path):
     cap = 16 << 20
     tracemalloc.start()
     try:
-        report = fetch_books([BOMB, LOOP, FAKE_GZIP, HTML, GZIP_OK, FALLBACK], out,
-                             _config(hostile, max_book_bytes=cap, retries=1, timeout=20.0))
+        report = fetch_books(
+            [BOMB, LOOP, FAKE_GZIP, HTML, GZIP_OK, FALLBACK],
+            out,
+            _config(hostile, max_book_bytes=cap, retries=1, timeout=20.0),
+        )
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -311,9 +349,12 @@ def test_html_is_told_from_a_mislabelled_book():
 
     _refuse_html("text/html", b"CHAPTER I\n\nIt was a dark night; 3 < 4 and 5 > 2.\n")  # a book served as HTML
     _refuse_html("text/plain", b"The Project Gutenberg EBook of <Unknown>\n")
-    for content_type, head in [("text/plain", b"\n  <!DOCTYPE html><html>"), ("text/plain", b"<HTML><BODY>x"),
-                               ("text/html; charset=utf-8", b"Error\n<p>Please log in</p>"),
-                               ("application/octet-stream", b"\xef\xbb\xbf<?xml version='1.0'?>\n<html>")]:
+    for content_type, head in [
+        ("text/plain", b"\n  <!DOCTYPE html><html>"),
+        ("text/plain", b"<HTML><BODY>x"),
+        ("text/html; charset=utf-8", b"Error\n<p>Please log in</p>"),
+        ("application/octet-stream", b"\xef\xbb\xbf<?xml version='1.0'?>\n<html>"),
+    ]:
         with pytest.raises(_NotText):
             _refuse_html(content_type, head)
 
@@ -353,8 +394,9 @@ def _dead_pid() -> int:
     import subprocess
     import sys
 
-    child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
-                           check=True)
+    child = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
+    )
     return int(child.stdout)
 
 
@@ -372,16 +414,19 @@ def test_next_ingest_removes_temp_files_of_killed_runs(hostile, tmp_path):
     assert not any(p.exists() for p in dead) and alive.exists()
 
 
-@pytest.mark.parametrize("args, says", [
-    (["--retries", "-1"], "--retries"),
-    (["--concurrency", "0"], "--concurrency"),
-    (["--timeout", "0"], "--timeout"),
-    (["--mirror", "http://127.0.0.1:99999"], "Port out of range"),
-    (["--mirror", "not a url"], "not an http(s) URL"),
-    (["--mirror", "ftp://example.org"], "not an http(s) URL"),
-    (["--mirror", "http://[::1"], "not a valid URL"),
-    (["--max-book-bytes", "0"], "--max-book-bytes"),
-])
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["--retries", "-1"], "--retries"),
+        (["--concurrency", "0"], "--concurrency"),
+        (["--timeout", "0"], "--timeout"),
+        (["--mirror", "http://127.0.0.1:99999"], "Port out of range"),
+        (["--mirror", "not a url"], "not an http(s) URL"),
+        (["--mirror", "ftp://example.org"], "not an http(s) URL"),
+        (["--mirror", "http://[::1"], "not a valid URL"),
+        (["--max-book-bytes", "0"], "--max-book-bytes"),
+    ],
+)
 def test_cli_refuses_bad_option_values_in_one_line(tmp_path, args, says):
     result = CliRunner().invoke(main, ["ingest", "gutenberg", "--ids", "1", "--out", str(tmp_path / "o"), *args])
     assert result.exit_code == 2, result.output

@@ -37,7 +37,11 @@ def test_signature_cosine_equals_full_cosine_when_top_k_covers_all_terms():
 
     from bookmatch.text.lexical import signature_cosine
 
-    texts = ["Nemo sailed the Nautilus under the ocean with Aronnax", "Aronnax and Nemo watched the ocean", "Alice followed the rabbit"]
+    texts = [
+        "Nemo sailed the Nautilus under the ocean with Aronnax",
+        "Aronnax and Nemo watched the ocean",
+        "Alice followed the rabbit",
+    ]
     fp = LexicalFingerprint(num_buckets=1 << 16).fit(texts)
     full = fp.transform(texts)
     sig = torch.from_numpy(fp.signatures(texts, top_k=32))

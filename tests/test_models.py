@@ -17,7 +17,7 @@ from bookmatch.text.style import STYLE_FEATURE_NAMES, get_side_feature_set, raw_
 TEXTS = [
     "It was a dark and stormy night; the rain fell in torrents.",
     "Call me Ishmael. Some years ago, never mind how long precisely, I thought I would sail about a little.",
-    "\"Well?\" said he.",
+    '"Well?" said he.',
     "Happy families are all alike; every unhappy family is unhappy in its own way, and so on, and so on, and on.",
     "The sun shone.",
 ]
@@ -26,8 +26,14 @@ TEXTS = [
 @pytest.fixture(scope="module")
 def bi_encoder(tiny_encoder_dir):
     torch.manual_seed(0)
-    return BiEncoder.from_backbone(str(tiny_encoder_dir), projection_dim=8, max_seq_length=48, classifier_hidden_dim=16,
-                                 lexical_buckets=0, pooled_cosine=False)
+    return BiEncoder.from_backbone(
+        str(tiny_encoder_dir),
+        projection_dim=8,
+        max_seq_length=48,
+        classifier_hidden_dim=16,
+        lexical_buckets=0,
+        pooled_cosine=False,
+    )
 
 
 def test_style_known_values():
@@ -69,7 +75,11 @@ def test_mean_pooling_ignores_padding():
 
 def test_bi_encoder_shapes_and_batch_invariance(bi_encoder):
     emb = bi_encoder.encode_texts(TEXTS, batch_size=2)
-    assert emb.pooled.shape == (5, 32) and emb.projected.shape == (5, 8) and emb.style.shape == (5, len(STYLE_FEATURE_NAMES))
+    assert (
+        emb.pooled.shape == (5, 32)
+        and emb.projected.shape == (5, 8)
+        and emb.style.shape == (5, len(STYLE_FEATURE_NAMES))
+    )
     assert torch.allclose(emb.projected.norm(dim=-1), torch.ones(5), atol=1e-5)
     # one text alone (no padding) gives the same vector as inside a padded, length-sorted batch
     for i in (0, 2):
@@ -86,8 +96,16 @@ def test_bi_encoder_forward_matches_encode_texts(bi_encoder):
     padded = bi_encoder.tokenizer.pad(tok, return_tensors="pt")
     style = torch.from_numpy(bi_encoder.side_feature_array(TEXTS[:2]))
     with torch.no_grad():
-        out = bi_encoder({"input_ids_a": padded["input_ids"], "attention_mask_a": padded["attention_mask"], "style_a": style,
-                          "input_ids_b": padded["input_ids"].flip(0), "attention_mask_b": padded["attention_mask"].flip(0), "style_b": style.flip(0)})
+        out = bi_encoder(
+            {
+                "input_ids_a": padded["input_ids"],
+                "attention_mask_a": padded["attention_mask"],
+                "style_a": style,
+                "input_ids_b": padded["input_ids"].flip(0),
+                "attention_mask_b": padded["attention_mask"].flip(0),
+                "style_b": style.flip(0),
+            }
+        )
     emb = bi_encoder.encode_texts(TEXTS[:2])
     assert torch.allclose(out["pooled_a"], emb.pooled, atol=1e-5)
     flipped = emb._replace(pooled=emb.pooled.flip(0), projected=emb.projected.flip(0), style=emb.style.flip(0))
@@ -109,7 +127,9 @@ def test_long_text_windows_average_every_token(bi_encoder):
     with torch.no_grad():
         for start in range(0, len(ids), width):
             window = torch.tensor([[tokenizer.cls_token_id, *ids[start : start + width], tokenizer.sep_token_id]])
-            states.append(bi_encoder.encoder(input_ids=window, attention_mask=torch.ones_like(window)).last_hidden_state[0])
+            states.append(
+                bi_encoder.encoder(input_ids=window, attention_mask=torch.ones_like(window)).last_hidden_state[0]
+            )
     expected = torch.cat(states).mean(0)
 
     windows = bi_encoder.encode_texts(texts, batch_size=2)
@@ -193,8 +213,14 @@ def test_bi_encoder_lexical_signature_roundtrip_and_effect(tiny_encoder_dir, tmp
 
     torch.manual_seed(0)
     model = BiEncoder.from_backbone(
-        str(tiny_encoder_dir), projection_dim=8, max_seq_length=48, classifier_hidden_dim=16, lexical_buckets=512, lexical_top_k=16,
-        name_top_k=0, pooled_cosine=False,
+        str(tiny_encoder_dir),
+        projection_dim=8,
+        max_seq_length=48,
+        classifier_hidden_dim=16,
+        lexical_buckets=512,
+        lexical_top_k=16,
+        name_top_k=0,
+        pooled_cosine=False,
     )
     corpus = TEXTS + ["Captain Nemo steered the Nautilus past Vanikoro.", "Nemo and Aronnax left Vanikoro behind."]
     model.fit_lexical(corpus)
@@ -208,7 +234,10 @@ def test_bi_encoder_lexical_signature_roundtrip_and_effect(tiny_encoder_dir, tmp
     loaded = BiEncoder.from_pretrained(model.save_pretrained(tmp_path / "lex"))
     assert np.allclose(loaded.lexical.idf, model.lexical.idf)
     emb_a, emb_b = model.encode_texts(corpus[-2:-1]), model.encode_texts(corpus[-1:])
-    assert torch.equal(model.pair_logits(emb_a, emb_b), loaded.pair_logits(loaded.encode_texts(corpus[-2:-1]), loaded.encode_texts(corpus[-1:])))
+    assert torch.equal(
+        model.pair_logits(emb_a, emb_b),
+        loaded.pair_logits(loaded.encode_texts(corpus[-2:-1]), loaded.encode_texts(corpus[-1:])),
+    )
     # the classifier sees the lexical cosine: changing only the other side's signature changes the logits
     other = model.encode_texts(corpus[:1])
     swapped = emb_b._replace(style=torch.cat([emb_b.style[:, :n_style], other.style[:, n_style:]], dim=1))
@@ -220,8 +249,14 @@ def test_bi_encoder_names_signature_and_pooled_cosine(tiny_encoder_dir, tmp_path
 
     torch.manual_seed(0)
     model = BiEncoder.from_backbone(
-        str(tiny_encoder_dir), projection_dim=8, max_seq_length=48, classifier_hidden_dim=16,
-        lexical_buckets=512, lexical_top_k=16, name_top_k=4, pooled_cosine=True,
+        str(tiny_encoder_dir),
+        projection_dim=8,
+        max_seq_length=48,
+        classifier_hidden_dim=16,
+        lexical_buckets=512,
+        lexical_top_k=16,
+        name_top_k=4,
+        pooled_cosine=True,
     )
     corpus = TEXTS + ["Captain Nemo steered the Nautilus past Vanikoro.", "Then Nemo and Aronnax left Vanikoro behind."]
     model.fit_lexical(corpus)
@@ -235,7 +270,10 @@ def test_bi_encoder_names_signature_and_pooled_cosine(tiny_encoder_dir, tmp_path
     loaded = BiEncoder.from_pretrained(model.save_pretrained(tmp_path / "names"))
     assert np.allclose(loaded.names.idf, model.names.idf)
     emb_a, emb_b = model.encode_texts(corpus[-2:-1]), model.encode_texts(corpus[-1:])
-    assert torch.equal(model.pair_logits(emb_a, emb_b), loaded.pair_logits(loaded.encode_texts(corpus[-2:-1]), loaded.encode_texts(corpus[-1:])))
+    assert torch.equal(
+        model.pair_logits(emb_a, emb_b),
+        loaded.pair_logits(loaded.encode_texts(corpus[-2:-1]), loaded.encode_texts(corpus[-1:])),
+    )
     # changing only the names signature of one side changes the logits
     other = model.encode_texts(corpus[:1])
     swapped = emb_b._replace(style=torch.cat([emb_b.style[:, : n_style + 32], other.style[:, n_style + 32 :]], dim=1))
@@ -275,7 +313,10 @@ def test_half_precision_backbones_and_bf16_configs_load_in_float32(tiny_encoder_
 
 
 def test_model_folders_without_tokenizer_files_are_refused(bi_encoder, tiny_encoder_dir, tmp_path):
-    folders = [bi_encoder.save_pretrained(tmp_path / "bi"), CrossEncoder.from_backbone(str(tiny_encoder_dir)).save_pretrained(tmp_path / "cross")]
+    folders = [
+        bi_encoder.save_pretrained(tmp_path / "bi"),
+        CrossEncoder.from_backbone(str(tiny_encoder_dir)).save_pretrained(tmp_path / "cross"),
+    ]
     for folder in folders:
         for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
             (folder / name).unlink(missing_ok=True)

@@ -135,7 +135,11 @@ def test_every_declared_package_is_imported_somewhere() -> None:
 
 def test_tests_import_only_declared_packages() -> None:
     everything = declared_base().union(*declared_extras().values())
-    missing = {m: sorted(files)[:2] for m, files in third_party_imports(REPO / "tests").items() if not distributions_of(m) & everything}
+    missing = {
+        m: sorted(files)[:2]
+        for m, files in third_party_imports(REPO / "tests").items()
+        if not distributions_of(m) & everything
+    }
     assert missing == {}, "tests import packages no extra declares (add them to [dev])"
 
 
@@ -154,8 +158,15 @@ EXTRAS_SPEC = re.compile(r"""(?:^|[\s"'=])(?:bookmatch|\.|/opt/bookmatch|\$\w+|\
 
 def install_specs() -> dict[str, list[set[str]]]:
     """Every `.[a,b]` / `bookmatch[a]` extras set named by an install command in the repository's files."""
-    files = [REPO / "Makefile", REPO / "README.md", *sorted((REPO / "docs").glob("*.md")), *sorted((REPO / "docker").glob("*")),
-             *sorted((REPO / "sky").glob("*")), *sorted((REPO / "jobs").glob("*")), *sorted((REPO / ".ci").glob("*"))]
+    files = [
+        REPO / "Makefile",
+        REPO / "README.md",
+        *sorted((REPO / "docs").glob("*.md")),
+        *sorted((REPO / "docker").glob("*")),
+        *sorted((REPO / "sky").glob("*")),
+        *sorted((REPO / "jobs").glob("*")),
+        *sorted((REPO / ".ci").glob("*")),
+    ]
     found: dict[str, list[set[str]]] = {}
     for path in files:
         if not path.is_file():
@@ -164,7 +175,9 @@ def install_specs() -> dict[str, list[set[str]]]:
             if "install" not in line and "EXTRAS" not in line:
                 continue
             for match in EXTRAS_SPEC.finditer(line):
-                found.setdefault(str(path.relative_to(REPO)), []).append({e.strip() for e in match.group(1).split(",") if e.strip()})
+                found.setdefault(str(path.relative_to(REPO)), []).append(
+                    {e.strip() for e in match.group(1).split(",") if e.strip()}
+                )
     return found
 
 
@@ -197,7 +210,9 @@ def test_knn_auto_uses_torch_without_faiss(monkeypatch) -> None:
     work_of = [i // 2 for i in range(40)]
     torch_result = mining.hard_negative_books(vectors, work_of, 5, method="torch")
     real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "faiss" else real_find_spec(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "faiss" else real_find_spec(name, *a)
+    )
     assert mining.resolve_knn_backend("auto") == "torch"
     assert mining.hard_negative_books(vectors, work_of, 5, method="auto") == torch_result
     with pytest.raises(InputError, match=r"bookmatch\[faiss\]"):
@@ -210,11 +225,26 @@ def test_knn_auto_uses_torch_without_faiss(monkeypatch) -> None:
 
 # --- what pip would install (needs the package index) ---------------------------------------------------------
 
+
 def _pip_resolution(spec: str, tmp_path: Path) -> set[str]:
     report = tmp_path / f"report-{abs(hash(spec))}.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet", "--report", str(report), spec],
-        cwd=REPO, capture_output=True, text=True, timeout=1200,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--dry-run",
+            "--ignore-installed",
+            "--quiet",
+            "--report",
+            str(report),
+            spec,
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=1200,
     )
     if proc.returncode != 0 and re.search(r"(?i)connection|resolve host|no matching distribution|network", proc.stderr):
         pytest.skip(f"the package index is not reachable: {proc.stderr.strip().splitlines()[-1]}")

@@ -55,8 +55,13 @@ def test_option_values_written_as_text_take_the_declared_types(tmp_path):
     yaml_file = tmp_path / "prepare.yaml"
     yaml_file.write_text("seed: '5'\nhard_negatives: 'no'\nn_positive_per_book: '12'\nmin_shared_shingles: 2.0\n")
     prepare = build_config(PrepareConfig, file=yaml_file)
-    assert (prepare.seed, prepare.hard_negatives, prepare.n_positive_per_book, prepare.min_shared_shingles) == (5, False, 12, 2)
-    with pytest.raises(ConfigError, match="lr must be a number >= 0, got \"fast\""):
+    assert (prepare.seed, prepare.hard_negatives, prepare.n_positive_per_book, prepare.min_shared_shingles) == (
+        5,
+        False,
+        12,
+        2,
+    )
+    with pytest.raises(ConfigError, match='lr must be a number >= 0, got "fast"'):
         build_config(ContrastiveTrainConfig, overrides={"lr": "fast"})
     out = tmp_path / "run"
     result = CliRunner().invoke(main, ["pipeline", "--out", str(out), "--set", "contrastive.lr=fast"])
@@ -77,16 +82,46 @@ def test_tiny_pipeline_end_to_end_then_skips(corpus_dir, tiny_encoder_dir, tmp_p
     assert picked >= 10
     model = str(tiny_encoder_dir)
     args = [
-        "pipeline", "--books", str(books), "--out", str(tmp_path / "out"), "--preset", "cpu-small",
-        "--set", "prepare.hard_negatives=false", "--set", "prepare.max_chunks_per_book=12",
-        "--set", "prepare.n_negative_per_book=4", "--set", "prepare.holdout_authors=",
-        "--set", "prepare.train_ratio=0.4", "--set", "prepare.val_ratio=0.2",
+        "pipeline",
+        "--books",
+        str(books),
+        "--out",
+        str(tmp_path / "out"),
+        "--preset",
+        "cpu-small",
+        "--set",
+        "prepare.hard_negatives=false",
+        "--set",
+        "prepare.max_chunks_per_book=12",
+        "--set",
+        "prepare.n_negative_per_book=4",
+        "--set",
+        "prepare.holdout_authors=",
+        "--set",
+        "prepare.train_ratio=0.4",
+        "--set",
+        "prepare.val_ratio=0.2",
         # cpu-small trains no teacher; switch it on so the teacher stage and its gate run too
-        "--set", "contrastive.teacher=auto", "--set", "cross.cpu=true",
+        "--set",
+        "contrastive.teacher=auto",
+        "--set",
+        "cross.cpu=true",
     ]
     for stage in ("cross", "contrastive"):
-        args += ["--set", f"{stage}.model={model}", "--set", f"{stage}.max_steps=2", "--set", f"{stage}.eval_steps=2",
-                 "--set", f"{stage}.save_steps=2", "--set", f"{stage}.sample=0", "--set", f"{stage}.max_seq_length=64"]
+        args += [
+            "--set",
+            f"{stage}.model={model}",
+            "--set",
+            f"{stage}.max_steps=2",
+            "--set",
+            f"{stage}.eval_steps=2",
+            "--set",
+            f"{stage}.save_steps=2",
+            "--set",
+            f"{stage}.sample=0",
+            "--set",
+            f"{stage}.max_seq_length=64",
+        ]
     result = CliRunner().invoke(main, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert "test" in result.output and "auc" in result.output
@@ -124,12 +159,15 @@ def test_bad_config_file_and_set_values_are_one_line_errors(tmp_path):
     assert not out.exists()
 
 
-@pytest.mark.parametrize("args, expected", [
-    (["--set", "calibrate.target=f2"], "calibrate: target must be one of accuracy, f1"),
-    (["--set", "evaluate.mode=twostage"], "evaluate: mode must be one of contrastive, two-stage"),
-    (["--set", "evaluate.batch_size=0"], "evaluate: batch_size must be"),
-    (["--eval-pairs", "no/such/pairs.jsonl"], "--eval-pairs no/such/pairs.jsonl does not exist"),
-])
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--set", "calibrate.target=f2"], "calibrate: target must be one of accuracy, f1"),
+        (["--set", "evaluate.mode=twostage"], "evaluate: mode must be one of contrastive, two-stage"),
+        (["--set", "evaluate.batch_size=0"], "evaluate: batch_size must be"),
+        (["--eval-pairs", "no/such/pairs.jsonl"], "--eval-pairs no/such/pairs.jsonl does not exist"),
+    ],
+)
 def test_bad_options_fail_before_any_stage(tmp_path, monkeypatch, args, expected):
     import bookmatch.prepare
 
@@ -197,7 +235,11 @@ def test_stage_with_missing_outputs_is_not_skipped(tmp_path, monkeypatch):
     first.write_text("{}\n"), second.write_text("{}\n")
     for pairs, expected in ((first, ["evaluate"]), (first, []), (second, ["evaluate"])):
         calls.clear()
-        run_pipeline(PipelineConfig(books=str(tmp_path), out=str(out), stages=load_stage_options("cpu-small"), eval_pairs=str(pairs)))
+        run_pipeline(
+            PipelineConfig(
+                books=str(tmp_path), out=str(out), stages=load_stage_options("cpu-small"), eval_pairs=str(pairs)
+            )
+        )
         assert calls == expected, pairs
 
 
@@ -239,10 +281,13 @@ def test_stage_markers_count_only_what_verifies(tmp_path):
     assert not is_complete(run, "COMMIT.calibrate.json")
 
 
-@pytest.mark.parametrize("preset, names", [
-    ("gpu", ["prepare", "teacher", "contrastive", "calibrate", "evaluate:test"]),
-    ("cpu-small", ["prepare", "contrastive", "calibrate", "evaluate:test"]),
-])
+@pytest.mark.parametrize(
+    "preset, names",
+    [
+        ("gpu", ["prepare", "teacher", "contrastive", "calibrate", "evaluate:test"]),
+        ("cpu-small", ["prepare", "contrastive", "calibrate", "evaluate:test"]),
+    ],
+)
 def test_stages_follow_the_protocol_and_build_without_touching_files(tmp_path, preset, names):
     """Each stage builds its own config (pure), owns its marker and runs; the list is the whole pipeline."""
     from bookmatch.pipeline import PipelineConfig, _Layout, _stages

@@ -38,16 +38,25 @@ def make_record(path: str, sentences: list[str], topics: list[str] | None = None
     starts = list(range(0, max(len(sentences) - CHUNK + 1, 1), CHUNK - 1))
     chunks = [" ".join(sentences[s : s + CHUNK]) for s in starts]
     return BookRecord(
-        path=path, author=path.split("/")[0], title=path.split("/")[1], chunks=chunks, chunk_starts=starts,
-        chunk_topics=topics or [GENERAL] * len(chunks), sentence_hashes=sentence_hashes(sentences, 6),
+        path=path,
+        author=path.split("/")[0],
+        title=path.split("/")[1],
+        chunks=chunks,
+        chunk_starts=starts,
+        chunk_topics=topics or [GENERAL] * len(chunks),
+        sentence_hashes=sentence_hashes(sentences, 6),
         gram_shingles=word_gram_shingles(" ".join(sentences), 8, 4),
         book_id=path.replace(" ", "_").lower().removesuffix(".txt"),
     )
 
 
 def test_sentence_hash_ignores_case_and_punctuation_and_short_sentences():
-    assert sentence_hash("The sea was calm, and the ship sailed on.", 6) == sentence_hash("the SEA was calm -- and the ship sailed on", 6)
-    assert sentence_hash("The sea was calm, and the ship sailed on.", 6) != sentence_hash("The sea was rough, and the ship sailed on.", 6)
+    assert sentence_hash("The sea was calm, and the ship sailed on.", 6) == sentence_hash(
+        "the SEA was calm -- and the ship sailed on", 6
+    )
+    assert sentence_hash("The sea was calm, and the ship sailed on.", 6) != sentence_hash(
+        "The sea was rough, and the ship sailed on.", 6
+    )
     assert sentence_hash("Yes, sir.", 6) == 0
 
 
@@ -81,8 +90,9 @@ def test_group_works_finds_copies_and_contained_parts_but_not_distinct_books():
 def test_word_gram_shingles_survive_line_numbers_and_punctuation_and_sample_the_same_runs():
     text = " ".join(fake_sentences(random.Random(5), 300))
     # verse line numbers, re-punctuation and re-capitalisation of the same words
-    renumbered = " ".join(f"{w.upper()}, 120" if i % 7 == 0 else f"--{w}" if i % 11 == 0 else w
-                          for i, w in enumerate(text.split()))
+    renumbered = " ".join(
+        f"{w.upper()}, 120" if i % 7 == 0 else f"--{w}" if i % 11 == 0 else w for i, w in enumerate(text.split())
+    )
     full, again = word_gram_shingles(text, 8, 1), word_gram_shingles(renumbered, 8, 1)
     assert len(np.intersect1d(full, again)) / len(full) > 0.98
     sampled = word_gram_shingles(text, 8, 16)
@@ -170,7 +180,11 @@ def test_splits_keep_works_whole_and_hold_out_authors():
     assert all(split[w] == "test" for w in keys if w % 7 == 3)
     free = [w for w in keys if w % 7 != 3]
     counts = {s: sum(split[w] == s for w in free) for s in ("train", "validation", "test")}
-    assert counts == {"train": round(len(free) * 0.8), "validation": round(len(free) * 0.1), "test": len(free) - round(len(free) * 0.8) - round(len(free) * 0.1)}
+    assert counts == {
+        "train": round(len(free) * 0.8),
+        "validation": round(len(free) * 0.1),
+        "test": len(free) - round(len(free) * 0.8) - round(len(free) * 0.1),
+    }
     assert assign_splits(keys, authors, ["author3"], 0.8, 0.1, seed=5) == split
     assert assign_splits(keys, authors, ["author3"], 0.8, 0.1, seed=6) != split
     tiny = assign_splits({0: "a", 1: "b", 2: "c"}, {}, [], 0.8, 0.1, seed=1)
@@ -186,7 +200,11 @@ def _pair_fixture():
             records.append(make_record(f"{author}/{title}.txt", fake_sentences(rng, 61), topics))
     records.append(make_record("Dee/one.txt", fake_sentences(rng, 61)))
     copy = make_record("Eve/copy.txt", [])
-    copy.chunks, copy.chunk_starts, copy.chunk_topics = list(records[0].chunks), list(records[0].chunk_starts), list(records[0].chunk_topics)
+    copy.chunks, copy.chunk_starts, copy.chunk_topics = (
+        list(records[0].chunks),
+        list(records[0].chunk_starts),
+        list(records[0].chunk_topics),
+    )
     records.append(copy)
     work_of = [0, 1, 2, 3, 4, 5, 6, 0]  # the last book is a copy of the first
     author_of = [r.path.split("/")[0].lower() for r in records]
@@ -196,7 +214,13 @@ def _pair_fixture():
 
 def test_pairs_are_balanced_typed_and_never_join_copies():
     records, work_of, author_of, neighbours = _pair_fixture()
-    options = PairOptions(n_positive=6, n_negative=6, chunk_size=CHUNK, neg_mix={"hard": 0.3, "same_author": 0.3, "same_topic": 0.2, "random": 0.2}, seed=1)
+    options = PairOptions(
+        n_positive=6,
+        n_negative=6,
+        chunk_size=CHUNK,
+        neg_mix={"hard": 0.3, "same_author": 0.3, "same_topic": 0.2, "random": 0.2},
+        seed=1,
+    )
     cols = build_split_pairs(records, list(range(len(records))), work_of, author_of, neighbours, options)
     assert tuple(cols) == COLUMNS
     n = len(cols["label"])
@@ -298,12 +322,22 @@ def test_record_store_round_trips_and_fetches_only_wanted_texts(tmp_path):
     for original, with_text, without in zip(records, full, meta):
         assert with_text.chunks == original.chunks and without.chunks is None
         for copy in (with_text, without):
-            assert (copy.path, copy.chunk_starts, copy.chunk_topics) == (original.path, original.chunk_starts, original.chunk_topics)
-            assert np.array_equal(copy.sentence_hashes, original.sentence_hashes) and copy.sentence_hashes.dtype == np.uint64
+            assert (copy.path, copy.chunk_starts, copy.chunk_topics) == (
+                original.path,
+                original.chunk_starts,
+                original.chunk_topics,
+            )
+            assert (
+                np.array_equal(copy.sentence_hashes, original.sentence_hashes)
+                and copy.sentence_hashes.dtype == np.uint64
+            )
     wanted = {records[3].path: {0, 2}, records[39].path: {1}}
     texts = ChunkStore([tmp_path / "books.parquet"]).fetch(wanted)
-    assert texts == {(records[3].path, 0): records[3].chunks[0], (records[3].path, 2): records[3].chunks[2],
-                     (records[39].path, 1): records[39].chunks[1]}
+    assert texts == {
+        (records[3].path, 0): records[3].chunks[0],
+        (records[3].path, 2): records[3].chunks[2],
+        (records[39].path, 1): records[39].chunks[1],
+    }
     with pytest.raises(RuntimeError, match="missing"):
         ChunkStore([tmp_path / "books.parquet"]).fetch({"no/such.txt": {0}})
 
@@ -315,7 +349,9 @@ def test_text_table_spills_streamed_texts_and_takes_them_back_by_key(tmp_path, m
 
     monkeypatch.setattr(TextTable, "_BATCH", 16)  # several record batches: takes cross batch boundaries
     rng = random.Random(2)
-    items = [(b, c, f"book {b} chunk {c} " + "x" * rng.randint(0, 50)) for b in range(30) for c in rng.sample(range(900), 5)]
+    items = [
+        (b, c, f"book {b} chunk {c} " + "x" * rng.randint(0, 50)) for b in range(30) for c in rng.sample(range(900), 5)
+    ]
     rng.shuffle(items)  # the store streams in file order, not key order
     table = TextTable(iter(items), tmp_path / "texts.arrow")
     assert len(table) == len(items) and len(table._batches) == 10
@@ -334,7 +370,12 @@ def test_text_table_spills_streamed_texts_and_takes_them_back_by_key(tmp_path, m
 def test_centroids_embedded_in_blocks_equal_one_pass(tiny_encoder_dir):
     from bookmatch.prepare.mining import embed_centroids
 
-    books = [["The sea was calm.", "A ship sailed past."], [], ["Alice ran home."], ["Rain fell.", "Wind blew.", "Night."]]
+    books = [
+        ["The sea was calm.", "A ship sailed past."],
+        [],
+        ["Alice ran home."],
+        ["Rain fell.", "Wind blew.", "Night."],
+    ]
     one_pass = embed_centroids(books, str(tiny_encoder_dir))
     blocks = embed_centroids(books, str(tiny_encoder_dir), block_texts=1)
     assert np.allclose(one_pass, blocks, atol=1e-5)
@@ -345,7 +386,11 @@ def test_bf16_centroids_agree_with_fp32(tiny_encoder_dir):
     """The miner's bf16 autocast (what "auto" picks on a CPU with native bf16) moves centroids by rounding only."""
     from bookmatch.prepare.mining import embed_centroids
 
-    books = [["The sea was calm.", "A ship sailed past."], ["Alice ran home.", "The cat slept."], ["Rain fell.", "Wind blew."]]
+    books = [
+        ["The sea was calm.", "A ship sailed past."],
+        ["Alice ran home.", "The cat slept."],
+        ["Rain fell.", "Wind blew."],
+    ]
     fp32 = embed_centroids(books, str(tiny_encoder_dir), precision="no")
     bf16 = embed_centroids(books, str(tiny_encoder_dir), precision="bf16")
     assert bf16.dtype == np.float32 and not np.array_equal(fp32, bf16)  # it did run in bf16
@@ -371,7 +416,9 @@ def test_prepare_with_no_usable_book_is_one_error_and_writes_nothing(tmp_path):
     books.mkdir(parents=True)
     (books / "empty.txt").write_text("")
     (books / "blank.txt").write_text("  \n\n ")
-    result = CliRunner().invoke(main, ["prepare", "--books", str(tmp_path / "books"), "--out", str(tmp_path / "data"), "--workers", "1"])
+    result = CliRunner().invoke(
+        main, ["prepare", "--books", str(tmp_path / "books"), "--out", str(tmp_path / "data"), "--workers", "1"]
+    )
     assert result.exit_code != 0 and "error: no usable book among the 2 files" in result.output
     assert "Traceback" not in result.output and not (tmp_path / "data").exists()
 
@@ -399,8 +446,16 @@ def test_merge_takes_only_the_newest_runs_shards(tmp_path, caplog):
     def write_shard(index: int, total: int, fingerprint: str) -> None:
         folder = shards / shard_name(index, total)
         folder.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(folder / "manifest.json", {"shard_index": index, "num_shards": total, "books_fingerprint": fingerprint,
-                                                     "created": float(next(clock)), "complete": True})
+        atomic_write_json(
+            folder / "manifest.json",
+            {
+                "shard_index": index,
+                "num_shards": total,
+                "books_fingerprint": fingerprint,
+                "created": float(next(clock)),
+                "complete": True,
+            },
+        )
         (folder / "books.parquet").write_bytes(b"records")
         write_commit(folder)
 

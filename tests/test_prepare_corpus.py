@@ -56,7 +56,10 @@ TRAP_GROUPS = [
         "Ormsby, John/The History of Don Quixote, Volume 1, Part 04.txt",
     ],
     ["Grimm, Jacob/Grimm's Fairy Stories.txt", "Grimm, Wilhelm/Grimm's Fairy Stories.txt"],
-    ["Hapgood, Isabel Florence/On the Significance of Science and Art.txt", "Tolstoy, Leo, graf/On the Significance of Science and Art.txt"],
+    [
+        "Hapgood, Isabel Florence/On the Significance of Science and Art.txt",
+        "Tolstoy, Leo, graf/On the Significance of Science and Art.txt",
+    ],
     [
         "Hawthorne, Nathaniel/A Wonder Book for Girls & Boys.txt",
         'Hawthorne, Nathaniel/The Miraculous Pitcher(From: "A Wonder-Book for Girls and Boys").txt',
@@ -85,8 +88,12 @@ def found_groups(books: Path, config: PrepareConfig) -> list[list[str]]:
     records, _ = scan_books(find_book_files(books), books, config)
     records.sort(key=lambda r: r.path)
     grouping = group_works(
-        records, config.containment_threshold, config.min_shared_shingles, config.max_books_per_shingle,
-        config.large_overlap_shingles, config.boilerplate_min_works,
+        records,
+        config.containment_threshold,
+        config.min_shared_shingles,
+        config.max_books_per_shingle,
+        config.large_overlap_shingles,
+        config.boilerplate_min_works,
     )
     return sorted(sorted(records[i].path for i in group) for group in grouping.groups)
 
@@ -97,8 +104,16 @@ def test_trap_files_are_grouped_into_works_and_controls_are_not(corpus_dir, tmp_
 
 
 def small_config(books: Path, out: Path, **overrides) -> PrepareConfig:
-    values = dict(books=str(books), out=str(out), hard_negatives=False, max_chunks_per_book=60,
-                  n_negative_per_book=6, workers=2, seed=7, holdout_authors="Orban")
+    values = dict(
+        books=str(books),
+        out=str(out),
+        hard_negatives=False,
+        max_chunks_per_book=60,
+        n_negative_per_book=6,
+        workers=2,
+        seed=7,
+        holdout_authors="Orban",
+    )
     values.update(overrides)
     return PrepareConfig(**values)
 
@@ -126,9 +141,15 @@ def test_prepared_dataset_schema_manifest_and_skips(prepared):
     assert all(s["reason"] for s in manifest["skipped"])
     assert sorted(map(sorted, manifest["duplicate_groups"])) == [
         ["Jowett, Benjamin/Laches.txt", "Plato/Laches.txt"],
-        ["Smith, Geoffrey Bache/A Spring Harvest (English).txt", "Tolkien, J. R. R. (John Ronald Reuel)/A Spring Harvest.txt"],
+        [
+            "Smith, Geoffrey Bache/A Spring Harvest (English).txt",
+            "Tolkien, J. R. R. (John Ronald Reuel)/A Spring Harvest.txt",
+        ],
     ]
-    assert len(manifest["book_work"]) == len(SMALL_BOOKS) and len(set(manifest["book_work"].values())) == len(SMALL_BOOKS) - 2
+    assert (
+        len(manifest["book_work"]) == len(SMALL_BOOKS)
+        and len(set(manifest["book_work"].values())) == len(SMALL_BOOKS) - 2
+    )
     assert set(manifest["timings"]) >= {"scan", "dedup", "splits", "pairs", "save"}
     for name, split in dataset.items():
         assert tuple(split.column_names) == COLUMNS
@@ -179,8 +200,16 @@ def test_sharded_prepare_and_merge_give_the_identical_dataset(small_books, prepa
     for name in single:
         assert single[name].to_list() == sharded[name].to_list()
     a, b = read_json(prepared / "manifest.json"), read_json(merged / "manifest.json")
-    for key in ("books_found", "books_used", "skipped", "duplicate_groups", "book_work", "split_books", "counts",
-                "text_removed"):
+    for key in (
+        "books_found",
+        "books_used",
+        "skipped",
+        "duplicate_groups",
+        "book_work",
+        "split_books",
+        "counts",
+        "text_removed",
+    ):
         assert a[key] == b[key], key
 
 
@@ -210,9 +239,18 @@ def test_hard_negatives_with_a_tiny_miner(small_books, tiny_encoder_dir, tmp_pat
     from bookmatch.prepare import run_prepare
     from bookmatch.storage import read_json
 
-    config = small_config(small_books, tmp_path / "mined", hard_negatives=True, miner_model=str(tiny_encoder_dir),
-                          num_chunks_for_embed=4, num_hard_negative_books=3, holdout_authors="", train_ratio=1.0,
-                          val_ratio=0.0, workers=1)
+    config = small_config(
+        small_books,
+        tmp_path / "mined",
+        hard_negatives=True,
+        miner_model=str(tiny_encoder_dir),
+        num_chunks_for_embed=4,
+        num_hard_negative_books=3,
+        holdout_authors="",
+        train_ratio=1.0,
+        val_ratio=0.0,
+        workers=1,
+    )
     out = run_prepare(config)
     manifest = read_json(out / "manifest.json")
     assert manifest["chunks_embedded"] == 4 * len(SMALL_BOOKS)
@@ -230,9 +268,24 @@ def test_cli_bare_form_with_yaml_config_and_one_line_errors(small_books, tmp_pat
     from bookmatch.cli import main
 
     config_file = tmp_path / "prepare.yaml"
-    config_file.write_text(yaml.safe_dump({"hard_negatives": False, "max_chunks_per_book": 30, "n_negative_per_book": 3, "workers": 1}))
+    config_file.write_text(
+        yaml.safe_dump({"hard_negatives": False, "max_chunks_per_book": 30, "n_negative_per_book": 3, "workers": 1})
+    )
     runner = CliRunner()
-    result = runner.invoke(main, ["prepare", "--books", str(small_books), "--out", str(tmp_path / "cli"), "--config", str(config_file), "--seed", "3"])
+    result = runner.invoke(
+        main,
+        [
+            "prepare",
+            "--books",
+            str(small_books),
+            "--out",
+            str(tmp_path / "cli"),
+            "--config",
+            str(config_file),
+            "--seed",
+            "3",
+        ],
+    )
     assert result.exit_code == 0, result.output
     saved = yaml.safe_load((tmp_path / "cli" / "config.yaml").read_text())
     assert saved["max_chunks_per_book"] == 30 and saved["seed"] == 3 and saved["hard_negatives"] is False
@@ -240,7 +293,9 @@ def test_cli_bare_form_with_yaml_config_and_one_line_errors(small_books, tmp_pat
     missing = runner.invoke(main, ["prepare", "--books", str(tmp_path / "nope"), "--out", str(tmp_path / "x")])
     assert missing.exit_code == 4
     assert "error: books folder" in missing.output and "Traceback" not in missing.output
-    bad = runner.invoke(main, ["prepare", "--books", str(small_books), "--out", str(tmp_path / "x"), "--train-ratio", "1.5"])
+    bad = runner.invoke(
+        main, ["prepare", "--books", str(small_books), "--out", str(tmp_path / "x"), "--train-ratio", "1.5"]
+    )
     assert bad.exit_code == 4 and "error: prepare config" in bad.output
 
 
@@ -249,66 +304,109 @@ def test_cli_bare_form_with_yaml_config_and_one_line_errors(small_books, tmp_pat
 CORPUS_GROUPS = [
     ["Bunin, Ivan Alekseevich/The Village.txt", "Hapgood, Isabel Florence/The Village.txt"],
     # Under Ground is the manuscript Wonderland grew from: half its text is in Wonderland word for word
-    ["Carroll, Lewis/Alice's Adventures Under Ground\rBeing a facsimile of the original Ms. book afterwards developed into \"Alice's Adventures in Wonderland\".txt",
-     "Carroll, Lewis/Alice's Adventures in Wonderland.txt",
-     "Carroll, Lewis/Alice's Adventures in WonderlandIllustrated by Arthur Rackham. With a Proem by Austin Dobson.txt"],
-    ["Cervantes Saavedra, Miguel de/The History of Don Quixote, Volume 1, Complete.txt",
-     "Cervantes Saavedra, Miguel de/The History of Don Quixote, Volume 1, Part 13.txt",
-     "Doré, Gustave/The History of Don Quixote, Volume 1, Part 15.txt",
-     "Ormsby, John/The History of Don Quixote, Volume 1, Part 04.txt",
-     "Ormsby, John/The History of Don Quixote, Volume 1, Part 09.txt",
-     "Ormsby, John/The History of Don Quixote, Volume 1, Part 12.txt",
-     "Ormsby, John/The History of Don Quixote, Volume 1, Part 13.txt",
-     "Ormsby, John/The History of Don Quixote, Volume 1, Part 14.txt",
-     "Ormsby, John/The History of Don Quixote, Volume 1, Part 15.txt"],
+    [
+        "Carroll, Lewis/Alice's Adventures Under Ground\rBeing a facsimile of the original Ms. book afterwards developed into \"Alice's Adventures in Wonderland\".txt",
+        "Carroll, Lewis/Alice's Adventures in Wonderland.txt",
+        "Carroll, Lewis/Alice's Adventures in WonderlandIllustrated by Arthur Rackham. With a Proem by Austin Dobson.txt",
+    ],
+    [
+        "Cervantes Saavedra, Miguel de/The History of Don Quixote, Volume 1, Complete.txt",
+        "Cervantes Saavedra, Miguel de/The History of Don Quixote, Volume 1, Part 13.txt",
+        "Doré, Gustave/The History of Don Quixote, Volume 1, Part 15.txt",
+        "Ormsby, John/The History of Don Quixote, Volume 1, Part 04.txt",
+        "Ormsby, John/The History of Don Quixote, Volume 1, Part 09.txt",
+        "Ormsby, John/The History of Don Quixote, Volume 1, Part 12.txt",
+        "Ormsby, John/The History of Don Quixote, Volume 1, Part 13.txt",
+        "Ormsby, John/The History of Don Quixote, Volume 1, Part 14.txt",
+        "Ormsby, John/The History of Don Quixote, Volume 1, Part 15.txt",
+    ],
     ["Chekhov, Anton Pavlovich/Best Russian Short Stories.txt", "Dostoyevsky, Fyodor/Best Russian Short Stories.txt"],
-    ["Dante Alighieri/Divine Comedy, Cary's Translation, Purgatory.txt",
-     "Dante Alighieri/The Divine Comedy by Dante, Illustrated, Purgatory, Volume 5.txt"],
-    ["Dostoyevsky, Fyodor/Notes from the Underground.txt",
-     "Dostoyevsky, Fyodor/White Nights and Other StoriesThe Novels of Fyodor Dostoevsky, Volume X.txt"],
+    [
+        "Dante Alighieri/Divine Comedy, Cary's Translation, Purgatory.txt",
+        "Dante Alighieri/The Divine Comedy by Dante, Illustrated, Purgatory, Volume 5.txt",
+    ],
+    [
+        "Dostoyevsky, Fyodor/Notes from the Underground.txt",
+        "Dostoyevsky, Fyodor/White Nights and Other StoriesThe Novels of Fyodor Dostoevsky, Volume X.txt",
+    ],
     # three collections printing many of the same tales in the same translation (thousands of words shared)
-    ["Grimm, Jacob/Grimm's Fairy Stories.txt", "Grimm, Jacob/Grimm's Fairy Tales.txt", "Grimm, Jacob/Grimms' Fairy Tales.txt",
-     "Grimm, Wilhelm/Grimm's Fairy Stories.txt", "Grimm, Wilhelm/Grimm's Fairy Tales.txt", "Grimm, Wilhelm/Grimms' Fairy Tales.txt"],
-    ["Grimm, Jacob/Household Stories by the Brothers Grimm.txt", "Grimm, Wilhelm/Household Stories by the Brothers Grimm.txt"],
+    [
+        "Grimm, Jacob/Grimm's Fairy Stories.txt",
+        "Grimm, Jacob/Grimm's Fairy Tales.txt",
+        "Grimm, Jacob/Grimms' Fairy Tales.txt",
+        "Grimm, Wilhelm/Grimm's Fairy Stories.txt",
+        "Grimm, Wilhelm/Grimm's Fairy Tales.txt",
+        "Grimm, Wilhelm/Grimms' Fairy Tales.txt",
+    ],
+    [
+        "Grimm, Jacob/Household Stories by the Brothers Grimm.txt",
+        "Grimm, Wilhelm/Household Stories by the Brothers Grimm.txt",
+    ],
     ["Grimm, Jacob/Snowdrop & Other Tales.txt", "Grimm, Wilhelm/Snowdrop & Other Tales.txt"],
-    ["Hapgood, Isabel Florence/On the Significance of Science and Art.txt",
-     "Tolstoy, Leo, graf/On the Significance of Science and Art.txt",
-     "Tolstoy, Leo, graf/What to Do? Thoughts Evoked by the Census of Moscow.txt"],
-    ["Hawthorne, Nathaniel/A Wonder Book for Girls & Boys.txt",
-     'Hawthorne, Nathaniel/The Miraculous Pitcher(From: "A Wonder-Book for Girls and Boys").txt'],
+    [
+        "Hapgood, Isabel Florence/On the Significance of Science and Art.txt",
+        "Tolstoy, Leo, graf/On the Significance of Science and Art.txt",
+        "Tolstoy, Leo, graf/What to Do? Thoughts Evoked by the Census of Moscow.txt",
+    ],
+    [
+        "Hawthorne, Nathaniel/A Wonder Book for Girls & Boys.txt",
+        'Hawthorne, Nathaniel/The Miraculous Pitcher(From: "A Wonder-Book for Girls and Boys").txt',
+    ],
     ["Hesse, Hermann/Siddhartha: A Poem of India.txt", "Wyllie, David/Siddhartha: A Poem of India.txt"],
     ["Hoskins, Gayle Porter/'Me--Smith'.txt", "Lockhart, Caroline/'Me--Smith'.txt"],
     ["Hoskins, Gayle Porter/The Lady Doc.txt", "Lockhart, Caroline/The Lady Doc.txt"],
     # two anthologies and Maupassant's collections printing the same stories (Zadig, "The Necklace"...)
-    ["Hugo, Victor/International Short Stories: French.txt",
-     "Maupassant, Guy de/A Selection from the Writings of Guy De Maupassant, Vol. I.txt",
-     "Maupassant, Guy de/Notre Coeur; or, A Woman's Pastime: A Novel.txt",
-     "Maupassant, Guy de/Original Short Stories — Volume 10.txt",
-     "Maupassant, Guy de/The Works of Guy de Maupassant, Volume 2.txt",
-     "Maupassant, Guy de/Une Vie, a Piece of String and Other Stories.txt",
-     "Voltaire/International Short Stories: French.txt",
-     "Voltaire/Library of the World's Best Mystery and Detective Stories.txt"],
+    [
+        "Hugo, Victor/International Short Stories: French.txt",
+        "Maupassant, Guy de/A Selection from the Writings of Guy De Maupassant, Vol. I.txt",
+        "Maupassant, Guy de/Notre Coeur; or, A Woman's Pastime: A Novel.txt",
+        "Maupassant, Guy de/Original Short Stories — Volume 10.txt",
+        "Maupassant, Guy de/The Works of Guy de Maupassant, Volume 2.txt",
+        "Maupassant, Guy de/Une Vie, a Piece of String and Other Stories.txt",
+        "Voltaire/International Short Stories: French.txt",
+        "Voltaire/Library of the World's Best Mystery and Detective Stories.txt",
+    ],
     ["Ibsen, Henrik/A Doll's House : a play.txt", "Ibsen, Henrik/A Doll's House.txt"],
     ["Jowett, Benjamin/Laches.txt", "Plato/Laches.txt"],
     ["Jowett, Benjamin/Laws.txt", "Plato/Laws.txt"],
     ["Kafka, Franz/Metamorphosis.txt", "Wyllie, David/Metamorphosis.txt"],
     ["Kafka, Franz/The Trial.txt", "Wyllie, David/The Trial.txt"],
-    ["Kemble, E. W. (Edward Windsor)/Adventures of Huckleberry Finn.txt",
-     "Kemble, E. W. (Edward Windsor)/The Adventures of Huckleberry Finn.txt"],
+    [
+        "Kemble, E. W. (Edward Windsor)/Adventures of Huckleberry Finn.txt",
+        "Kemble, E. W. (Edward Windsor)/The Adventures of Huckleberry Finn.txt",
+    ],
     ["Maude, Aylmer/Master and Man.txt", "Maude, Louise/Master and Man.txt"],
     ["Maude, Aylmer/The Light Shines in Darkness.txt", "Tolstoy, Leo, graf/The Light Shines in Darkness.txt"],
     ["Maude, Aylmer/The Live Corpse.txt", "Maude, Louise/The Live Corpse.txt"],
-    ["Maude, Aylmer/The Power of Darkness.txt", "Maude, Louise/The Power of Darkness.txt", "Tolstoy, Leo, graf/The Power of Darkness.txt"],
+    [
+        "Maude, Aylmer/The Power of Darkness.txt",
+        "Maude, Louise/The Power of Darkness.txt",
+        "Tolstoy, Leo, graf/The Power of Darkness.txt",
+    ],
     ["Maude, Louise/Father Sergius.txt", "Tolstoy, Leo, graf/Father Sergius.txt"],
-    ["Milton, John/L'Allegro, Il Penseroso, Comus, and Lycidas.txt", "Milton, John/Milton's Comus.txt", "Milton, John/Milton: Minor Poems.txt",
-     "Milton, John/The Poetical Works of John Milton.txt"],
+    [
+        "Milton, John/L'Allegro, Il Penseroso, Comus, and Lycidas.txt",
+        "Milton, John/Milton's Comus.txt",
+        "Milton, John/Milton: Minor Poems.txt",
+        "Milton, John/The Poetical Works of John Milton.txt",
+    ],
     # poems in collected editions (verse line numbers broke whole-sentence matching; word runs survive them)
-    ["Pope, Alexander/An Essay on Criticism.txt", "Pope, Alexander/An Essay on Man; Moral Essays and Satires.txt",
-     "Pope, Alexander/Letters of Abelard and Heloise\rTo which is prefix'd a particular account of their lives, amours, and misfortunes.txt",
-     "Pope, Alexander/The Poetical Works of Alexander Pope, Volume 1.txt", "Pope, Alexander/The Works of Alexander Pope, Volume 2.txt"],
-    ["Potter, Beatrix/A Collection of Beatrix Potter Stories.txt", "Potter, Beatrix/The Great Big Treasury of Beatrix Potter.txt"],
+    [
+        "Pope, Alexander/An Essay on Criticism.txt",
+        "Pope, Alexander/An Essay on Man; Moral Essays and Satires.txt",
+        "Pope, Alexander/Letters of Abelard and Heloise\rTo which is prefix'd a particular account of their lives, amours, and misfortunes.txt",
+        "Pope, Alexander/The Poetical Works of Alexander Pope, Volume 1.txt",
+        "Pope, Alexander/The Works of Alexander Pope, Volume 2.txt",
+    ],
+    [
+        "Potter, Beatrix/A Collection of Beatrix Potter Stories.txt",
+        "Potter, Beatrix/The Great Big Treasury of Beatrix Potter.txt",
+    ],
     ["Shakespeare, William/Henry VI, Part 2.txt", "Shakespeare, William/The Second Part of King Henry the Sixth.txt"],
-    ["Smith, Geoffrey Bache/A Spring Harvest (English).txt", "Tolkien, J. R. R. (John Ronald Reuel)/A Spring Harvest.txt"],
+    [
+        "Smith, Geoffrey Bache/A Spring Harvest (English).txt",
+        "Tolkien, J. R. R. (John Ronald Reuel)/A Spring Harvest.txt",
+    ],
 ]
 
 
@@ -333,13 +431,32 @@ def test_cli_shard_and_merge(small_books, tmp_path):
     runner = CliRunner()
     common = ["--no-hard-negatives", "--max-chunks-per-book", "20", "--n-negative-per-book", "2", "--workers", "1"]
     for index in range(2):
-        result = runner.invoke(main, ["prepare", "shard", "--books", str(small_books), "--out", str(tmp_path / "shards"),
-                                      "--shard-index", str(index), "--num-shards", "2", *common])
+        result = runner.invoke(
+            main,
+            [
+                "prepare",
+                "shard",
+                "--books",
+                str(small_books),
+                "--out",
+                str(tmp_path / "shards"),
+                "--shard-index",
+                str(index),
+                "--num-shards",
+                "2",
+                *common,
+            ],
+        )
         assert result.exit_code == 0, result.output
     assert sorted(p.name for p in (tmp_path / "shards").iterdir()) == ["shard-00000-of-00002", "shard-00001-of-00002"]
-    result = runner.invoke(main, ["prepare", "merge", "--shards", str(tmp_path / "shards"), "--out", str(tmp_path / "data"), *common])
+    result = runner.invoke(
+        main, ["prepare", "merge", "--shards", str(tmp_path / "shards"), "--out", str(tmp_path / "data"), *common]
+    )
     assert result.exit_code == 0, result.output
     dataset = load_from_disk(str(tmp_path / "data"))
     assert sum(len(split) for split in dataset.values()) > 0
-    wrong = runner.invoke(main, ["prepare", "merge", "--shards", str(tmp_path / "shards"), "--out", str(tmp_path / "x"), "--chunk-size", "9"])
+    wrong = runner.invoke(
+        main,
+        ["prepare", "merge", "--shards", str(tmp_path / "shards"), "--out", str(tmp_path / "x"), "--chunk-size", "9"],
+    )
     assert wrong.exit_code == 4 and "chunked with" in wrong.output

@@ -98,7 +98,10 @@ def test_a_piped_stage_prints_progress_lines_and_its_summary_unchanged() -> None
     assert proc.returncode == 0, proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.startswith("books: ")]
     assert len(lines) >= 2, proc.stderr
-    assert all(re.fullmatch(r"books: \d+/30 book \(\d+%\), [\d.]+ book/s, \d+:\d\d elapsed(, ETA \d+:\d\d)?", line) for line in lines)
+    assert all(
+        re.fullmatch(r"books: \d+/30 book \(\d+%\), [\d.]+ book/s, \d+:\d\d elapsed(, ETA \d+:\d\d)?", line)
+        for line in lines
+    )
     assert lines[-1].startswith("books: 30/30 book (100%)")
     assert "\r" not in proc.stderr
     assert proc.stdout.strip() == "scanned books: 30 books in 0.6 s (50.0 books/s)"

@@ -21,14 +21,49 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
-    return make_pair_dataset(tmp_path_factory.mktemp("resume") / "data", _synthetic_books(9, 30, seed=2), n_train=160, n_val=32)
+    return make_pair_dataset(
+        tmp_path_factory.mktemp("resume") / "data", _synthetic_books(9, 30, seed=2), n_train=160, n_val=32
+    )
 
 
 def _args(task: str, data: Path, model: Path, out: Path) -> list[str]:
-    common = ["--data", str(data), "--model", str(model), "--out", str(out), "--cpu", "--max-seq-length", "40", "--lr", "1e-3",
-              "--eval-steps", "4", "--save-steps", "4", "--save-total-limit", "2", "--patience", "0", "--seed", "7"]
+    common = [
+        "--data",
+        str(data),
+        "--model",
+        str(model),
+        "--out",
+        str(out),
+        "--cpu",
+        "--max-seq-length",
+        "40",
+        "--lr",
+        "1e-3",
+        "--eval-steps",
+        "4",
+        "--save-steps",
+        "4",
+        "--save-total-limit",
+        "2",
+        "--patience",
+        "0",
+        "--seed",
+        "7",
+    ]
     if task == "contrastive":
-        return ["train", "contrastive", *common, "--batch-size", "8", "--max-steps", "12", "--projection-dim", "8", "--epochs", "2"]
+        return [
+            "train",
+            "contrastive",
+            *common,
+            "--batch-size",
+            "8",
+            "--max-steps",
+            "12",
+            "--projection-dim",
+            "8",
+            "--epochs",
+            "2",
+        ]
     # the cross-encoder run also checks gradient accumulation: 2 micro-batches per step, 12 steps over 2 epochs
     return ["train", "cross", *common, "--batch-size", "6", "--grad-accum", "2", "--max-steps", "12", "--epochs", "2"]
 
@@ -43,7 +78,9 @@ def _entry(kill_at: int | None) -> list[str]:
 
 def _run_cli(args: list[str], kill_at: int | None = None) -> subprocess.CompletedProcess:
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, *_entry(kill_at), *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, *_entry(kill_at), *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 @pytest.mark.slow
@@ -88,10 +125,22 @@ def test_resume_after_kill_matches_uninterrupted(task, data_dir, tiny_encoder_di
 def test_ddp_resume_after_kill_matches_uninterrupted(data_dir, tiny_encoder_dir, tmp_path):
     """Two CPU processes (DDP over gloo, SupCon gathered across ranks): a SIGKILL at step 6 and --resume
     still end bit-for-bit where the uninterrupted run ends."""
+
     def launch(out: Path, *extra: str, kill_at: int | None = None) -> subprocess.CompletedProcess:
         env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
         args = _args("contrastive", data_dir, tiny_encoder_dir, out)
-        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", *_entry(kill_at), *args, "--batch-size", "4", *extra]
+        command = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            *_entry(kill_at),
+            *args,
+            "--batch-size",
+            "4",
+            *extra,
+        ]
         return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
 
     straight = launch(tmp_path / "straight")
@@ -99,7 +148,9 @@ def test_ddp_resume_after_kill_matches_uninterrupted(data_dir, tiny_encoder_dir,
     assert launch(tmp_path / "interrupted", kill_at=6).returncode != 0
     assert latest_checkpoint(tmp_path / "interrupted").name == "checkpoint-4"
     assert sorted(p.name for p in (tmp_path / "interrupted" / "checkpoint-4").glob("random_states_*.pkl")) == [
-        "random_states_0.pkl", "random_states_1.pkl"]
+        "random_states_0.pkl",
+        "random_states_1.pkl",
+    ]
     resumed = launch(tmp_path / "interrupted", "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     for name in ("final", "checkpoint-8"):
@@ -128,8 +179,21 @@ def test_resume_in_process_matches_uninterrupted(data_dir, tiny_encoder_dir, tmp
 
     def config(out: Path, resume: bool = False) -> ContrastiveTrainConfig:
         return ContrastiveTrainConfig(
-            data=str(data_dir), out=str(out), model=str(tiny_encoder_dir), cpu=True, max_seq_length=32, lr=1e-3, batch_size=8,
-            max_steps=6, eval_steps=3, save_steps=2, patience=0, seed=3, projection_dim=8, epochs=1, resume=resume,
+            data=str(data_dir),
+            out=str(out),
+            model=str(tiny_encoder_dir),
+            cpu=True,
+            max_seq_length=32,
+            lr=1e-3,
+            batch_size=8,
+            max_steps=6,
+            eval_steps=3,
+            save_steps=2,
+            patience=0,
+            seed=3,
+            projection_dim=8,
+            epochs=1,
+            resume=resume,
         )
 
     train_contrastive(config(tmp_path / "straight"))

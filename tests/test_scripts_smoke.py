@@ -42,8 +42,23 @@ def test_bench_prepare_runs_prepare_in_a_subprocess(corpus_dir, capsys):
 
 
 def test_bench_infer_times_batch_against_single_calls(capsys):
-    _load("bench_infer").main(["--pairs", "6", "--repeats", "1", "--batch-size", "4", "--max-seq-length", "64",
-                               "--cohort", "8", "--no-minilm", "--precision", "no"])
+    _load("bench_infer").main(
+        [
+            "--pairs",
+            "6",
+            "--repeats",
+            "1",
+            "--batch-size",
+            "4",
+            "--max-seq-length",
+            "64",
+            "--cohort",
+            "8",
+            "--no-minilm",
+            "--precision",
+            "no",
+        ]
+    )
     rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.split()[:1] == ["tiny"]]
     assert {row[1] for row in rows} == {"contrastive", "two-stage"}
     for row in rows:

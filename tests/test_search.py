@@ -19,8 +19,14 @@ def random_index(n_books: int = 7, per_book: int = 5, dim: int = 12, backend: st
     vectors = rng.normal(size=(n_books * per_book, dim)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     books = [{"id": f"author/book{i}", "author": "author", "title": f"Book {i}"} for i in range(n_books)]
-    return BookIndex(vectors, np.repeat(np.arange(n_books), per_book), books, [f"passage {i}" for i in range(len(vectors))],
-                     {"format": 1}, backend=backend)
+    return BookIndex(
+        vectors,
+        np.repeat(np.arange(n_books), per_book),
+        books,
+        [f"passage {i}" for i in range(len(vectors))],
+        {"format": 1},
+        backend=backend,
+    )
 
 
 def test_exact_top_m_is_every_inner_product_sorted() -> None:
@@ -62,8 +68,10 @@ def small_books(corpus_dir: Path, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("books")
     chosen = []
     for folder in sorted(p for p in (corpus_dir / "books").iterdir() if p.is_dir()):
-        files = sorted((p for p in folder.glob("*.txt") if "\r" not in p.name and 60_000 < p.stat().st_size < 200_000),
-                       key=lambda p: p.stat().st_size)
+        files = sorted(
+            (p for p in folder.glob("*.txt") if "\r" not in p.name and 60_000 < p.stat().st_size < 200_000),
+            key=lambda p: p.stat().st_size,
+        )
         if files:
             chosen.append(files[0])
         if len(chosen) == 4:
@@ -79,8 +87,22 @@ def built_index(small_books: Path, models, tmp_path_factory) -> Path:
     from bookmatch.cli import main
 
     out = tmp_path_factory.mktemp("index") / "idx"
-    result = CliRunner().invoke(main, ["index", "--books", str(small_books), "--model", str(models["bi"]), "--out", str(out),
-                                       "--passages-per-book", "6", "--precision", "no"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "index",
+            "--books",
+            str(small_books),
+            "--model",
+            str(models["bi"]),
+            "--out",
+            str(out),
+            "--passages-per-book",
+            "6",
+            "--precision",
+            "no",
+        ],
+    )
     assert result.exit_code == 0, result.output
     return out
 
@@ -93,7 +115,9 @@ def test_index_folder_is_complete_and_search_finds_an_indexed_passage(built_inde
     assert not list(built_index.parent.glob(".idx.tmp-*")), "a temp folder was left behind"
     index = BookIndex.load(built_index)
     passage, book = index.passages[8], index.books[index.passage_book[8]]["id"]
-    result = CliRunner().invoke(main, ["search", "--index", str(built_index), "--text", passage, "-k", "3", "--precision", "no"])
+    result = CliRunner().invoke(
+        main, ["search", "--index", str(built_index), "--text", passage, "-k", "3", "--precision", "no"]
+    )
     assert result.exit_code == 0, result.output
     found = json.loads(result.stdout)["books"]
     assert len(found) == 3 and found[0]["book"] == book
@@ -123,7 +147,10 @@ def test_search_through_the_service(built_index: Path, models) -> None:
     service.load()
     assert service.ready, service.error
     index = BookIndex.load(built_index)
-    with ThreadedServer(create_app(service, load_in_background=False)) as srv, httpx.Client(base_url=srv.url, timeout=60) as client:
+    with (
+        ThreadedServer(create_app(service, load_in_background=False)) as srv,
+        httpx.Client(base_url=srv.url, timeout=60) as client,
+    ):
         assert client.get("/healthz").json()["search"] is True
         answer = client.post("/v1/search", json={"text": index.passages[20], "k": 2})
         assert client.post("/v1/search", json={"text": "a passage", "k": 0}).status_code == 422
@@ -133,10 +160,14 @@ def test_search_through_the_service(built_index: Path, models) -> None:
 
 # --- evidence ---------------------------------------------------------------------------------------------
 
-PLANTED_A = ("The rain came down over the valley. Old Tobias Quenworth walked slowly to the mill that morning. "
-             "Martha and Lucas watched from the window. The dog barked twice at the gate. Nobody spoke at supper.")
-PLANTED_B = ("Winter had come early that year. Harriet sat by the fire with her sewing. "
-             "It was said in the village that Quenworth kept gold under his floor. Edmund laughed at the idea. The clock struck nine.")
+PLANTED_A = (
+    "The rain came down over the valley. Old Tobias Quenworth walked slowly to the mill that morning. "
+    "Martha and Lucas watched from the window. The dog barked twice at the gate. Nobody spoke at supper."
+)
+PLANTED_B = (
+    "Winter had come early that year. Harriet sat by the fire with her sewing. "
+    "It was said in the village that Quenworth kept gold under his floor. Edmund laughed at the idea. The clock struck nine."
+)
 
 
 @pytest.fixture(scope="module")
@@ -149,9 +180,18 @@ def names_model(tiny_encoder_dir, tmp_path_factory) -> Path:
     from bookmatch.models.bi_encoder import BiEncoder
 
     torch.manual_seed(0)
-    model = BiEncoder.from_backbone(str(tiny_encoder_dir), projection_dim=16, classifier_hidden_dim=8, max_seq_length=64,
-                                    lexical_buckets=512, lexical_top_k=8, name_top_k=8)
-    model.fit_lexical(list(SAMPLE_TEXTS) + [PLANTED_A, PLANTED_B, "Martha went home. Then Harriet and Lucas and Edmund met."])
+    model = BiEncoder.from_backbone(
+        str(tiny_encoder_dir),
+        projection_dim=16,
+        classifier_hidden_dim=8,
+        max_seq_length=64,
+        lexical_buckets=512,
+        lexical_top_k=8,
+        name_top_k=8,
+    )
+    model.fit_lexical(
+        list(SAMPLE_TEXTS) + [PLANTED_A, PLANTED_B, "Martha went home. Then Harriet and Lucas and Edmund met."]
+    )
     first, last = model.classifier[0], model.classifier[3]
     names_column = first.weight.shape[1] - 1  # the scalars come last: lexical cosine, then names cosine
     with torch.no_grad():
@@ -183,8 +223,22 @@ def test_evidence_ranks_the_sentences_holding_a_shared_rare_name_first(names_mod
 def test_infer_explain_flag_prints_evidence(names_model: Path) -> None:
     from bookmatch.cli import main
 
-    result = CliRunner().invoke(main, ["infer", "contrastive", "--model", str(names_model), "--text1", PLANTED_A,
-                                       "--text2", PLANTED_B, "--explain", "--precision", "no"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "infer",
+            "contrastive",
+            "--model",
+            str(names_model),
+            "--text1",
+            PLANTED_A,
+            "--text2",
+            PLANTED_B,
+            "--explain",
+            "--precision",
+            "no",
+        ],
+    )
     assert result.exit_code == 0, result.output
     evidence = json.loads(result.stdout)["evidence"]
     assert "Quenworth" in evidence["top_sentences1"][0]["text"] and evidence["shared_names"][0]["name"] == "quenworth"

@@ -74,8 +74,10 @@ def server(models):
 
 
 def pairs_for(n: int, offset: int = 0) -> list[dict[str, str]]:
-    return [{"text1": TEXTS[(i + offset) % len(TEXTS)], "text2": TEXTS[(i + offset + 1 + i // len(TEXTS)) % len(TEXTS)]}
-            for i in range(n)]
+    return [
+        {"text1": TEXTS[(i + offset) % len(TEXTS)], "text2": TEXTS[(i + offset + 1 + i // len(TEXTS)) % len(TEXTS)]}
+        for i in range(n)
+    ]
 
 
 def metric(text: str, name: str, labels: dict[str, str] | None = None) -> float:
@@ -109,15 +111,34 @@ def test_service_answers_the_numbers_of_bookmatch_infer(server, models, tmp_path
     pairs = pairs_for(12, offset=3)
     pairs_file = tmp_path / "pairs.jsonl"
     pairs_file.write_text("".join(json.dumps(p) + "\n" for p in pairs), encoding="utf-8")
-    args = ["contrastive", "--model", str(models["bi"])] if mode == "contrastive" else \
-        ["two-stage", "--bi-model", str(models["bi"]), "--cross-model", str(models["cross"])]
-    result = CliRunner().invoke(main, ["infer", *args, "--input", str(pairs_file), "--output", str(tmp_path / "out.jsonl"),
-                                       "--precision", "no", "--style-sim"])
+    args = (
+        ["contrastive", "--model", str(models["bi"])]
+        if mode == "contrastive"
+        else ["two-stage", "--bi-model", str(models["bi"]), "--cross-model", str(models["cross"])]
+    )
+    result = CliRunner().invoke(
+        main,
+        [
+            "infer",
+            *args,
+            "--input",
+            str(pairs_file),
+            "--output",
+            str(tmp_path / "out.jsonl"),
+            "--precision",
+            "no",
+            "--style-sim",
+        ],
+    )
     assert result.exit_code == 0, result.output
     expected = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text(encoding="utf-8").splitlines()]
     with httpx.Client(base_url=server.url, timeout=120) as client, ThreadPoolExecutor(4) as pool:
-        answers = list(pool.map(lambda chunk: client.post("/v1/score", json={"pairs": chunk, "mode": mode}),
-                                [pairs[i : i + 3] for i in range(0, len(pairs), 3)]))
+        answers = list(
+            pool.map(
+                lambda chunk: client.post("/v1/score", json={"pairs": chunk, "mode": mode}),
+                [pairs[i : i + 3] for i in range(0, len(pairs), 3)],
+            )
+        )
     got = [r for answer in answers for r in answer.json()["results"]]
     assert all(a.status_code == 200 for a in answers)
     for mine, theirs in zip(got, expected, strict=True):
@@ -132,10 +153,14 @@ def test_concurrent_requests_share_a_batch_and_a_repeated_text_is_encoded_once(m
     shared = TEXTS[0] + " The shared passage, sent by every client."
     others = [f"{TEXTS[i % len(TEXTS)]} Client number {i} wrote this one." for i in range(8)]
     with srv, httpx.Client(base_url=srv.url, timeout=120) as client, ThreadPoolExecutor(8) as pool:
-        answers = list(pool.map(lambda text: client.post("/v1/score", json={"pairs": [{"text1": shared, "text2": text}]}), others))
+        answers = list(
+            pool.map(lambda text: client.post("/v1/score", json={"pairs": [{"text1": shared, "text2": text}]}), others)
+        )
         scraped = client.get("/metrics").text
     assert all(a.status_code == 200 for a in answers)
-    requests_per_batch = metric(scraped, "bookmatch_batch_requests_sum") / metric(scraped, "bookmatch_batch_requests_count")
+    requests_per_batch = metric(scraped, "bookmatch_batch_requests_sum") / metric(
+        scraped, "bookmatch_batch_requests_count"
+    )
     assert requests_per_batch > 1, "no two requests were scored in one model call"
     assert service.texts_encoded == 9, "the shared text was encoded more than once"
     assert metric(scraped, "bookmatch_texts_encoded") == 9
@@ -153,9 +178,19 @@ def test_bad_requests_get_a_json_error_naming_the_problem(server) -> None:
         ({"json": {"pairs": [{"text1": "   ", "text2": "a passage"}]}}, 422, "empty"),
         ({"json": {"pairs": [{"text1": 5, "text2": "a passage"}]}}, 422, "pairs.0.text1"),
         ({"json": ["a list"]}, 422, "body"),
-        ({"content": b'{"pairs": [{"text1": "\\ud800", "text2": "a passage"}]}', "headers": {"content-type": "application/json"}},
-         422, "surrogate"),
-        ({"content": b"x" * (40 * 1024 * 1024), "headers": {"content-type": "application/json"}}, 413, "over the limit"),
+        (
+            {
+                "content": b'{"pairs": [{"text1": "\\ud800", "text2": "a passage"}]}',
+                "headers": {"content-type": "application/json"},
+            },
+            422,
+            "surrogate",
+        ),
+        (
+            {"content": b"x" * (40 * 1024 * 1024), "headers": {"content-type": "application/json"}},
+            413,
+            "over the limit",
+        ),
     ]
     with httpx.Client(base_url=server.url, timeout=60) as client:
         before = metric(client.get("/metrics").text, "bookmatch_request_errors_total")
@@ -198,12 +233,32 @@ def test_cli_server_finishes_requests_in_flight_on_sigterm(models, tmp_path: Pat
     port = free_port()
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     log = open(tmp_path / "server.log", "w+", encoding="utf-8")
-    proc = subprocess.Popen([sys.executable, "-m", "bookmatch", "serve", "--model", str(models["bi"]), "--port", str(port),
-                             "--precision", "no", "--graceful-timeout", "300"], stdout=log, stderr=subprocess.STDOUT, env=env)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "bookmatch",
+            "serve",
+            "--model",
+            str(models["bi"]),
+            "--port",
+            str(port),
+            "--precision",
+            "no",
+            "--graceful-timeout",
+            "300",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_healthy(url, proc)
-        long_pairs = [{"text1": " ".join(TEXTS) * 3 + f" {i}", "text2": " ".join(reversed(TEXTS)) * 3 + f" {i}"} for i in range(128)]
+        long_pairs = [
+            {"text1": " ".join(TEXTS) * 3 + f" {i}", "text2": " ".join(reversed(TEXTS)) * 3 + f" {i}"}
+            for i in range(128)
+        ]
         with ThreadPoolExecutor(1) as pool:
             pending = pool.submit(httpx.post, f"{url}/v1/score", json={"pairs": long_pairs}, timeout=300)
             time.sleep(0.5)

@@ -40,12 +40,27 @@ def test_serve_yaml_run_line_serves_on_loopback(serve_task: dict, models, tmp_pa
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SKYPILOT_")}
     env.update({k: workspace.localize(v) for k, v in serve_task["envs"].items()})
-    env.update({"PATH": f"{workspace.bin}{os.pathsep}{env.get('PATH', '')}", "HOST": "127.0.0.1", "PORT": str(port),
-                "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])), "HF_HUB_OFFLINE": "1",
-                "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost", "BOOKMATCH_ARGS": "--precision no"})
+    env.update(
+        {
+            "PATH": f"{workspace.bin}{os.pathsep}{env.get('PATH', '')}",
+            "HOST": "127.0.0.1",
+            "PORT": str(port),
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
+            "HF_HUB_OFFLINE": "1",
+            "NO_PROXY": "127.0.0.1,localhost",
+            "no_proxy": "127.0.0.1,localhost",
+            "BOOKMATCH_ARGS": "--precision no",
+        }
+    )
     log = open(tmp_path / "serve.log", "w+", encoding="utf-8")
-    proc = subprocess.Popen(["bash", "-c", "set -e\n" + workspace.localize(serve_task["run"])], env=env, cwd=workspace.cwd,
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        ["bash", "-c", "set -e\n" + workspace.localize(serve_task["run"])],
+        env=env,
+        cwd=workspace.cwd,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_healthy(url, proc)

@@ -120,8 +120,10 @@ def load_with_skypilot(paths: list[Path], env_overrides: dict[str, str] | None =
     env = dict(os.environ, SKYPILOT_DISABLE_USAGE_COLLECTION="1", PYTHONWARNINGS="ignore")
     proc = subprocess.run(args, capture_output=True, text=True, timeout=180, env=env, cwd=REPO)
     marker = [line for line in proc.stdout.splitlines() if line.startswith("@@JSON@@")]
-    assert proc.returncode == 0 and marker, f"SkyPilot loader failed ({python}):\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
-    return json.loads(marker[-1][len("@@JSON@@"):])
+    assert proc.returncode == 0 and marker, (
+        f"SkyPilot loader failed ({python}):\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+    )
+    return json.loads(marker[-1][len("@@JSON@@") :])
 
 
 # The buckets are required envs with no default: every load names them, as a user's `--env` would.
@@ -152,13 +154,17 @@ def task_problems(task: dict, gpu_names: list[str], strategies: list[str]) -> li
             if count not in (1, 2, 4, 8):
                 problems.append(f"accelerator count {count} for {name} is not 1, 2, 4 or 8")
         if res["image_id"]:
-            problems.append(f"image_id {res['image_id']} is set: the tasks run on the cloud's default image and install "
-                            "the project (sky/setup.sh); an image of your own goes through BOOKMATCH_IMAGE (sky/with_image.py)")
+            problems.append(
+                f"image_id {res['image_id']} is set: the tasks run on the cloud's default image and install "
+                "the project (sky/setup.sh); an image of your own goes through BOOKMATCH_IMAGE (sky/with_image.py)"
+            )
         recovery = res["job_recovery"]
         if res["use_spot"] and not recovery:
             problems.append("use_spot without job_recovery")
         if res["use_spot"] and "--resume" not in (task["run"] or ""):
-            problems.append("use_spot on a task that does not resume (--resume): a preemption would only repeat its work")
+            problems.append(
+                "use_spot on a task that does not resume (--resume): a preemption would only repeat its work"
+            )
         if task["num_nodes"] > 1 and "train " in (task["run"] or "") and res["network_tier"] != "best":
             problems.append("a multi-node training task must ask for network_tier: best")
         if recovery:
@@ -204,8 +210,15 @@ def task_problems(task: dict, gpu_names: list[str], strategies: list[str]) -> li
 
 # The YAMLs whose commands a test below runs: a new YAML must get a run test too.
 RUN_TESTED = {
-    "sky/ingest.yaml", "sky/prepare.yaml", "sky/prepare_sharded.yaml", "sky/train_cross.yaml", "sky/train_contrastive.yaml",
-    "sky/calibrate.yaml", "sky/evaluate.yaml", "sky/infer.yaml", "jobs/pipeline_contrastive.yaml",
+    "sky/ingest.yaml",
+    "sky/prepare.yaml",
+    "sky/prepare_sharded.yaml",
+    "sky/train_cross.yaml",
+    "sky/train_contrastive.yaml",
+    "sky/calibrate.yaml",
+    "sky/evaluate.yaml",
+    "sky/infer.yaml",
+    "jobs/pipeline_contrastive.yaml",
     "sky/serve.yaml",  # run in tests/test_serve_sky.py
 }
 
@@ -236,7 +249,9 @@ def test_yaml_opens_with_its_launch_command(path: Path) -> None:
     assert len(header) >= 3, "the file must open with a comment: what it does and how to launch it"
     text = "\n".join(header)
     rel = str(path.relative_to(REPO))
-    assert re.search(rf"sky (jobs )?launch .*{re.escape(rel)}", text), f"no `sky launch ... {rel}` line in the opening comment"
+    assert re.search(rf"sky (jobs )?launch .*{re.escape(rel)}", text), (
+        f"no `sky launch ... {rel}` line in the opening comment"
+    )
 
 
 def test_checks_catch_bad_values(loaded: dict, tmp_path: Path) -> None:
@@ -249,20 +264,31 @@ def test_checks_catch_bad_values(loaded: dict, tmp_path: Path) -> None:
         .replace("--resume ", "")
         .replace("workdir: .", f"workdir: {tmp_path}")
         .replace(SETUP, "pip install bookmatch")
-        .replace("secrets:\n  HF_TOKEN: \"\"\n", "")
+        .replace('secrets:\n  HF_TOKEN: ""\n', "")
     )
     bad_file = tmp_path / "bad.yaml"
     bad_file.write_text(bad, encoding="utf-8")
     # num_nodes 2 without network_tier: best
-    contrastive = (REPO / "sky" / "train_contrastive.yaml").read_text(encoding="utf-8").replace("  network_tier: best\n", "")
+    contrastive = (
+        (REPO / "sky" / "train_contrastive.yaml").read_text(encoding="utf-8").replace("  network_tier: best\n", "")
+    )
     slow_net = tmp_path / "slow_net.yaml"
     slow_net.write_text(contrastive, encoding="utf-8")
     result = load_with_skypilot([bad_file, slow_net], env_overrides=dict(BUCKETS, ARTIFACTS_BUCKET="Not_A_Bucket"))
     entry = result["files"][str(bad_file)]
     assert "error" not in entry, entry.get("error")
     problems = "\n".join(task_problems(entry["tasks"][0], result["gpu_names"], result["strategies"]))
-    for expected in ("H1000", "EAGER_NEXT_PLANET", "image_id", "Not_A_Bucket", "must pass --resume", "does not resume",
-                     "workdir", "setup is not", "HF_TOKEN"):
+    for expected in (
+        "H1000",
+        "EAGER_NEXT_PLANET",
+        "image_id",
+        "Not_A_Bucket",
+        "must pass --resume",
+        "does not resume",
+        "workdir",
+        "setup is not",
+        "HF_TOKEN",
+    ):
         assert expected in problems, f"{expected} not reported in:\n{problems}"
     slow = result["files"][str(slow_net)]["tasks"][0]
     assert "network_tier: best" in "\n".join(task_problems(slow, result["gpu_names"], result["strategies"]))
@@ -280,7 +306,9 @@ def test_buckets_are_required_envs_without_defaults(path: Path) -> None:
     for task in _raw_tasks(path):
         buckets = {k: v for k, v in task["envs"].items() if k.endswith("_BUCKET")}
         assert "INPUT_BUCKET" in buckets, task["name"]
-        assert all(value is None for value in buckets.values()), f"{task['name']}: bucket envs with a default: {buckets}"
+        assert all(value is None for value in buckets.values()), (
+            f"{task['name']}: bucket envs with a default: {buckets}"
+        )
         # an inline secret may only be the empty placeholder: a real value would be committed
         assert all(value in ("", None) for value in (task.get("secrets") or {}).values())
 
@@ -290,12 +318,16 @@ def test_skypilot_refuses_a_launch_without_the_buckets() -> None:
     result = load_with_skypilot(YAML_FILES)
     for path in YAML_FILES:
         error = result["files"][str(path)].get("error", "")
-        assert re.search(r"Environment variable '(INPUT|ARTIFACTS)_BUCKET' is None", error), f"{path}: {error or 'loaded'}"
+        assert re.search(r"Environment variable '(INPUT|ARTIFACTS)_BUCKET' is None", error), (
+            f"{path}: {error or 'loaded'}"
+        )
 
 
 def test_env_override_reaches_bucket_names(tmp_path: Path) -> None:
-    result = load_with_skypilot([REPO / "sky" / "train_contrastive.yaml"],
-                                env_overrides={"ARTIFACTS_BUCKET": "team-a-artifacts", "INPUT_BUCKET": "team-a-books"})
+    result = load_with_skypilot(
+        [REPO / "sky" / "train_contrastive.yaml"],
+        env_overrides={"ARTIFACTS_BUCKET": "team-a-artifacts", "INPUT_BUCKET": "team-a-books"},
+    )
     task = result["files"][str(REPO / "sky" / "train_contrastive.yaml")]["tasks"][0]
     assert task["mounts"]["/vol"]["bucket"] == "team-a-artifacts"
     assert task["mounts"]["/input"]["source"] == "s3://team-a-books"
@@ -308,8 +340,13 @@ def test_an_own_image_goes_through_one_variable(tmp_path: Path) -> None:
     image = "docker:ghcr.io/someone/bookmatch:0.1.0-cuda"
     outputs = []
     for path in (REPO / "jobs" / "pipeline_contrastive.yaml", REPO / "sky" / "train_cross.yaml"):
-        proc = subprocess.run([sys.executable, str(REPO / "sky" / "with_image.py"), str(path)], capture_output=True, text=True,
-                              env=dict(os.environ, BOOKMATCH_IMAGE=image), timeout=60)
+        proc = subprocess.run(
+            [sys.executable, str(REPO / "sky" / "with_image.py"), str(path)],
+            capture_output=True,
+            text=True,
+            env=dict(os.environ, BOOKMATCH_IMAGE=image),
+            timeout=60,
+        )
         assert proc.returncode == 0, proc.stderr
         out = tmp_path / path.name
         out.write_text(proc.stdout, encoding="utf-8")
@@ -321,14 +358,21 @@ def test_an_own_image_goes_through_one_variable(tmp_path: Path) -> None:
     for entry in (pipeline, result["files"][str(outputs[1])]):
         assert all(task["resources"][0]["image_id"] == [image] for task in entry["tasks"])
     # nothing else changed
-    for mine, theirs in zip(pipeline["tasks"], original["files"][str(REPO / "jobs" / "pipeline_contrastive.yaml")]["tasks"]):
+    for mine, theirs in zip(
+        pipeline["tasks"], original["files"][str(REPO / "jobs" / "pipeline_contrastive.yaml")]["tasks"]
+    ):
         for res in mine["resources"]:
             res["image_id"] = []
         for task in (mine, theirs):  # a set of resources in SkyPilot: compare them unordered
             task["resources"] = sorted(task["resources"], key=lambda r: json.dumps(r, sort_keys=True))
         assert mine == theirs
-    proc = subprocess.run([sys.executable, str(REPO / "sky" / "with_image.py"), str(outputs[1])], capture_output=True,
-                          text=True, env=dict(os.environ, BOOKMATCH_IMAGE="ghcr.io/no-prefix:1"), timeout=60)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "sky" / "with_image.py"), str(outputs[1])],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, BOOKMATCH_IMAGE="ghcr.io/no-prefix:1"),
+        timeout=60,
+    )
     assert proc.returncode == 2 and "docker:" in proc.stderr
 
 
@@ -412,12 +456,19 @@ def test_every_documented_sky_command_matches_skypilots_help() -> None:
         pytest.skip("SkyPilot is not installed: run `make install-sky` (creates .venv-sky) or set BOOKMATCH_SKY_PYTHON")
     unique = sorted({json.dumps(words) for _, words in commands})
     env = dict(os.environ, SKYPILOT_DISABLE_USAGE_COLLECTION="1", PYTHONWARNINGS="ignore")
-    proc = subprocess.run([python, "-c", _HELP_CHECK], input=json.dumps([json.loads(u) for u in unique]), capture_output=True,
-                          text=True, timeout=300, env=env, cwd=REPO)
+    proc = subprocess.run(
+        [python, "-c", _HELP_CHECK],
+        input=json.dumps([json.loads(u) for u in unique]),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=REPO,
+    )
     marker = [line for line in proc.stdout.splitlines() if line.startswith("@@JSON@@")]
     assert proc.returncode == 0 and marker, proc.stderr[-3000:]
     problems = []
-    for entry in json.loads(marker[-1][len("@@JSON@@"):]):
+    for entry in json.loads(marker[-1][len("@@JSON@@") :]):
         shown_as = "sky " + " ".join(entry["words"])
         if entry["help_exit"] != 0 or entry["is_group"]:
             problems.append(f"{shown_as}: `sky {entry['path']}` is not a SkyPilot command")
@@ -430,10 +481,23 @@ def test_the_help_check_catches_a_wrong_flag() -> None:
     python = _sky_python()
     if python is None:
         pytest.skip("SkyPilot is not installed")
-    wrong = [["jobs", "launch", "--spot-recovery", "x.yaml"], ["jobs", "tail", "1"], ["launch", "-c", "a", "--secret", "K"]]
-    proc = subprocess.run([python, "-c", _HELP_CHECK], input=json.dumps(wrong), capture_output=True, text=True, timeout=300,
-                          env=dict(os.environ, SKYPILOT_DISABLE_USAGE_COLLECTION="1"), cwd=REPO)
-    report = json.loads([line for line in proc.stdout.splitlines() if line.startswith("@@JSON@@")][-1][len("@@JSON@@"):])
+    wrong = [
+        ["jobs", "launch", "--spot-recovery", "x.yaml"],
+        ["jobs", "tail", "1"],
+        ["launch", "-c", "a", "--secret", "K"],
+    ]
+    proc = subprocess.run(
+        [python, "-c", _HELP_CHECK],
+        input=json.dumps(wrong),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, SKYPILOT_DISABLE_USAGE_COLLECTION="1"),
+        cwd=REPO,
+    )
+    report = json.loads(
+        [line for line in proc.stdout.splitlines() if line.startswith("@@JSON@@")][-1][len("@@JSON@@") :]
+    )
     assert report[0]["missing"] == ["--spot-recovery"]
     assert report[1]["path"] == "jobs" and report[1]["is_group"]  # `tail` is no subcommand: the walk stops at the group
     assert report[2]["missing"] == [] and report[2]["help_exit"] == 0
@@ -445,7 +509,9 @@ def test_the_help_check_catches_a_wrong_flag() -> None:
 def render_launch(env: dict[str, str], *args: str) -> list[str]:
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("SKYPILOT_")}
     full_env.update(env)
-    proc = subprocess.run(["bash", str(LAUNCHER), "--dry-run", *args], capture_output=True, text=True, env=full_env, timeout=30)
+    proc = subprocess.run(
+        ["bash", str(LAUNCHER), "--dry-run", *args], capture_output=True, text=True, env=full_env, timeout=30
+    )
     assert proc.returncode == 0, proc.stderr
     return proc.stdout.splitlines()
 
@@ -455,8 +521,13 @@ def option(argv: list[str], name: str) -> str:
 
 
 def test_launch_line_for_two_nodes_of_eight_gpus() -> None:
-    env = {"SKYPILOT_NUM_NODES": "2", "SKYPILOT_NODE_RANK": "1", "SKYPILOT_NODE_IPS": "10.0.0.1\n10.0.0.2",
-           "SKYPILOT_NUM_GPUS_PER_NODE": "8", "BOOKMATCH_HOME": str(REPO)}
+    env = {
+        "SKYPILOT_NUM_NODES": "2",
+        "SKYPILOT_NODE_RANK": "1",
+        "SKYPILOT_NODE_IPS": "10.0.0.1\n10.0.0.2",
+        "SKYPILOT_NUM_GPUS_PER_NODE": "8",
+        "BOOKMATCH_HOME": str(REPO),
+    }
     argv = render_launch(env, "--deepspeed", "--", "train", "contrastive", "--data", "/vol/d")
     assert argv[:2] == ["accelerate", "launch"]
     assert option(argv, "--num_processes") == "16"
@@ -467,7 +538,7 @@ def test_launch_line_for_two_nodes_of_eight_gpus() -> None:
     assert option(argv, "--config_file") == str(REPO / "configs" / "accelerate" / "deepspeed_zero2.yaml")
     assert option(argv, "--deepspeed_multinode_launcher") == "standard"
     # the bookmatch command follows, untouched
-    assert argv[argv.index("-m"):] == ["-m", "bookmatch", "train", "contrastive", "--data", "/vol/d"]
+    assert argv[argv.index("-m") :] == ["-m", "bookmatch", "train", "contrastive", "--data", "/vol/d"]
     assert option(argv, "--deepspeed_config_file") == str(REPO / "configs" / "deepspeed" / "zero2.json")
     # accelerate reads the line the same way once its config file is merged in: the command-line values win
     args = accelerate_view(argv)
@@ -479,8 +550,13 @@ def test_launch_line_for_two_nodes_of_eight_gpus() -> None:
 
 
 def test_launch_line_for_zero3() -> None:
-    env = {"SKYPILOT_NUM_NODES": "1", "SKYPILOT_NODE_RANK": "0", "SKYPILOT_NODE_IPS": "10.0.0.1",
-           "SKYPILOT_NUM_GPUS_PER_NODE": "8", "BOOKMATCH_HOME": str(REPO)}
+    env = {
+        "SKYPILOT_NUM_NODES": "1",
+        "SKYPILOT_NODE_RANK": "0",
+        "SKYPILOT_NODE_IPS": "10.0.0.1",
+        "SKYPILOT_NUM_GPUS_PER_NODE": "8",
+        "BOOKMATCH_HOME": str(REPO),
+    }
     argv = render_launch(env, "--zero3", "--", "train", "contrastive")
     assert option(argv, "--config_file") == str(REPO / "configs" / "accelerate" / "deepspeed_zero3.yaml")
     args = accelerate_view(argv)
@@ -510,8 +586,13 @@ def test_accelerate_configs_the_launcher_uses() -> None:
 
 
 def test_launch_line_for_one_node_ddp_and_for_cpu() -> None:
-    env = {"SKYPILOT_NUM_NODES": "1", "SKYPILOT_NODE_RANK": "0", "SKYPILOT_NODE_IPS": "192.168.1.7",
-           "SKYPILOT_NUM_GPUS_PER_NODE": "4", "BOOKMATCH_HOME": "/opt/bookmatch"}
+    env = {
+        "SKYPILOT_NUM_NODES": "1",
+        "SKYPILOT_NODE_RANK": "0",
+        "SKYPILOT_NODE_IPS": "192.168.1.7",
+        "SKYPILOT_NUM_GPUS_PER_NODE": "4",
+        "BOOKMATCH_HOME": "/opt/bookmatch",
+    }
     argv = render_launch(env, "--", "train", "cross")
     assert option(argv, "--num_processes") == "4"
     assert option(argv, "--main_process_ip") == "192.168.1.7"
@@ -526,7 +607,9 @@ def test_launch_line_for_one_node_ddp_and_for_cpu() -> None:
 
 def test_launch_rejects_a_bad_topology() -> None:
     env = dict(os.environ, SKYPILOT_NUM_NODES="2", SKYPILOT_NODE_RANK="2", SKYPILOT_NUM_GPUS_PER_NODE="8")
-    proc = subprocess.run(["bash", str(LAUNCHER), "--dry-run", "--", "train", "cross"], capture_output=True, text=True, env=env)
+    proc = subprocess.run(
+        ["bash", str(LAUNCHER), "--dry-run", "--", "train", "cross"], capture_output=True, text=True, env=env
+    )
     assert proc.returncode == 2 and "out of range" in proc.stderr
 
 
@@ -539,8 +622,10 @@ def test_shell_scripts_parse() -> None:
 # --- every run:/setup: command, executed locally ----------------------------------------------------------
 
 # Tiny settings per stage, appended through the YAMLs' own *_ARGS envs (the YAMLs keep the tuned defaults).
-PREPARE_ARGS = ("--no-hard-negatives --workers 1 --max-chunks-per-book 30 --n-negative-per-book 6 --seed 3 "
-                "--train-ratio 0.5 --val-ratio 0.25")
+PREPARE_ARGS = (
+    "--no-hard-negatives --workers 1 --max-chunks-per-book 30 --n-negative-per-book 6 --seed 3 "
+    "--train-ratio 0.5 --val-ratio 0.25"
+)
 TRAIN_ARGS = "--max-steps 2 --batch-size 4 --eval-steps 2 --save-steps 1 --max-seq-length 64 --eval-max-pairs 16 --cpu"
 EVAL_ARGS = "--max-pairs 40"
 
@@ -552,7 +637,9 @@ def _pick_books(books_dir: Path, authors: int = 6, per_author: int = 2) -> list[
     for folder in sorted(p for p in books_dir.iterdir() if p.is_dir()):
         if any(t in folder.name for t in traps):
             continue
-        files = sorted((p for p in folder.glob("*.txt") if "\r" not in p.name), key=lambda p: (p.stat().st_size, p.name))
+        files = sorted(
+            (p for p in folder.glob("*.txt") if "\r" not in p.name), key=lambda p: (p.stat().st_size, p.name)
+        )
         files = [p for p in files if p.stat().st_size > 60_000]
         if len(files) >= per_author:
             chosen += files[:per_author]
@@ -570,15 +657,32 @@ def editable_venv(home: Path) -> Path:
     to the checkout and the `bookmatch` console script), stamped so that sky/setup.sh finds it up to date.
     Built directly because pip takes minutes here; the slow test below runs sky/setup.sh's real install."""
     venv_dir = home / "bookmatch-venv"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv_dir)], check=True, timeout=120)
-    site = subprocess.run([str(venv_dir / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                          capture_output=True, text=True, check=True).stdout.strip()
+    subprocess.run(
+        [sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv_dir)],
+        check=True,
+        timeout=120,
+    )
+    site = subprocess.run(
+        [str(venv_dir / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     Path(site, "__editable__bookmatch.pth").write_text(f"{REPO}\n", encoding="utf-8")
     script = venv_dir / "bin" / "bookmatch"
-    script.write_text(f"#!{venv_dir / 'bin' / 'python'}\nimport sys\nfrom bookmatch.cli import main\nsys.exit(main())\n", encoding="utf-8")
+    script.write_text(
+        f"#!{venv_dir / 'bin' / 'python'}\nimport sys\nfrom bookmatch.cli import main\nsys.exit(main())\n",
+        encoding="utf-8",
+    )
     script.chmod(0o755)
-    stamp = subprocess.run(["bash", "sky/setup.sh", "--stamp"], cwd=REPO, capture_output=True, text=True, check=True,
-                           env=dict(os.environ, HOME=str(home), **SETUP_ENV)).stdout
+    stamp = subprocess.run(
+        ["bash", "sky/setup.sh", "--stamp"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+        env=dict(os.environ, HOME=str(home), **SETUP_ENV),
+    ).stdout
     (venv_dir / ".bookmatch-setup").write_text(stamp, encoding="utf-8")
     return venv_dir
 
@@ -601,30 +705,48 @@ class Workspace:
         text = re.sub(r"(?<![\w/.])/input(?=/|\b)", str(self.input), text)
         return re.sub(r"(?<![\w/.])/vol(?=/|\b)", str(self.vol), text)
 
-    def run_task(self, task: dict, extra_env: dict[str, str] | None = None, node_rank: int = 0, num_nodes: int = 1,
-                 timeout: int = 600) -> subprocess.CompletedProcess:
+    def run_task(
+        self,
+        task: dict,
+        extra_env: dict[str, str] | None = None,
+        node_rank: int = 0,
+        num_nodes: int = 1,
+        timeout: int = 600,
+    ) -> subprocess.CompletedProcess:
         # no PYTHONPATH, no BOOKMATCH_HOME: `bookmatch` and the configs come from what setup installed and the workdir
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SKYPILOT_") and k not in ("PYTHONPATH", "BOOKMATCH_HOME")}
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith("SKYPILOT_") and k not in ("PYTHONPATH", "BOOKMATCH_HOME")
+        }
         env.update({k: self.localize(v) for k, v in task["envs"].items()})
         env.update(SETUP_ENV)
-        env.update({
-            "HOME": str(self.home),
-            "HF_HOME": str(self.vol / "hf"),
-            "HF_HUB_OFFLINE": "1",
-            "TRANSFORMERS_OFFLINE": "1",
-            "SKYPILOT_NUM_NODES": str(num_nodes),
-            "SKYPILOT_NODE_RANK": str(node_rank),
-            "SKYPILOT_NODE_IPS": "\n".join(["127.0.0.1"] * num_nodes),
-            "SKYPILOT_NUM_GPUS_PER_NODE": "0",
-            "NO_PROXY": "127.0.0.1,localhost",
-            "no_proxy": "127.0.0.1,localhost",
-        })
+        env.update(
+            {
+                "HOME": str(self.home),
+                "HF_HOME": str(self.vol / "hf"),
+                "HF_HUB_OFFLINE": "1",
+                "TRANSFORMERS_OFFLINE": "1",
+                "SKYPILOT_NUM_NODES": str(num_nodes),
+                "SKYPILOT_NODE_RANK": str(node_rank),
+                "SKYPILOT_NODE_IPS": "\n".join(["127.0.0.1"] * num_nodes),
+                "SKYPILOT_NUM_GPUS_PER_NODE": "0",
+                "NO_PROXY": "127.0.0.1,localhost",
+                "no_proxy": "127.0.0.1,localhost",
+            }
+        )
         if "BACKBONE" in env:
             env["BACKBONE"] = str(self.tiny_model)
         env.update(extra_env or {})
         script = "\n".join(filter(None, [task["setup"], task["run"]]))
-        proc = subprocess.run(["bash", "-c", "set -e\n" + self.localize(script)], env=env, cwd=self.cwd,
-                              capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(
+            ["bash", "-c", "set -e\n" + self.localize(script)],
+            env=env,
+            cwd=self.cwd,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
         assert proc.returncode == 0, (
             f"{task['name']} failed (exit {proc.returncode}):\n--- stdout\n{proc.stdout[-3000:]}\n--- stderr\n{proc.stderr[-6000:]}"
         )
@@ -634,7 +756,9 @@ class Workspace:
 def _setup(home: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("BOOKMATCH_") and k != "PYTHONPATH"}
     full_env.update(HOME=str(home), **env)
-    return subprocess.run(["bash", "sky/setup.sh", *args], cwd=REPO, capture_output=True, text=True, env=full_env, timeout=1800)
+    return subprocess.run(
+        ["bash", "sky/setup.sh", *args], cwd=REPO, capture_output=True, text=True, env=full_env, timeout=1800
+    )
 
 
 def test_setup_installs_the_gpu_build_from_the_workdir(tmp_path: Path) -> None:
@@ -642,7 +766,9 @@ def test_setup_installs_the_gpu_build_from_the_workdir(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     commands = [line[2:] for line in proc.stderr.splitlines() if line.startswith("+ ")]
     venv_dir = tmp_path / "bookmatch-venv"
-    assert re.fullmatch(rf"\S*python3[.\d]* -m venv --system-site-packages {re.escape(str(venv_dir))}", commands[0]), commands
+    assert re.fullmatch(rf"\S*python3[.\d]* -m venv --system-site-packages {re.escape(str(venv_dir))}", commands[0]), (
+        commands
+    )
     assert commands[1] == f"{venv_dir}/bin/python -m pip install --quiet torch==2.13.0"
     assert commands[2] == f"{venv_dir}/bin/python -m pip install --quiet -e .[gpu,minilm]"
     pinned = re.search(r'"torch==([\d.]+)"', (REPO / "Makefile").read_text(encoding="utf-8")).group(1)
@@ -651,7 +777,9 @@ def test_setup_installs_the_gpu_build_from_the_workdir(tmp_path: Path) -> None:
     assert "torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128" in index.stderr
     cpu = _setup(tmp_path, "--dry-run", BOOKMATCH_EXTRAS="")
     assert f"{venv_dir}/bin/python -m pip install --quiet -e .\n" in cpu.stderr
-    outside = subprocess.run(["bash", str(REPO / "sky" / "setup.sh")], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    outside = subprocess.run(
+        ["bash", str(REPO / "sky" / "setup.sh")], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
     assert outside.returncode == 2 and "repository root" in outside.stderr
 
 
@@ -661,9 +789,17 @@ def test_setup_really_installs_and_then_finds_the_venv_up_to_date(tmp_path: Path
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "bookmatch ready" in proc.stdout
     python = tmp_path / "bookmatch-venv" / "bin" / "python"
-    where = subprocess.run([str(python), "-c", "import bookmatch; print(bookmatch.__file__)"], capture_output=True, text=True,
-                           cwd=tmp_path, env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}, timeout=120)
-    assert where.stdout.strip() == str(REPO / "bookmatch" / "__init__.py"), "the venv runs the workdir's code (editable)"
+    where = subprocess.run(
+        [str(python), "-c", "import bookmatch; print(bookmatch.__file__)"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
+        timeout=120,
+    )
+    assert where.stdout.strip() == str(REPO / "bookmatch" / "__init__.py"), (
+        "the venv runs the workdir's code (editable)"
+    )
     assert (tmp_path / "bookmatch-venv" / "bin" / "bookmatch").exists()
     again = _setup(tmp_path, **SETUP_ENV)
     assert again.returncode == 0 and "is up to date" in again.stderr
@@ -685,7 +821,10 @@ def workspace(tmp_path_factory, corpus_dir: Path, tiny_encoder_dir: Path) -> Wor
         target = ws.input / "books" / book.parent.name / book.name
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(book, target)
-    with open(corpus_dir / "validation_pairs.jsonl", encoding="utf-8") as src, open(ws.input / "pairs.jsonl", "w", encoding="utf-8") as dst:
+    with (
+        open(corpus_dir / "validation_pairs.jsonl", encoding="utf-8") as src,
+        open(ws.input / "pairs.jsonl", "w", encoding="utf-8") as dst,
+    ):
         for i, line in enumerate(src):
             if i >= 12:
                 break
@@ -733,8 +872,11 @@ def test_prepare_yaml_builds_the_dataset(prepared: Path) -> None:
 def test_prepare_sharded_yaml_over_two_nodes(loaded: dict, workspace: Workspace, prepared: Path) -> None:
     """Node 1 writes its shard; node 0 writes its own, waits for all, merges: the same dataset as prepare.yaml."""
     task = _task(loaded, "sky/prepare_sharded.yaml")
-    extra = {"BOOKMATCH_ARGS": PREPARE_ARGS, "MERGE_WAIT_S": "120",
-             "DATA_DIR": str(workspace.vol / "data" / "processed_sharded")}
+    extra = {
+        "BOOKMATCH_ARGS": PREPARE_ARGS,
+        "MERGE_WAIT_S": "120",
+        "DATA_DIR": str(workspace.vol / "data" / "processed_sharded"),
+    }
     workspace.run_task(task, extra, node_rank=1, num_nodes=2)
     shards = Path(workspace.localize(task["envs"]["SHARDS_DIR"]))
     assert len(list(shards.glob("shard-*-of-*"))) == 1
@@ -779,7 +921,9 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
-def test_ingest_yaml_fetches_from_a_mirror(loaded: dict, workspace: Workspace, corpus_dir: Path, tmp_path: Path) -> None:
+def test_ingest_yaml_fetches_from_a_mirror(
+    loaded: dict, workspace: Workspace, corpus_dir: Path, tmp_path: Path
+) -> None:
     """A local HTTP server laid out like a Gutenberg mirror stands in for gutenberg.org."""
     mirror = tmp_path / "mirror"
     books = _pick_books(corpus_dir / "books", authors=3, per_author=1)
@@ -813,9 +957,15 @@ def test_ingest_yaml_fetches_from_a_mirror(loaded: dict, workspace: Workspace, c
 def test_training_yamls_and_the_pipeline_run_end_to_end(loaded: dict, workspace: Workspace, prepared: Path) -> None:
     """The managed-job pipeline's five stages in order, with the real training commands (tiny steps, CPU)."""
     entry = loaded["files"][str(REPO / "jobs" / "pipeline_contrastive.yaml")]
-    out = {"DATA_DIR": str(workspace.vol / "pipeline" / "data"), "TEACHER_OUT": str(workspace.vol / "pipeline" / "teacher"),
-           "MODEL_OUT": str(workspace.vol / "pipeline" / "contrastive"), "REPORT_DIR": str(workspace.vol / "pipeline" / "reports"),
-           "PREPARE_ARGS": PREPARE_ARGS, "TEACHER_ARGS": TRAIN_ARGS, "CONTRASTIVE_ARGS": TRAIN_ARGS}
+    out = {
+        "DATA_DIR": str(workspace.vol / "pipeline" / "data"),
+        "TEACHER_OUT": str(workspace.vol / "pipeline" / "teacher"),
+        "MODEL_OUT": str(workspace.vol / "pipeline" / "contrastive"),
+        "REPORT_DIR": str(workspace.vol / "pipeline" / "reports"),
+        "PREPARE_ARGS": PREPARE_ARGS,
+        "TEACHER_ARGS": TRAIN_ARGS,
+        "CONTRASTIVE_ARGS": TRAIN_ARGS,
+    }
     for task in entry["tasks"]:
         workspace.run_task(task, out)
     assert (Path(out["TEACHER_OUT"]) / "final").is_dir()
@@ -848,4 +998,6 @@ def test_training_yamls_run(loaded: dict, workspace: Workspace, prepared: Path, 
 
     from bookmatch.precision import resolve_mixed_precision
 
-    assert yaml.safe_load((out / "config.yaml").read_text(encoding="utf-8"))["mixed_precision"] == resolve_mixed_precision("auto", use_cuda=False)
+    assert yaml.safe_load((out / "config.yaml").read_text(encoding="utf-8"))[
+        "mixed_precision"
+    ] == resolve_mixed_precision("auto", use_cuda=False)

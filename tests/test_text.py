@@ -28,7 +28,7 @@ from bookmatch.text.standardize import SkipBook, load_book, reflow, slugify, sta
 
 PROSE = (
     "It was late in the evening when the doctor came back to the house. He had walked all the way from the "
-    "station, and he was tired. \"Is she awake?\" he asked. The nurse said that she was, and that she had been "
+    'station, and he was tired. "Is she awake?" he asked. The nurse said that she was, and that she had been '
     "asking for him since the afternoon. He went up the stairs slowly, for his knees were not what they had been."
 )
 
@@ -52,7 +52,7 @@ def gutenberg_file(body: str, style: str = "new") -> str:
         return (
             "***The Project Gutenberg Etext of A Quiet House***\n#1 in our series by Jane Example\n\n"
             "Copyright laws are changing all over the world.\n\n"
-            "***START**THE SMALL PRINT!**FOR PUBLIC DOMAIN ETEXTS**START***\nWhy is this \"Small Print!\" "
+            '***START**THE SMALL PRINT!**FOR PUBLIC DOMAIN ETEXTS**START***\nWhy is this "Small Print!" '
             "statement here? You know: lawyers.\n"
             "*END*THE SMALL PRINT! FOR PUBLIC DOMAIN ETEXTS*Ver.04.29.93*END*\n\n\n"
             "E-text prepared by A. Volunteer\n\n"
@@ -118,18 +118,22 @@ def test_strip_boilerplate_keeps_only_the_body(style):
 
 def test_parse_header_reads_fields_first_line_and_old_style():
     meta = parse_header(gutenberg_file(PROSE, "new"))
-    assert meta == BookMeta(title="A Quiet House and Other Stories", author="Jane Example", language="English",
-                            ebook_id=12345)
+    assert meta == BookMeta(
+        title="A Quiet House and Other Stories", author="Jane Example", language="English", ebook_id=12345
+    )
     old = parse_header(gutenberg_file(PROSE, "old"))
     assert (old.title, old.author) == ("A Quiet House", "Jane Example")
     one_line = " ".join(gutenberg_file(PROSE, "new").split())
     flat = parse_header(one_line)
     assert (flat.title, flat.author, flat.ebook_id) == ("A Quiet House and Other Stories", "Jane Example", 12345)
     assert parse_header("The Project Gutenberg EBook of Kim, by Rudyard Kipling\n\nbody") == BookMeta(
-        title="Kim", author="Rudyard Kipling")
+        title="Kim", author="Rudyard Kipling"
+    )
     # a field name inside a title, on the first line and in the Title field, is part of the title
-    titled = parse_header("The Project Gutenberg EBook of Stories By English Authors: London, by Various\n\n"
-                          "Title: Stories By English Authors: London\n\nAuthor: Various\n\n*** START OF THIS ***\nbody")
+    titled = parse_header(
+        "The Project Gutenberg EBook of Stories By English Authors: London, by Various\n\n"
+        "Title: Stories By English Authors: London\n\nAuthor: Various\n\n*** START OF THIS ***\nbody"
+    )
     assert (titled.title, titled.author) == ("Stories By English Authors: London", "Various")
 
 
@@ -162,8 +166,10 @@ def test_an_end_line_followed_by_licence_or_a_short_note_still_ends_the_book():
     from bookmatch.text.gutenberg import strip_boilerplate_counted
 
     story = _story("Only")
-    for tail in ("\n\nThis etext was scanned by a volunteer; see www.example.org for more.\n",
-                 "\n\n" + "Please donate to the Foundation. Copyright and license terms apply. " * 200):
+    for tail in (
+        "\n\nThis etext was scanned by a volunteer; see www.example.org for more.\n",
+        "\n\n" + "Please donate to the Foundation. Copyright and license terms apply. " * 200,
+    ):
         body, removed = strip_boilerplate_counted(gutenberg_file(story, "old") + tail)
         assert body == strip_boilerplate(gutenberg_file(story, "old"))
         assert removed.boundaries == 0 and removed.footer >= len(tail)
@@ -178,8 +184,9 @@ def test_licence_without_body_comes_back_empty():
 
 def test_standardize_normalizes_typography_and_reflows():
     text = gutenberg_file(
-        "\u201cThe \ufb01rst\u201d\u00a0was _very_ good\u2014or so\n  she   thought.\n\n\n\nIt\u2019s over.\r\n", "new")
-    assert standardize(text) == "\"The first\" was very good--or so she thought.\n\nIt's over."
+        "\u201cThe \ufb01rst\u201d\u00a0was _very_ good\u2014or so\n  she   thought.\n\n\n\nIt\u2019s over.\r\n", "new"
+    )
+    assert standardize(text) == '"The first" was very good--or so she thought.\n\nIt\'s over.'
 
 
 def test_reflow_puts_each_paragraph_on_one_line():
@@ -225,8 +232,13 @@ def test_bad_inputs_are_skipped_or_handled(corpus_dir):
         assert path.name in {"single_line.txt", "truncated_utf8.txt"}
         assert len(book.text) > 100_000 and book.author and book.title
         assert not re.search(r"project gutenberg|START OF TH", book.text[:2000] + book.text[-2000:], re.I)
-    assert set(skipped) == {"empty.txt", "whitespace_only.txt", "license_only.txt", "compressed_not_text.txt",
-                            "not_a_book.pdf"}
+    assert set(skipped) == {
+        "empty.txt",
+        "whitespace_only.txt",
+        "license_only.txt",
+        "compressed_not_text.txt",
+        "not_a_book.pdf",
+    }
     assert "gzip" in skipped["compressed_not_text.txt"] and "PDF" in skipped["not_a_book.pdf"]
     single = load_book(bad / "single_line.txt")
     assert (single.author, single.title) == ("Franz Kafka", "The Trial")
@@ -297,7 +309,10 @@ def test_corpus_odd_file_names_load(corpus_dir):
         ('"Come here," he said. "Now." She came.', ['"Come here," he said.', '"Now."', "She came."]),
         ("\"Why?\" he asked. 'Yes!' she cried.", ['"Why?"', "he asked.", "'Yes!'", "she cried."]),
         ("She waited... and waited. Then. . . she left.", ["She waited... and waited.", "Then. . .", "she left."]),
-        ("It was the U.S. Army in 1850. Then (finally.) Peace.", ["It was the U.S. Army in 1850.", "Then (finally.)", "Peace."]),
+        (
+            "It was the U.S. Army in 1850. Then (finally.) Peace.",
+            ["It was the U.S. Army in 1850.", "Then (finally.)", "Peace."],
+        ),
         ("No full stop here\n\nNew paragraph. Two", ["No full stop here", "New paragraph.", "Two"]),
         ("Hard\nwrapped line. Still\none paragraph.", ["Hard wrapped line.", "Still one paragraph."]),
     ],
@@ -407,9 +422,16 @@ def test_fast_chunk_filter_matches_reference_on_mixed_synthetic_text():
     # a control character, the Kelvin sign (lowercase "k") or a dotted capital I sends the whole book to the
     # per-chunk reference
     shouting = [s.upper() if i % 5 == 0 else s for i, s in enumerate(latin1)]
-    greek = [s + (" \u03bb\u03cc\u03b3\u03bf\u03c2 \u0153uvre \u2014 soft\u00adhyphen." if i % 7 == 0 else "") for i, s in enumerate(shouting)]
+    greek = [
+        s + (" \u03bb\u03cc\u03b3\u03bf\u03c2 \u0153uvre \u2014 soft\u00adhyphen." if i % 7 == 0 else "")
+        for i, s in enumerate(shouting)
+    ]
     traps = ["\u00a0", "\u2028", "\x01", "\u3000", "\u212a", "\u0130"]
-    with_traps = [[s + (f" THE{trap}AND here." if i == 300 else "") for i, s in enumerate(base)] for trap in traps for base in (latin1, greek)]
+    with_traps = [
+        [s + (f" THE{trap}AND here." if i == 300 else "") for i, s in enumerate(base)]
+        for trap in traps
+        for base in (latin1, greek)
+    ]
     for sentences in (latin1, shouting, greek, *with_traps):
         for chunk_size, overlap in [(14, 4), (5, 0), (3, 2)]:
             kept = {c.start_sentence for c in make_chunk_records(sentences, chunk_size, overlap, min_chars=0)}
@@ -455,7 +477,7 @@ def test_fast_chunk_filter_defers_to_the_reference_where_bytes_would_read_differ
 def test_split_sentences_trusts_standardized_text_to_the_same_result():
     from bookmatch.text.sentences import get_splitter
 
-    raw = "  It was late.  Mr. Hyde  left.\nHe ran!\n\n\n\"Stop,\" she said. It rained.  \n"
+    raw = '  It was late.  Mr. Hyde  left.\nHe ran!\n\n\n"Stop," she said. It rained.  \n'
     clean = standardize(raw)
     assert split_sentences(clean, standardized=True) == split_sentences(clean) == split_sentences(raw)
     assert get_splitter("regex", standardized=True)(clean) == split_sentences(clean)
@@ -467,8 +489,26 @@ def test_reflow_fast_path_matches_reference_on_random_whitespace():
     from bookmatch.text.standardize import reflow_reference
 
     rng = random.Random(0)
-    alphabet = ["a", "word", " ", "  ", "\n", "\n\n", "\n \n", "\t", "\x0c", "\x1c", "\r", "\n\n\n", "\xa0",
-                "\u3000", "\u2028", "\x85", "\x00", "caf\u00e9"]
+    alphabet = [
+        "a",
+        "word",
+        " ",
+        "  ",
+        "\n",
+        "\n\n",
+        "\n \n",
+        "\t",
+        "\x0c",
+        "\x1c",
+        "\r",
+        "\n\n\n",
+        "\xa0",
+        "\u3000",
+        "\u2028",
+        "\x85",
+        "\x00",
+        "caf\u00e9",
+    ]
     for _ in range(20000):
         text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 14)))
         assert reflow(text) == reflow_reference(text), repr(text)

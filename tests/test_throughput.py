@@ -20,7 +20,9 @@ def _books(count: int = 7) -> list[list[str]]:
     rng = np.random.default_rng(0)
     books = []
     for book in range(count):
-        chunks = [" ".join(rng.choice(SAMPLE_TEXTS, size=int(rng.integers(1, 12)))) for _ in range(int(rng.integers(2, 9)))]
+        chunks = [
+            " ".join(rng.choice(SAMPLE_TEXTS, size=int(rng.integers(1, 12)))) for _ in range(int(rng.integers(2, 9)))
+        ]
         books.append([] if book == 2 else chunks)
     return books
 
@@ -78,17 +80,24 @@ def test_sentence_transformers_folder_pooling_is_read(tmp_path, tiny_encoder_dir
     folder = tmp_path / "st"
     shutil.copytree(tiny_encoder_dir, folder)
     (folder / "1_Pooling").mkdir()
-    (folder / "1_Pooling" / "config.json").write_text(json.dumps({"word_embedding_dimension": 32, "pooling_mode_cls_token": True,
-                                                                   "pooling_mode_mean_tokens": False}))
+    (folder / "1_Pooling" / "config.json").write_text(
+        json.dumps({"word_embedding_dimension": 32, "pooling_mode_cls_token": True, "pooling_mode_mean_tokens": False})
+    )
     (folder / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 24, "do_lower_case": False}))
-    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-               {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+    ]
     (folder / "modules.json").write_text(json.dumps(modules))
     encoder = SentenceEncoder.load(str(folder))
     assert (encoder.pooling, encoder.max_length) == ("cls", 24)
     books = _books(4)
-    np.testing.assert_allclose(embed_centroids(books, str(folder)), embed_centroids_plain(books, str(folder)), atol=2e-5)
-    (folder / "modules.json").write_text(json.dumps(modules + [{"idx": 2, "name": "2", "path": "2_Dense", "type": "x.Dense"}]))
+    np.testing.assert_allclose(
+        embed_centroids(books, str(folder)), embed_centroids_plain(books, str(folder)), atol=2e-5
+    )
+    (folder / "modules.json").write_text(
+        json.dumps(modules + [{"idx": 2, "name": "2", "path": "2_Dense", "type": "x.Dense"}])
+    )
     assert _sentence_transformers_pooling(folder) is None  # a module it does not run: the plain path takes it
 
 
@@ -115,14 +124,18 @@ def test_teacher_logits_stage_logs_its_summary_and_reuses_its_cache(models, tmp_
     from bookmatch.training.teacher_logits import teacher_logits
 
     rng = np.random.default_rng(2)
-    split = Dataset.from_dict({"text1": list(rng.choice(SAMPLE_TEXTS, 11)), "text2": list(rng.choice(SAMPLE_TEXTS, 11))})
+    split = Dataset.from_dict(
+        {"text1": list(rng.choice(SAMPLE_TEXTS, 11)), "text2": list(rng.choice(SAMPLE_TEXTS, 11))}
+    )
     config = ContrastiveTrainConfig(teacher=str(models["cross"]), teacher_batch_size=4)
     with caplog.at_level(logging.INFO, logger="bookmatch.training.teacher_logits"):
         logits = teacher_logits(config, split, Accelerator(cpu=True), tmp_path)
         again = teacher_logits(config, split, Accelerator(cpu=True), tmp_path)
     assert any(r.getMessage().startswith("teacher logits: 11 pairs in ") for r in caplog.records)
     assert any("reusing" in r.getMessage() for r in caplog.records)
-    expected = CrossEncoder.from_pretrained(models["cross"]).predict_logits(list(zip(split["text1"], split["text2"]))).numpy()
+    expected = (
+        CrossEncoder.from_pretrained(models["cross"]).predict_logits(list(zip(split["text1"], split["text2"]))).numpy()
+    )
     np.testing.assert_allclose(logits, expected, atol=2e-5)
     np.testing.assert_array_equal(again, logits)
 
@@ -153,8 +166,12 @@ def test_two_gloo_processes_split_the_books_and_gather_the_same_centroids(tiny_e
     books_file.write_text(json.dumps(books))
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
     args = [str(tmp_path / "store"), str(tiny_encoder_dir), str(books_file), str(tmp_path / "out")]
-    workers = [subprocess.Popen([sys.executable, "-c", _RANK_SCRIPT, str(rank), *args], env=env, stderr=subprocess.PIPE, text=True)
-               for rank in range(2)]
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-c", _RANK_SCRIPT, str(rank), *args], env=env, stderr=subprocess.PIPE, text=True
+        )
+        for rank in range(2)
+    ]
     for worker in workers:
         _, err = worker.communicate(timeout=300)
         assert worker.returncode == 0, err[-2000:]

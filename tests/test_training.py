@@ -55,7 +55,17 @@ def _pairs(books: dict[str, list[str]], n_pairs: int, rng: random.Random) -> lis
             rows.append(dict(text1=a, text2=b, label=1, book1=book, book2=book, pair_type="positive", neg_type=""))
         else:
             b1, b2 = rng.sample(names, 2)
-            rows.append(dict(text1=rng.choice(books[b1]), text2=rng.choice(books[b2]), label=0, book1=b1, book2=b2, pair_type="negative", neg_type="random"))
+            rows.append(
+                dict(
+                    text1=rng.choice(books[b1]),
+                    text2=rng.choice(books[b2]),
+                    label=0,
+                    book1=b1,
+                    book2=b2,
+                    pair_type="negative",
+                    neg_type="random",
+                )
+            )
         topic1, topic2 = rows[-1]["book1"].split("/")[0], rows[-1]["book2"].split("/")[0]
         rows[-1].update(topic1=topic1, topic2=topic2, same_topic=topic1 == topic2)
     return rows
@@ -71,7 +81,11 @@ def make_pair_dataset(out: Path, books: dict[str, list[str]], n_train: int, n_va
     train_books = {n: books[n] for n in names[:split_at]}
     val_books = {n: books[n] for n in names[split_at:]} if len(names) - split_at >= 2 else train_books
     splits = {}
-    for name, part, count in (("train", train_books, n_train), ("validation", val_books, n_val), ("test", val_books, n_val)):
+    for name, part, count in (
+        ("train", train_books, n_train),
+        ("validation", val_books, n_val),
+        ("test", val_books, n_val),
+    ):
         rows = _pairs(part, count, rng)
         splits[name] = Dataset.from_dict({c: [r[c] for r in rows] for c in COLUMNS})
     DatasetDict(splits).save_to_disk(str(out))
@@ -85,7 +99,9 @@ def make_pair_dataset(out: Path, books: dict[str, list[str]], n_train: int, n_va
 
 @pytest.fixture(scope="module")
 def synthetic_data(tmp_path_factory) -> Path:
-    return make_pair_dataset(tmp_path_factory.mktemp("pairs") / "data", _synthetic_books(9, 12, seed=1), n_train=96, n_val=40)
+    return make_pair_dataset(
+        tmp_path_factory.mktemp("pairs") / "data", _synthetic_books(9, 12, seed=1), n_train=96, n_val=40
+    )
 
 
 # --- sampler -----------------------------------------------------------------------------------------------------
@@ -142,12 +158,16 @@ def test_author_grouped_batches_draw_from_few_authors():
     assert np.mean([d <= 4 for d in distinct]) > 0.9 and np.median(distinct) == 4
     plain = [len({groups[i] for i in b}) for b in NoDuplicatesBatchSampler(keys, 16, seed=0).batches(0)]
     assert np.median(plain) >= 10
-    assert grouped.batches(1) == NoDuplicatesBatchSampler(keys, 16, seed=0, groups=groups, groups_per_batch=4).batches(1)
+    assert grouped.batches(1) == NoDuplicatesBatchSampler(keys, 16, seed=0, groups=groups, groups_per_batch=4).batches(
+        1
+    )
     assert grouped.batches(1) != grouped.batches(2)
 
     # clashing texts inside a group are deferred, never put twice in one batch
     shared = [(i % 7, 100 + i) for i in range(200)]
-    for batch in NoDuplicatesBatchSampler(shared, 8, seed=3, groups=[i % 5 for i in range(200)], groups_per_batch=2).batches(0):
+    for batch in NoDuplicatesBatchSampler(
+        shared, 8, seed=3, groups=[i % 5 for i in range(200)], groups_per_batch=2
+    ).batches(0):
         texts = [t for i in batch for t in shared[i]]
         assert len(texts) == len(set(texts))
 
@@ -162,7 +182,9 @@ def test_contrastive_batch_groups_are_authors(synthetic_data, tiny_encoder_dir):
     groups, per_batch = ContrastiveTask(ContrastiveTrainConfig(authors_per_batch=3)).batch_groups(split)
     authors = [book.split("/")[0] for book in split["book1"]]
     assert per_batch == 3 and len(groups) == len(split)
-    assert all((groups[i] == groups[j]) == (authors[i] == authors[j]) for i in range(len(split)) for j in range(len(split)))
+    assert all(
+        (groups[i] == groups[j]) == (authors[i] == authors[j]) for i in range(len(split)) for j in range(len(split))
+    )
 
 
 def test_shard_global_batch():
@@ -181,7 +203,14 @@ def test_config_defaults_and_yaml(tmp_path):
 
     c = ContrastiveTrainConfig()
     assert (c.model, c.epochs, c.batch_size, c.lr, c.warmup_steps, c.contrastive_weight, c.temperature) == (
-        "roberta-large", 5, 8, 1e-5, 1000, 0.2, 0.05)
+        "roberta-large",
+        5,
+        8,
+        1e-5,
+        1000,
+        0.2,
+        0.05,
+    )
     t = CrossTrainConfig()
     assert (t.epochs, t.lr) == (3, 2e-5)
     yaml_file = tmp_path / "c.yaml"
@@ -260,7 +289,10 @@ def test_random_training_windows_are_seeded_slices_of_the_whole_text(synthetic_d
     works, topics = work_ids(split, {}), topic_ids(split, None)
     first = tokenize_bi_encoder_split(split, model, works, topics)
     drawn = tokenize_bi_encoder_split(split, model, works, topics, window="random", seed=1)
-    assert drawn.to_list() == tokenize_bi_encoder_split(split, model, works, topics, window="random", seed=1, num_proc=2).to_list()
+    assert (
+        drawn.to_list()
+        == tokenize_bi_encoder_split(split, model, works, topics, window="random", seed=1, num_proc=2).to_list()
+    )
     other_seed = tokenize_bi_encoder_split(split, model, works, topics, window="random", seed=2)
     prefix, suffix = model.special_affixes()
     moved = longer = 0
@@ -291,10 +323,23 @@ def test_early_stopping(synthetic_data, tiny_encoder_dir, tmp_path):
     from bookmatch.training.config import ContrastiveTrainConfig
     from bookmatch.training.trainer import train_contrastive
 
-    final = train_contrastive(ContrastiveTrainConfig(
-        data=str(synthetic_data), out=str(tmp_path / "run"), model=str(tiny_encoder_dir), cpu=True, max_seq_length=32, lr=0.0,
-        batch_size=8, max_steps=10, eval_steps=2, save_steps=100, patience=1, projection_dim=8, epochs=1,
-    ))
+    final = train_contrastive(
+        ContrastiveTrainConfig(
+            data=str(synthetic_data),
+            out=str(tmp_path / "run"),
+            model=str(tiny_encoder_dir),
+            cpu=True,
+            max_seq_length=32,
+            lr=0.0,
+            batch_size=8,
+            max_steps=10,
+            eval_steps=2,
+            save_steps=100,
+            patience=1,
+            projection_dim=8,
+            epochs=1,
+        )
+    )
     summary = json.loads((tmp_path / "run" / "train_summary.json").read_text())
     assert summary["stopped_early"] and summary["global_step"] == 4
     assert [h["step"] for h in summary["history"]] == [2, 4] and summary["best_step"] == 2
@@ -312,10 +357,22 @@ def test_auto_precision_resolves_to_what_the_device_computes_natively(synthetic_
         assert resolve_mixed_precision(value, use_cuda=False) == value
     expected = "bf16" if native_bf16(use_cuda=False) else "no"
     assert resolve_mixed_precision("auto", use_cuda=False) == expected
-    train_contrastive(ContrastiveTrainConfig(
-        data=str(synthetic_data), out=str(tmp_path / "run"), model=str(tiny_encoder_dir), cpu=True, max_seq_length=32,
-        batch_size=8, max_steps=2, eval_steps=2, save_steps=100, projection_dim=8, epochs=1, mixed_precision="auto",
-    ))
+    train_contrastive(
+        ContrastiveTrainConfig(
+            data=str(synthetic_data),
+            out=str(tmp_path / "run"),
+            model=str(tiny_encoder_dir),
+            cpu=True,
+            max_seq_length=32,
+            batch_size=8,
+            max_steps=2,
+            eval_steps=2,
+            save_steps=100,
+            projection_dim=8,
+            epochs=1,
+            mixed_precision="auto",
+        )
+    )
     saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     assert saved["mixed_precision"] == expected  # the run records what it used, not "auto"
 
@@ -328,7 +385,21 @@ def _cli(args: list[str]):
     return CliRunner().invoke(main, args, catch_exceptions=False)
 
 
-TINY = ["--epochs", "1", "--batch-size", "8", "--max-seq-length", "48", "--eval-steps", "4", "--save-steps", "4", "--cpu", "--lr", "1e-3"]
+TINY = [
+    "--epochs",
+    "1",
+    "--batch-size",
+    "8",
+    "--max-seq-length",
+    "48",
+    "--eval-steps",
+    "4",
+    "--save-steps",
+    "4",
+    "--cpu",
+    "--lr",
+    "1e-3",
+]
 
 
 def test_cli_cross_then_contrastive_with_teacher(synthetic_data, tiny_encoder_dir, tmp_path):
@@ -336,7 +407,21 @@ def test_cli_cross_then_contrastive_with_teacher(synthetic_data, tiny_encoder_di
     from bookmatch.models.cross_encoder import CrossEncoder
 
     teacher_out = tmp_path / "teacher"
-    result = _cli(["train", "cross", "--data", str(synthetic_data), "--model", str(tiny_encoder_dir), "--out", str(teacher_out), *TINY, "--max-steps", "6"])
+    result = _cli(
+        [
+            "train",
+            "cross",
+            "--data",
+            str(synthetic_data),
+            "--model",
+            str(tiny_encoder_dir),
+            "--out",
+            str(teacher_out),
+            *TINY,
+            "--max-steps",
+            "6",
+        ]
+    )
     assert result.exit_code == 0, result.output
     summary = json.loads((teacher_out / "train_summary.json").read_text())
     assert summary["complete"] and summary["global_step"] == 6
@@ -346,9 +431,28 @@ def test_cli_cross_then_contrastive_with_teacher(synthetic_data, tiny_encoder_di
     assert teacher.predict_logits([("a b", "c d")]).shape == (1, 2)
 
     student_out = tmp_path / "student"
-    args = ["train", "contrastive", "--data", str(synthetic_data), "--model", str(tiny_encoder_dir), "--out", str(student_out), *TINY,
-            "--teacher", str(teacher_out / "final"), "--projection-dim", "16", "--topic-adversary", "--independence-weight", "0.1",
-            "--authors-per-batch", "2", "--max-steps", "9"]
+    args = [
+        "train",
+        "contrastive",
+        "--data",
+        str(synthetic_data),
+        "--model",
+        str(tiny_encoder_dir),
+        "--out",
+        str(student_out),
+        *TINY,
+        "--teacher",
+        str(teacher_out / "final"),
+        "--projection-dim",
+        "16",
+        "--topic-adversary",
+        "--independence-weight",
+        "0.1",
+        "--authors-per-batch",
+        "2",
+        "--max-steps",
+        "9",
+    ]
     result = _cli(args)
     assert result.exit_code == 0, result.output
     assert "authors_per_batch: 2" in (student_out / "config.yaml").read_text()
@@ -356,7 +460,13 @@ def test_cli_cross_then_contrastive_with_teacher(synthetic_data, tiny_encoder_di
     assert summary["complete"] and summary["global_step"] == 9
     assert [h["step"] for h in summary["history"]] == [4, 8, 9]  # every --eval-steps, and at the end
     logged = summary["history"][-1]
-    for term in ("train_ce_loss", "train_contrastive_loss", "train_distill_loss", "train_topic_adv_loss", "train_independence_loss"):
+    for term in (
+        "train_ce_loss",
+        "train_contrastive_loss",
+        "train_distill_loss",
+        "train_topic_adv_loss",
+        "train_independence_loss",
+    ):
         assert np.isfinite(logged[term]), term
     caches = list((student_out / "cache").glob("teacher_logits-*.npy"))
     assert len(caches) == 1 and np.load(caches[0]).shape == (96, 2)
@@ -379,7 +489,19 @@ def test_cli_bad_data_is_one_line_error(tmp_path, tiny_encoder_dir):
 
     from bookmatch.cli import main
 
-    result = CliRunner().invoke(main, ["train", "cross", "--data", str(tmp_path / "missing"), "--model", str(tiny_encoder_dir), "--out", str(tmp_path / "o")])
+    result = CliRunner().invoke(
+        main,
+        [
+            "train",
+            "cross",
+            "--data",
+            str(tmp_path / "missing"),
+            "--model",
+            str(tiny_encoder_dir),
+            "--out",
+            str(tmp_path / "o"),
+        ],
+    )
     assert result.exit_code == 4
     assert "does not exist" in result.output and "Traceback" not in result.output
 
@@ -401,10 +523,24 @@ def test_cached_contrastive_matches_plain_step(synthetic_data, tiny_encoder_dir,
     weights = {}
     for cached in (False, True):
         out = tmp_path / f"run-{cached}"
-        train_contrastive(ContrastiveTrainConfig(
-            data=str(synthetic_data), out=str(out), model=str(encoder), cpu=True, max_seq_length=32, lr=1e-3, batch_size=8,
-            max_steps=2, eval_steps=2, save_steps=100, projection_dim=8, epochs=1, cached_contrastive=cached, mini_batch_size=4,
-        ))
+        train_contrastive(
+            ContrastiveTrainConfig(
+                data=str(synthetic_data),
+                out=str(out),
+                model=str(encoder),
+                cpu=True,
+                max_seq_length=32,
+                lr=1e-3,
+                batch_size=8,
+                max_steps=2,
+                eval_steps=2,
+                save_steps=100,
+                projection_dim=8,
+                epochs=1,
+                cached_contrastive=cached,
+                mini_batch_size=4,
+            )
+        )
         weights[cached] = load_file(str(out / "final" / "model.safetensors"))
     initial = load_file(str(encoder / "model.safetensors"))
     moved = weights[False]["encoder.embeddings.word_embeddings.weight"] - initial["embeddings.word_embeddings.weight"]
@@ -419,9 +555,21 @@ def _short_real_run(corpus_dir, tiny_encoder_dir, tmp_path, steps: int, n_books:
 
     data = make_pair_dataset(tmp_path / "data", _corpus_books(corpus_dir, n_books, 30), n_train=steps * 8, n_val=48)
     config = ContrastiveTrainConfig(
-        data=str(data), out=str(tmp_path / "run"), model=str(tiny_encoder_dir), epochs=1, batch_size=8, lr=5e-4,
-        max_seq_length=64, eval_steps=steps // 2, save_steps=1000, cpu=True, projection_dim=16, warmup_steps=0, patience=0,
-        eval_max_pairs=48, max_steps=steps,
+        data=str(data),
+        out=str(tmp_path / "run"),
+        model=str(tiny_encoder_dir),
+        epochs=1,
+        batch_size=8,
+        lr=5e-4,
+        max_seq_length=64,
+        eval_steps=steps // 2,
+        save_steps=1000,
+        cpu=True,
+        projection_dim=16,
+        warmup_steps=0,
+        patience=0,
+        eval_max_pairs=48,
+        max_steps=steps,
     )
     train_contrastive(config)
     return json.loads((tmp_path / "run" / "train_summary.json").read_text())
@@ -469,14 +617,22 @@ def test_feature_arrays_batch_like_the_plain_collator(synthetic_data, tiny_encod
     from bookmatch.training.data import BiEncoderCollator, tokenize_bi_encoder_split, topic_ids, work_ids
     from bookmatch.training.features import PairArrays, bi_encoder_arrays, cached_arrays
 
-    model = BiEncoder.from_backbone(str(tiny_encoder_dir), projection_dim=8, max_seq_length=16, lexical_buckets=64, lexical_top_k=4)
+    model = BiEncoder.from_backbone(
+        str(tiny_encoder_dir), projection_dim=8, max_seq_length=16, lexical_buckets=64, lexical_top_k=4
+    )
     split = load_from_disk(str(synthetic_data))["train"].select(range(30))
     model.fit_lexical(list(split["text1"]) + list(split["text2"]))
     works, topics = work_ids(split, {}), topic_ids(split, None)
     plain = tokenize_bi_encoder_split(split, model, works, topics, window=window, seed=3)
     built = []
-    arrays = cached_arrays(tmp_path, "k", lambda: built.append(1) or bi_encoder_arrays(
-        list(split["text1"]), list(split["text2"]), model, window=window, seed=3))
+    arrays = cached_arrays(
+        tmp_path,
+        "k",
+        lambda: (
+            built.append(1)
+            or bi_encoder_arrays(list(split["text1"]), list(split["text2"]), model, window=window, seed=3)
+        ),
+    )
     again = cached_arrays(tmp_path, "k", lambda: built.append(1) or arrays)
     assert built == [1] and isinstance(again, PairArrays)  # the second call read the file
     for table in (arrays, again):
@@ -530,11 +686,26 @@ def test_second_run_reuses_the_feature_cache(synthetic_data, tiny_encoder_dir, t
     from bookmatch.training.trainer import train_contrastive
 
     def run(name: str):
-        train_contrastive(ContrastiveTrainConfig(
-            data=str(synthetic_data), out=str(tmp_path / name), model=str(tiny_encoder_dir), cpu=True, max_seq_length=24,
-            lr=1e-3, batch_size=8, max_steps=3, eval_steps=3, save_steps=100, projection_dim=8, epochs=1, seed=11,
-            lexical_buckets=64, lexical_top_k=4, name_top_k=4,
-        ))
+        train_contrastive(
+            ContrastiveTrainConfig(
+                data=str(synthetic_data),
+                out=str(tmp_path / name),
+                model=str(tiny_encoder_dir),
+                cpu=True,
+                max_seq_length=24,
+                lr=1e-3,
+                batch_size=8,
+                max_steps=3,
+                eval_steps=3,
+                save_steps=100,
+                projection_dim=8,
+                epochs=1,
+                seed=11,
+                lexical_buckets=64,
+                lexical_top_k=4,
+                name_top_k=4,
+            )
+        )
         return json.loads((tmp_path / name / "train_summary.json").read_text())
 
     first = run("one")

@@ -11,8 +11,12 @@ def export():
 
 
 @export.command("sentence-transformers")
-@click.option("--model", "model_dir", required=True, type=click.Path(file_okay=False), help="The bi-encoder's final/ folder.")
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder to write (replaced if present).")
+@click.option(
+    "--model", "model_dir", required=True, type=click.Path(file_okay=False), help="The bi-encoder's final/ folder."
+)
+@click.option(
+    "--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder to write (replaced if present)."
+)
 def sentence_transformers(model_dir, out_dir):
     """Write the bi-encoder as a SentenceTransformer (Transformer, Pooling, Dense GELU, Dense, Normalize).
 

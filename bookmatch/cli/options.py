@@ -11,12 +11,19 @@ import click
 
 from bookmatch.precision import PRECISIONS
 
-PRECISION_HELP = ("Autocast for the encoders: auto = bf16 where the device computes it natively (bf16 GPUs, CPUs with "
-                  "AVX512-BF16/AMX; ~2x faster, margins within ~0.01), else fp32; no = fp32.")
+PRECISION_HELP = (
+    "Autocast for the encoders: auto = bf16 where the device computes it natively (bf16 GPUs, CPUs with "
+    "AVX512-BF16/AMX; ~2x faster, margins within ~0.01), else fp32; no = fp32."
+)
 
 
 def precision_option(default: str | None):
-    return click.option("--precision", type=click.Choice(PRECISIONS), default=default, help=PRECISION_HELP + ("" if default else " [default: auto]"))
+    return click.option(
+        "--precision",
+        type=click.Choice(PRECISIONS),
+        default=default,
+        help=PRECISION_HELP + ("" if default else " [default: auto]"),
+    )
 
 
 _CLICK_TYPES = {int: click.INT, float: click.FLOAT, str: click.STRING}
@@ -45,8 +52,7 @@ def config_options(config_cls: type, skip: Iterable[str] = ()) -> Callable:
     default), in declaration order, except `skip`: every setting settable from the CLI, its help written once."""
     hints = typing.get_type_hints(config_cls)
     skipped = set(skip)
-    fields = [f for f in dataclasses.fields(config_cls)
-              if f.metadata.get("cli", False) and f.name not in skipped]
+    fields = [f for f in dataclasses.fields(config_cls) if f.metadata.get("cli", False) and f.name not in skipped]
 
     def decorate(func: Callable) -> Callable:
         for f in reversed(fields):

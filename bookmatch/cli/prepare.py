@@ -8,8 +8,13 @@ from bookmatch.cli.options import config_options
 from bookmatch.errors import InputError
 from bookmatch.prepare.config import PrepareConfig
 
-_CONFIG_FILE = click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False), default=None,
-                            help="YAML of PrepareConfig fields; flags override it.")
+_CONFIG_FILE = click.option(
+    "--config",
+    "config_file",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="YAML of PrepareConfig fields; flags override it.",
+)
 
 
 def _config_options(func):
@@ -66,5 +71,3 @@ def merge(shards_dir, out, wait_timeout, config_file, **options) -> None:
 
     config = _build(config_file, out=out, **options)
     click.echo(f"dataset written to {merge_shards(shards_dir, out, config, wait_timeout)}")
-
-

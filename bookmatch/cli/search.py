@@ -10,11 +10,20 @@ from bookmatch.cli.options import precision_option
 
 
 @click.command()
-@click.option("--index", "index_dir", required=True, type=click.Path(file_okay=False), help="Folder written by `bookmatch index`.")
-@click.option("--model", "model_dir", default=None, type=click.Path(file_okay=False),
-              help="The bi-encoder [default: the model the index was built with].")
+@click.option(
+    "--index", "index_dir", required=True, type=click.Path(file_okay=False), help="Folder written by `bookmatch index`."
+)
+@click.option(
+    "--model",
+    "model_dir",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="The bi-encoder [default: the model the index was built with].",
+)
 @click.option("--text", default=None, help="The passage.")
-@click.option("--file", "file_path", default=None, type=click.Path(dir_okay=False), help="Read the passage from a file.")
+@click.option(
+    "--file", "file_path", default=None, type=click.Path(dir_okay=False), help="Read the passage from a file."
+)
 @click.option("-k", "--top-k", "k", type=click.IntRange(min=1), default=10, help="Books to return.")
 @click.option("--device", default=None, help="torch device [default: cuda if available, else cpu].")
 @precision_option("auto")

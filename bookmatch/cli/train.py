@@ -11,21 +11,32 @@ import click
 from bookmatch.cli.options import config_options
 from bookmatch.training.config import ContrastiveTrainConfig, CrossTrainConfig
 
-_CONFIG_FILE = click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False), default=None,
-                            help="YAML with option values; flags override it.")
+_CONFIG_FILE = click.option(
+    "--config",
+    "config_file",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="YAML with option values; flags override it.",
+)
 
 
 def _precision_aliases(func):
     """Short spellings of --mixed-precision, kept for scripts written against earlier versions."""
-    for flag, value, text in reversed([
-        ("--bf16", "bf16", "bf16 mixed precision."),
-        ("--fp16", "fp16", "fp16 mixed precision (with loss scaling)."),
-        ("--auto-precision", "auto", "bf16 where the device computes it natively (bf16 GPU, AVX512-BF16/AMX CPU), "
-                                     "else fp32."),
-        ("--fp32", "no", "No mixed precision."),
-    ]):
-        alias = click.option(flag, "precision", flag_value=value, default=None,
-                             help=f"= --mixed-precision {value}: {text}")
+    for flag, value, text in reversed(
+        [
+            ("--bf16", "bf16", "bf16 mixed precision."),
+            ("--fp16", "fp16", "fp16 mixed precision (with loss scaling)."),
+            (
+                "--auto-precision",
+                "auto",
+                "bf16 where the device computes it natively (bf16 GPU, AVX512-BF16/AMX CPU), else fp32.",
+            ),
+            ("--fp32", "no", "No mixed precision."),
+        ]
+    ):
+        alias = click.option(
+            flag, "precision", flag_value=value, default=None, help=f"= --mixed-precision {value}: {text}"
+        )
         func = alias(func)
     return func
 

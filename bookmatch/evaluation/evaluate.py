@@ -39,9 +39,14 @@ class EvaluateConfig:
     mode: str = setting("contrastive", "Which model decides.", choices=MODES)
     batch_size: int = setting(64, "Pairs per forward pass.", ge=1)
     max_pairs: int | None = setting(None, "Evaluate at most this many pairs (null: all).", ge=1)
-    prefilter_threshold: float | None = setting(None, "Two-stage: bi-encoder probability below which a pair is "
-                                                "rejected at once (null: the bi-encoder's calibrated threshold, else "
-                                                "0.5).", ge=0, le=1)
+    prefilter_threshold: float | None = setting(
+        None,
+        "Two-stage: bi-encoder probability below which a pair is "
+        "rejected at once (null: the bi-encoder's calibrated threshold, else "
+        "0.5).",
+        ge=0,
+        le=1,
+    )
     device: str | None = setting(None, "torch device (null: cuda if available, else cpu).")
     precision: str = setting("auto", "Encoders' autocast: auto = bf16 where native, else fp32.", choices=PRECISIONS)
 
@@ -88,8 +93,16 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
     kinds = list(pairs.kinds)
 
     bi_cal = load_calibration(config.model_dir, BI_ENCODER)
-    bi = BiEncoderScorer(load_bi_encoder(config.model_dir, config.device), precision=config.precision, cohort=load_score_cohort(config.model_dir, bi_cal))
-    cross = CrossEncoderScorer(load_cross_encoder(config.cross_model_dir, config.device), config.precision) if config.mode == "two-stage" else None
+    bi = BiEncoderScorer(
+        load_bi_encoder(config.model_dir, config.device),
+        precision=config.precision,
+        cohort=load_score_cohort(config.model_dir, bi_cal),
+    )
+    cross = (
+        CrossEncoderScorer(load_cross_encoder(config.cross_model_dir, config.device), config.precision)
+        if config.mode == "two-stage"
+        else None
+    )
     config = dataclasses.replace(config, precision=bi.precision)  # saved resolved: what the scores were computed in
     start = time.perf_counter()
     bi_raw = bi.raw_scores(pairs.text1, pairs.text2, batch_size=config.batch_size, show_progress=True)
@@ -103,7 +116,9 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
     # metrics.json marks a finished report: drop an old one first and write it last, so a run cut while
     # plotting is redone instead of skipped with files missing.
     (report_dir / METRICS_FILE).unlink(missing_ok=True)
-    _write_predictions(report_dir / "predictions.jsonl", labels, kinds, outcome.uncalibrated, outcome.calibrated, bi_raw.cosine)
+    _write_predictions(
+        report_dir / "predictions.jsonl", labels, kinds, outcome.uncalibrated, outcome.calibrated, bi_raw.cosine
+    )
     plot_files = _write_plots(report_dir, labels, kinds, outcome.uncalibrated, outcome.calibrated)
     atomic_write_text(report_dir / "report.md", render_report(metrics, plot_files))
     save_config(config, report_dir / "config.yaml")
@@ -128,8 +143,12 @@ def _contrastive_outcome(bi_raw, bi_cal: Calibration | None, bi) -> _Outcome:
     if bi_cal is None:
         return _Outcome(uncalibrated, None, None)
     cal_p = bi_cal.probabilities(bi_raw.score)
-    info = {"temperature": bi_cal.temperature, "offset": bi_cal.offset, "threshold": bi_cal.threshold,
-            "score_cohort": len(bi.cohort) if bi.cohort is not None else 0}
+    info = {
+        "temperature": bi_cal.temperature,
+        "offset": bi_cal.offset,
+        "threshold": bi_cal.threshold,
+        "score_cohort": len(bi.cohort) if bi.cohort is not None else 0,
+    }
     return _Outcome(uncalibrated, _Scores(cal_p, cal_p >= bi_cal.threshold, bi_cal.threshold), info)
 
 
@@ -140,7 +159,9 @@ def _two_stage_outcome(config: EvaluateConfig, pairs, bi_raw, bi_cal: Calibratio
     # The prefilter the user gives applies in both settings, as `Matcher` / `infer two-stage` apply it;
     # without one, each setting uses its own bi-encoder threshold (0.5 uncalibrated).
     raw_prefilter = config.prefilter_threshold if config.prefilter_threshold is not None else 0.5
-    prefilter = config.prefilter_threshold if config.prefilter_threshold is not None else (bi_cal.threshold if bi_cal else 0.5)
+    prefilter = (
+        config.prefilter_threshold if config.prefilter_threshold is not None else (bi_cal.threshold if bi_cal else 0.5)
+    )
     # The cross-encoder only reads pairs that pass a prefilter in either setting.
     needed = probability_from_margin(bi_raw.margin) >= raw_prefilter
     if bi_cal is not None:
@@ -148,7 +169,9 @@ def _two_stage_outcome(config: EvaluateConfig, pairs, bi_raw, bi_cal: Calibratio
     cross_margin = np.full(len(pairs), np.nan)
     idx = np.flatnonzero(needed)
     if len(idx):
-        cross_margin[idx] = cross.raw_scores([pairs.text1[i] for i in idx], [pairs.text2[i] for i in idx], batch_size=config.batch_size).margin
+        cross_margin[idx] = cross.raw_scores(
+            [pairs.text1[i] for i in idx], [pairs.text2[i] for i in idx], batch_size=config.batch_size
+        ).margin
     uncalibrated = _two_stage(bi_raw.margin, cross_margin, Calibration(), Calibration(), raw_prefilter)
     if bi_cal is None and cross_cal is None:
         return _Outcome(uncalibrated, None, None, raw_prefilter)
@@ -162,7 +185,9 @@ def _two_stage_outcome(config: EvaluateConfig, pairs, bi_raw, bi_cal: Calibratio
     return _Outcome(uncalibrated, calibrated, info, prefilter)
 
 
-def _metrics(config: EvaluateConfig, source: str, labels, kinds, outcome: _Outcome, cosine, seconds: float) -> dict[str, Any]:
+def _metrics(
+    config: EvaluateConfig, source: str, labels, kinds, outcome: _Outcome, cosine, seconds: float
+) -> dict[str, Any]:
     uncalibrated, calibrated = outcome.uncalibrated, outcome.calibrated
     final = calibrated or uncalibrated
     return {
@@ -175,14 +200,24 @@ def _metrics(config: EvaluateConfig, source: str, labels, kinds, outcome: _Outco
         "positives": int(labels.sum()),
         "calibration": outcome.calibration_info,
         "prefilter_threshold": outcome.prefilter_threshold,
-        "uncalibrated": compute_metrics(labels, uncalibrated.probability, uncalibrated.threshold, uncalibrated.decisions),
-        "calibrated": None if calibrated is None else compute_metrics(labels, calibrated.probability, calibrated.threshold, calibrated.decisions),
+        "uncalibrated": compute_metrics(
+            labels, uncalibrated.probability, uncalibrated.threshold, uncalibrated.decisions
+        ),
+        "calibrated": None
+        if calibrated is None
+        else compute_metrics(labels, calibrated.probability, calibrated.threshold, calibrated.decisions),
         "by_kind": {
-            "uncalibrated": metrics_by_kind(labels, uncalibrated.probability, kinds, uncalibrated.threshold, uncalibrated.decisions),
-            "calibrated": None if calibrated is None else metrics_by_kind(labels, calibrated.probability, kinds, calibrated.threshold, calibrated.decisions),
+            "uncalibrated": metrics_by_kind(
+                labels, uncalibrated.probability, kinds, uncalibrated.threshold, uncalibrated.decisions
+            ),
+            "calibrated": None
+            if calibrated is None
+            else metrics_by_kind(labels, calibrated.probability, kinds, calibrated.threshold, calibrated.decisions),
         },
         "style_similarity": {"auc": compute_metrics(labels, (cosine + 1) / 2)["auc"]} if cosine is not None else None,
-        "stages": None if final.stage is None else {str(k): int(v) for k, v in zip(*np.unique(final.stage, return_counts=True))},
+        "stages": None
+        if final.stage is None
+        else {str(k): int(v) for k, v in zip(*np.unique(final.stage, return_counts=True))},
         "seconds": round(seconds, 3),
     }
 
@@ -195,7 +230,9 @@ def _writable_report_dir(path: str) -> Path:
     try:
         report_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise InputError(f"cannot create the report folder {report_dir}: {os_reason(err, report_dir)}; pass a writable --report folder") from err
+        raise InputError(
+            f"cannot create the report folder {report_dir}: {os_reason(err, report_dir)}; pass a writable --report folder"
+        ) from err
     if not os.access(report_dir, os.W_OK | os.X_OK):
         raise InputError(f"the report folder {report_dir} is not writable; pass a writable --report folder")
     return report_dir
@@ -231,4 +268,8 @@ def _write_plots(report_dir: Path, labels, kinds, uncalibrated: _Scores, calibra
     plots.plot_roc(labels, curves, report_dir / "roc.png")
     plots.plot_reliability(labels, curves, report_dir / "reliability.png")
     plots.plot_score_histograms(final.probability, kinds, report_dir / "score_histograms.png", final.threshold)
-    return {"ROC curve": "roc.png", "Reliability diagram (before/after calibration)": "reliability.png", "Scores by kind": "score_histograms.png"}
+    return {
+        "ROC curve": "roc.png",
+        "Reliability diagram (before/after calibration)": "reliability.png",
+        "Scores by kind": "score_histograms.png",
+    }

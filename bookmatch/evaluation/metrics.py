@@ -79,7 +79,14 @@ def reliability_bins(labels: Sequence[int], probabilities: Sequence[float], n_bi
     for b in range(n_bins):
         mask = bins == b
         if mask.any():
-            rows.append({"bin": b, "mean_probability": float(p[mask].mean()), "frequency": float(y[mask].mean()), "count": int(mask.sum())})
+            rows.append(
+                {
+                    "bin": b,
+                    "mean_probability": float(p[mask].mean()),
+                    "frequency": float(y[mask].mean()),
+                    "count": int(mask.sum()),
+                }
+            )
     return rows
 
 
@@ -99,7 +106,12 @@ def _average_precision(labels: np.ndarray, scores: np.ndarray) -> float | None:
     return float(average_precision_score(labels, scores))
 
 
-def compute_metrics(labels: Sequence[int], probabilities: Sequence[float], threshold: float = 0.5, decisions: Sequence[bool] | None = None) -> dict[str, Any]:
+def compute_metrics(
+    labels: Sequence[int],
+    probabilities: Sequence[float],
+    threshold: float = 0.5,
+    decisions: Sequence[bool] | None = None,
+) -> dict[str, Any]:
     """All figures for one set of scores. Decision: same book when probability >= threshold, unless
     `decisions` are given (two-stage answers, where a bi-encoder rejection is final whatever its score).
 
@@ -116,7 +128,9 @@ def compute_metrics(labels: Sequence[int], probabilities: Sequence[float], thres
     else:
         decisions = np.asarray(decisions, dtype=np.int64)
         pan_scores = np.where(decisions == 1, pan_scores, np.minimum(pan_scores, np.nextafter(0.5, 0.0)))
-    precision, recall, f1, _ = precision_recall_fscore_support(y, decisions, average="binary", pos_label=1, zero_division=0)
+    precision, recall, f1, _ = precision_recall_fscore_support(
+        y, decisions, average="binary", pos_label=1, zero_division=0
+    )
     return {
         "n": int(len(y)),
         "positives": int(y.sum()),
@@ -134,7 +148,13 @@ def compute_metrics(labels: Sequence[int], probabilities: Sequence[float], thres
     }
 
 
-def metrics_by_kind(labels: Sequence[int], probabilities: Sequence[float], kinds: Sequence[str], threshold: float = 0.5, decisions: Sequence[bool] | None = None) -> dict[str, dict[str, Any]]:
+def metrics_by_kind(
+    labels: Sequence[int],
+    probabilities: Sequence[float],
+    kinds: Sequence[str],
+    threshold: float = 0.5,
+    decisions: Sequence[bool] | None = None,
+) -> dict[str, dict[str, Any]]:
     """`compute_metrics` per kind of pair.
 
     A kind holding one class only (e.g. a negative type) has no AUC of its own; its `auc` and

@@ -47,7 +47,9 @@ def plot_roc(labels: Sequence[int], curves: Mapping[str, Sequence[float]], path:
     return _save(fig, path)
 
 
-def plot_reliability(labels: Sequence[int], probabilities: Mapping[str, Sequence[float]], path: str | os.PathLike, n_bins: int = 15) -> Path:
+def plot_reliability(
+    labels: Sequence[int], probabilities: Mapping[str, Sequence[float]], path: str | os.PathLike, n_bins: int = 15
+) -> Path:
     """Reliability diagram: observed frequency of 'same book' against mean predicted probability per bin."""
     plt = _figure()
     fig, ax = plt.subplots(figsize=(5, 5))
@@ -55,12 +57,16 @@ def plot_reliability(labels: Sequence[int], probabilities: Mapping[str, Sequence
         bins = reliability_bins(labels, p, n_bins)
         ax.plot([b["mean_probability"] for b in bins], [b["frequency"] for b in bins], marker="o", label=name)
     ax.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=0.8, label="perfect")
-    ax.set(xlabel="mean predicted P(same book)", ylabel="observed frequency", xlim=(0, 1), ylim=(0, 1), title="Reliability")
+    ax.set(
+        xlabel="mean predicted P(same book)", ylabel="observed frequency", xlim=(0, 1), ylim=(0, 1), title="Reliability"
+    )
     ax.legend(loc="upper left", fontsize=8)
     return _save(fig, path)
 
 
-def plot_score_histograms(probabilities: Sequence[float], kinds: Sequence[str], path: str | os.PathLike, threshold: float | None = None) -> Path:
+def plot_score_histograms(
+    probabilities: Sequence[float], kinds: Sequence[str], path: str | os.PathLike, threshold: float | None = None
+) -> Path:
     """Overlaid histograms of P(same book), one per kind of pair."""
     plt = _figure()
     fig, ax = plt.subplots(figsize=(6, 4))

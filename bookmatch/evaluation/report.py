@@ -28,14 +28,17 @@ def render_report(metrics: Mapping[str, Any], plots: Mapping[str, str]) -> str:
     lines = [
         "# bookmatch evaluation",
         "",
-        f"- model: `{metrics['model_dir']}`" + (f"; cross-encoder: `{metrics['cross_model_dir']}`" if metrics.get("cross_model_dir") else ""),
+        f"- model: `{metrics['model_dir']}`"
+        + (f"; cross-encoder: `{metrics['cross_model_dir']}`" if metrics.get("cross_model_dir") else ""),
         f"- mode: {metrics['mode']}; pairs: {metrics['pairs']} ({metrics['positives']} same-book) from `{metrics['source']}`",
     ]
     calibration = metrics.get("calibration")
     if calibration:
         lines.append("- calibration: " + ", ".join(f"{k} {_fmt(v)}" for k, v in calibration.items()))
     else:
-        lines.append("- calibration: none found beside the model (run `bookmatch calibrate`); only uncalibrated figures")
+        lines.append(
+            "- calibration: none found beside the model (run `bookmatch calibrate`); only uncalibrated figures"
+        )
     if metrics.get("stages"):
         lines.append("- decided by: " + ", ".join(f"{k} {v}" for k, v in metrics["stages"].items()))
     lines += [
@@ -48,20 +51,34 @@ def render_report(metrics: Mapping[str, Any], plots: Mapping[str, str]) -> str:
         "## Overall",
         "",
     ]
-    lines += _table(["setting", "threshold"] + list(TABLE_METRICS), [[s, metrics[s]["threshold"]] + [metrics[s][m] for m in TABLE_METRICS] for s in settings])
+    lines += _table(
+        ["setting", "threshold"] + list(TABLE_METRICS),
+        [[s, metrics[s]["threshold"]] + [metrics[s][m] for m in TABLE_METRICS] for s in settings],
+    )
     for setting in settings:
         by_kind = metrics["by_kind"].get(setting) or {}
         lines += ["", f"## By kind ({setting})", ""]
         lines += _table(
             ["kind", "n", "auc vs"] + list(TABLE_METRICS),
-            [[kind, figures["n"], figures.get("auc_against", "")] + [figures[m] for m in TABLE_METRICS] for kind, figures in by_kind.items()],
+            [
+                [kind, figures["n"], figures.get("auc_against", "")] + [figures[m] for m in TABLE_METRICS]
+                for kind, figures in by_kind.items()
+            ],
         )
-    lines += ["", "A kind holding one class only has its AUC and average precision measured against all pairs of the",
-              "other class (e.g. these negatives vs all positives), as the `auc vs` column says. For such a kind,",
-              "accuracy is the share answered correctly (specificity for negatives); precision, recall and F1 are degenerate."]
+    lines += [
+        "",
+        "A kind holding one class only has its AUC and average precision measured against all pairs of the",
+        "other class (e.g. these negatives vs all positives), as the `auc vs` column says. For such a kind,",
+        "accuracy is the share answered correctly (specificity for negatives); precision, recall and F1 are degenerate.",
+    ]
     style = metrics.get("style_similarity")
     if style:
-        lines += ["", "## Style similarity", "", f"ROC AUC of the cosine of the projected embeddings for 'same book': {_fmt(style.get('auc'))}"]
+        lines += [
+            "",
+            "## Style similarity",
+            "",
+            f"ROC AUC of the cosine of the projected embeddings for 'same book': {_fmt(style.get('auc'))}",
+        ]
     if plots:
         lines += ["", "## Plots", ""]
         lines += [f"![{title}]({name})" for title, name in plots.items()]

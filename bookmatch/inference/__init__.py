@@ -38,7 +38,24 @@ from bookmatch.inference.scorers import (
 )
 
 __all__ = [
-    "BI_ENCODER", "CROSS_ENCODER", "MIN_RELIABLE_WORDS", "TRUNCATED", "BatchReport", "BiEncoderScorer", "CrossEncoderScorer",
-    "MatchResult", "Matcher", "RawScores", "default_device", "detect_model_kind", "is_valid_unicode", "load_bi_encoder",
-    "load_cross_encoder", "load_scorer", "read_pairs_jsonl", "resolve_device", "resolve_inference_precision", "two_stage_decision",
+    "BI_ENCODER",
+    "CROSS_ENCODER",
+    "MIN_RELIABLE_WORDS",
+    "TRUNCATED",
+    "BatchReport",
+    "BiEncoderScorer",
+    "CrossEncoderScorer",
+    "MatchResult",
+    "Matcher",
+    "RawScores",
+    "default_device",
+    "detect_model_kind",
+    "is_valid_unicode",
+    "load_bi_encoder",
+    "load_cross_encoder",
+    "load_scorer",
+    "read_pairs_jsonl",
+    "resolve_device",
+    "resolve_inference_precision",
+    "two_stage_decision",
 ]

@@ -58,7 +58,10 @@ def binary_nll(labels: Sequence[int], probabilities: Sequence[float]) -> float:
 
 
 def fit_temperature(
-    margin: Sequence[float], labels: Sequence[int], fit_offset: bool = False, bounds: tuple[float, float] = (0.01, 100.0)
+    margin: Sequence[float],
+    labels: Sequence[int],
+    fit_offset: bool = False,
+    bounds: tuple[float, float] = (0.01, 100.0),
 ) -> tuple[float, float]:
     """(T, offset) minimising the NLL of sigmoid((margin - offset) / T), T > 0; offset stays 0 unless
     `fit_offset`. Searched on log T, where the loss is smooth; with the offset it is a 2-parameter logistic
@@ -80,8 +83,12 @@ def fit_temperature(
     if not fit_offset:
         return float(np.exp(log_t)), 0.0
     spread = float(np.ptp(m)) or 1.0
-    result = minimize(lambda v: nll(v[0], v[1]), x0=[log_t, 0.0], method="L-BFGS-B",
-                      bounds=[log_bounds, (float(m.min()) - spread, float(m.max()) + spread)])
+    result = minimize(
+        lambda v: nll(v[0], v[1]),
+        x0=[log_t, 0.0],
+        method="L-BFGS-B",
+        bounds=[log_bounds, (float(m.min()) - spread, float(m.max()) + spread)],
+    )
     return float(np.exp(result.x[0])), float(result.x[1])
 
 
@@ -99,7 +106,9 @@ def best_threshold(labels: Sequence[int], probabilities: Sequence[float], target
     if len(distinct) == 0:
         return 0.5
     # "all positive", every midpoint, "all negative"
-    candidates = np.concatenate([[distinct[0] - 1e-9], (distinct[1:] + distinct[:-1]) / 2, [np.nextafter(distinct[-1], 2.0)]])
+    candidates = np.concatenate(
+        [[distinct[0] - 1e-9], (distinct[1:] + distinct[:-1]) / 2, [np.nextafter(distinct[-1], 2.0)]]
+    )
     pos = np.sort(p[y == 1])
     neg = np.sort(p[y == 0])
     # Counts of scores >= t via binary search: O((n + k) log n) instead of one pass per candidate.
@@ -199,7 +208,9 @@ def load_calibration(model_dir: str | os.PathLike, model_kind: str | None = None
         data = json.loads(path.read_text(encoding="utf-8"))
         normalization = data.get("score_normalization")
         calibration = Calibration(
-            temperature=float(data["temperature"]), threshold=float(data["threshold"]), offset=float(data.get("offset", 0.0)),
+            temperature=float(data["temperature"]),
+            threshold=float(data["threshold"]),
+            offset=float(data.get("offset", 0.0)),
             cohort_sha256=None if normalization is None else str(normalization["sha256"]),
         )
         # A zero, negative or infinite temperature (or a NaN anywhere) would give every pair p = 0, 1 or NaN
@@ -211,10 +222,14 @@ def load_calibration(model_dir: str | os.PathLike, model_kind: str | None = None
         if not math.isfinite(calibration.offset):
             raise ValueError(f"offset must be finite, got {calibration.offset}")
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
-        raise InputError(f"calibration file {path} is unreadable or corrupt ({first_line(err, 200)}); re-run `bookmatch calibrate` or delete it") from err
+        raise InputError(
+            f"calibration file {path} is unreadable or corrupt ({first_line(err, 200)}); re-run `bookmatch calibrate` or delete it"
+        ) from err
     fitted_for = data.get("model_kind")
     if model_kind is not None and fitted_for is not None and fitted_for != model_kind:
-        raise InputError(f"calibration file {path} was fitted for a {fitted_for}, not this {model_kind}; keep each model in its own run folder or re-run `bookmatch calibrate`")
+        raise InputError(
+            f"calibration file {path} was fitted for a {fitted_for}, not this {model_kind}; keep each model in its own run folder or re-run `bookmatch calibrate`"
+        )
     return calibration
 
 
@@ -225,7 +240,9 @@ def load_style_calibration(model_dir: str | os.PathLike) -> StyleCalibration | N
     try:
         return StyleCalibration.from_json(json.loads(path.read_text(encoding="utf-8")))
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
-        raise InputError(f"style calibration file {path} is unreadable or corrupt ({first_line(err, 200)}); re-run `bookmatch calibrate` or delete it") from err
+        raise InputError(
+            f"style calibration file {path} is unreadable or corrupt ({first_line(err, 200)}); re-run `bookmatch calibrate` or delete it"
+        ) from err
 
 
 def calibration_figures(labels: Sequence[int], probabilities: Sequence[float], threshold: float) -> dict[str, Any]:

@@ -13,10 +13,12 @@ CROSS_ENCODER = "cross-encoder"
 
 
 def detect_model_kind(model_dir: str | os.PathLike) -> str:
-    """"bi-encoder" or "cross-encoder", from the files `save_pretrained` wrote."""
+    """ "bi-encoder" or "cross-encoder", from the files `save_pretrained` wrote."""
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
-        raise ModelLoadError(f"model folder {model_dir} does not exist: pass the `final/` folder written by `bookmatch train`")
+        raise ModelLoadError(
+            f"model folder {model_dir} does not exist: pass the `final/` folder written by `bookmatch train`"
+        )
     config_path = model_dir / "bookmatch_config.json"
     if config_path.exists():
         try:
@@ -33,7 +35,9 @@ def detect_model_kind(model_dir: str | os.PathLike) -> str:
             f"{model_dir} has no bookmatch_config.json and its config.json is not a sequence classifier: the folder is "
             "incomplete; pass the whole `final/` folder written by `bookmatch train` (or re-save the model)"
         )
-    raise ModelLoadError(f"{model_dir} holds no model (no bookmatch_config.json or config.json): pass the `final/` folder written by `bookmatch train`")
+    raise ModelLoadError(
+        f"{model_dir} holds no model (no bookmatch_config.json or config.json): pass the `final/` folder written by `bookmatch train`"
+    )
 
 
 def _looks_like_sequence_classifier(config_path: Path) -> bool:
@@ -70,7 +74,9 @@ def resolve_device(device: str | None) -> str:
     except (RuntimeError, ValueError) as err:
         raise InputError(f"--device {device!r} is not a device torch knows: use cpu, cuda or cuda:N") from err
     if parsed.type == "cuda" and (not torch.cuda.is_available() or (parsed.index or 0) >= torch.cuda.device_count()):
-        raise InputError(f"--device {device}: no such CUDA GPU is visible here ({torch.cuda.device_count()} found); use --device cpu")
+        raise InputError(
+            f"--device {device}: no such CUDA GPU is visible here ({torch.cuda.device_count()} found); use --device cpu"
+        )
     return device
 
 
@@ -86,19 +92,25 @@ def load_cross_encoder(model_dir: str | os.PathLike, device: str | None = None):
     return _load(CrossEncoder, CROSS_ENCODER, model_dir, device, "cross-encoder folder", "bookmatch train cross")
 
 
-def _load(model_class, kind: str, model_dir: str | os.PathLike, device: str | None, folder_name: str, train_command: str):
+def _load(
+    model_class, kind: str, model_dir: str | os.PathLike, device: str | None, folder_name: str, train_command: str
+):
     """`model_class.from_pretrained` on a checked device, every failure as one ModelLoadError line."""
     device = resolve_device(device)
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
-        raise ModelLoadError(f"{folder_name} {model_dir} does not exist: pass the `final/` folder written by `{train_command}`")
+        raise ModelLoadError(
+            f"{folder_name} {model_dir} does not exist: pass the `final/` folder written by `{train_command}`"
+        )
     _check_commit(model_dir)
     try:
         return model_class.from_pretrained(model_dir, device=device)
     except BookmatchError:
         raise
     except Exception as err:  # shape mismatches, truncated tokenizer files...: all mean a damaged folder
-        raise ModelLoadError(f"cannot load the {kind} in {model_dir}: {first_line(err)}; re-save or re-train the model") from err
+        raise ModelLoadError(
+            f"cannot load the {kind} in {model_dir}: {first_line(err)}; re-save or re-train the model"
+        ) from err
 
 
 def _check_commit(model_dir: Path) -> None:

@@ -38,7 +38,9 @@ from bookmatch.storage import os_reason
 MIN_RELIABLE_WORDS = 12
 
 
-def two_stage_decision(bi_probability: np.ndarray, cross_probability: np.ndarray, prefilter_threshold: float, cross_threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def two_stage_decision(
+    bi_probability: np.ndarray, cross_probability: np.ndarray, prefilter_threshold: float, cross_threshold: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(probability, same_book, decided_by_cross) for aligned pairs.
 
     Pairs under the prefilter keep the bi-encoder probability and a negative answer; the others take the
@@ -64,7 +66,11 @@ class MatchResult:
     warnings: tuple[str, ...] = field(default=())
 
     def to_dict(self, style: bool = True) -> dict[str, Any]:
-        out: dict[str, Any] = {"same_book": self.same_book, "confidence": round(self.confidence, 6), "probability": round(self.probability, 6)}
+        out: dict[str, Any] = {
+            "same_book": self.same_book,
+            "confidence": round(self.confidence, 6),
+            "probability": round(self.probability, 6),
+        }
         if style:
             out["style_similarity"] = None if self.style_similarity is None else round(self.style_similarity, 6)
         out["stage"] = self.stage
@@ -96,7 +102,9 @@ class Matcher:
         cross_threshold: float | None = None,
     ) -> None:
         if bi_calibration.cohort_sha256 is not None and bi_scorer.cohort is None:
-            raise ValueError("this calibration was fitted on cohort-normalised margins: give the bi-encoder scorer its score cohort (load_score_cohort)")
+            raise ValueError(
+                "this calibration was fitted on cohort-normalised margins: give the bi-encoder scorer its score cohort (load_score_cohort)"
+            )
         self.bi = bi_scorer
         self.bi_calibration = bi_calibration
         self.style_calibration = style_calibration
@@ -104,8 +112,14 @@ class Matcher:
         self.cross_calibration = cross_calibration or Calibration()
         self.threshold = float(threshold if threshold is not None else bi_calibration.threshold)
         self.prefilter_threshold = float(prefilter_threshold if prefilter_threshold is not None else self.threshold)
-        self.cross_threshold = float(cross_threshold if cross_threshold is not None else self.cross_calibration.threshold)
-        for name, value in (("threshold", self.threshold), ("prefilter threshold", self.prefilter_threshold), ("cross threshold", self.cross_threshold)):
+        self.cross_threshold = float(
+            cross_threshold if cross_threshold is not None else self.cross_calibration.threshold
+        )
+        for name, value in (
+            ("threshold", self.threshold),
+            ("prefilter threshold", self.prefilter_threshold),
+            ("cross threshold", self.cross_threshold),
+        ):
             if not 0.0 <= value <= 1.0:
                 raise InputError(f"{name} must lie in [0, 1], got {value}")
 
@@ -124,19 +138,33 @@ class Matcher:
         """Load the bi-encoder in `model_dir` (and a cross-encoder for two-stage) with the calibration files
         in their parent folders, when present. `precision`: the encoders' autocast (see BiEncoderScorer)."""
         if detect_model_kind(model_dir) != BI_ENCODER:
-            raise ModelLoadError(f"{model_dir} holds a cross-encoder; pass the bi-encoder as the model (and the cross-encoder as the cross model)")
+            raise ModelLoadError(
+                f"{model_dir} holds a cross-encoder; pass the bi-encoder as the model (and the cross-encoder as the cross model)"
+            )
         bi_calibration = load_calibration(model_dir, BI_ENCODER)
-        bi = BiEncoderScorer(load_bi_encoder(model_dir, device), cache_size=cache_size, precision=precision,
-                             cohort=load_score_cohort(model_dir, bi_calibration))
+        bi = BiEncoderScorer(
+            load_bi_encoder(model_dir, device),
+            cache_size=cache_size,
+            precision=precision,
+            cohort=load_score_cohort(model_dir, bi_calibration),
+        )
         cross = cross_calibration = None
         if cross_model is not None:
             if detect_model_kind(cross_model) != CROSS_ENCODER:
-                raise ModelLoadError(f"{cross_model} is not a cross-encoder folder; pass the `final/` folder of `bookmatch train cross`")
+                raise ModelLoadError(
+                    f"{cross_model} is not a cross-encoder folder; pass the `final/` folder of `bookmatch train cross`"
+                )
             cross = CrossEncoderScorer(load_cross_encoder(cross_model, device), precision)
             cross_calibration = load_calibration(cross_model, CROSS_ENCODER)
         return cls(
-            bi, bi_calibration or Calibration(), load_style_calibration(model_dir), cross, cross_calibration,
-            threshold=threshold, prefilter_threshold=prefilter_threshold, cross_threshold=cross_threshold,
+            bi,
+            bi_calibration or Calibration(),
+            load_style_calibration(model_dir),
+            cross,
+            cross_calibration,
+            threshold=threshold,
+            prefilter_threshold=prefilter_threshold,
+            cross_threshold=cross_threshold,
         )
 
     @property
@@ -150,10 +178,19 @@ class Matcher:
         The cross-encoder truncates pairs, not texts: `score_many` checks the pairs it sends there."""
         max_tokens = self.bi.max_text_tokens
         words = [len(text.split()) for text in texts]
-        out = [[f"a text has only {n} word(s): scores of very short texts are unreliable"] if n < MIN_RELIABLE_WORDS else []
-               for n in words]
-        over = longer_than(max_tokens, 2, words, [len(text) for text in texts],  # [CLS] and [SEP]
-                            lambda unsure: self._token_lengths([texts[i] for i in unsure]))
+        out = [
+            [f"a text has only {n} word(s): scores of very short texts are unreliable"]
+            if n < MIN_RELIABLE_WORDS
+            else []
+            for n in words
+        ]
+        over = longer_than(
+            max_tokens,
+            2,
+            words,
+            [len(text) for text in texts],  # [CLS] and [SEP]
+            lambda unsure: self._token_lengths([texts[i] for i in unsure]),
+        )
         for warnings, is_over in zip(out, over):
             if is_over:
                 warnings.append(truncation_warning(max_tokens))
@@ -167,7 +204,9 @@ class Matcher:
     def score(self, text1: str, text2: str) -> MatchResult:
         return self.score_many([(text1, text2)])[0]
 
-    def score_many(self, pairs: Iterable[tuple[str, str]], batch_size: int = 64, check: bool = True) -> list[MatchResult]:
+    def score_many(
+        self, pairs: Iterable[tuple[str, str]], batch_size: int = 64, check: bool = True
+    ) -> list[MatchResult]:
         check_batch_size(batch_size, "batch size", InputError)
         pairs = list(pairs)
         if not pairs:
@@ -179,7 +218,9 @@ class Matcher:
                 if not isinstance(text, str) or not text.strip():
                     raise InputError(f"pair {number}: {name} is empty or not a string: give two non-empty passages")
                 if not is_valid_unicode(text):
-                    raise InputError(f"pair {number}: {name} holds a lone surrogate, which is not valid Unicode text: pass UTF-8 text")
+                    raise InputError(
+                        f"pair {number}: {name} holds a lone surrogate, which is not valid Unicode text: pass UTF-8 text"
+                    )
         warnings: list[list[str]] = [[] for _ in pairs]
         if check:
             per_text = self.text_warnings(text1 + text2)
@@ -206,7 +247,9 @@ class Matcher:
                     # Only the pairs the cross-encoder decides are subject to its limit.
                     for i, extra in zip(passing, self.cross.pair_warnings(cross_text1, cross_text2)):
                         warnings[i] = sorted(set(warnings[i] + extra))
-            probability, same_book, by_cross = two_stage_decision(bi_probability, cross_probability, self.prefilter_threshold, self.cross_threshold)
+            probability, same_book, by_cross = two_stage_decision(
+                bi_probability, cross_probability, self.prefilter_threshold, self.cross_threshold
+            )
         results = []
         for i in range(len(pairs)):
             p = float(probability[i])
@@ -255,11 +298,17 @@ class Matcher:
             output_path.parent.mkdir(parents=True, exist_ok=True)
             out = open(tmp, "w", encoding="utf-8")
         except OSError as err:
-            raise InputError(f"cannot write the output {output_path}: {os_reason(err, output_path.parent)}; choose a writable location") from err
-        rows = read_pairs_jsonl(input_path, skip_bad_lines=skip_bad_lines, bad_lines=bad_lines, skip_hint="--skip-bad-lines")
+            raise InputError(
+                f"cannot write the output {output_path}: {os_reason(err, output_path.parent)}; choose a writable location"
+            ) from err
+        rows = read_pairs_jsonl(
+            input_path, skip_bad_lines=skip_bad_lines, bad_lines=bad_lines, skip_hint="--skip-bad-lines"
+        )
         try:
             with out:
-                for block in progress(_blocks(rows, block_size), desc="scoring", unit="block", disable=None if show_progress else True):
+                for block in progress(
+                    _blocks(rows, block_size), desc="scoring", unit="block", disable=None if show_progress else True
+                ):
                     results = self.score_many([(r["text1"], r["text2"]) for _, r in block], batch_size=batch_size)
                     for (number, row), result in zip(block, results):
                         record: dict[str, Any] = {"line": number}

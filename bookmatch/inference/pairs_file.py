@@ -85,8 +85,10 @@ def read_pairs_jsonl(
             if line is None:
                 problem = f"longer than {MAX_LINE_CHARS:,} characters (the limit for one pair)"
                 if not skip_bad_lines:
-                    raise InputError(f"{shown} line {number}: {problem}; shorten the texts"
-                                     + (f" or pass {skip_hint}" if skip_hint else ""))
+                    raise InputError(
+                        f"{shown} line {number}: {problem}; shorten the texts"
+                        + (f" or pass {skip_hint}" if skip_hint else "")
+                    )
                 if bad_lines is not None:
                     bad_lines.append(f"{shown} line {number}: {problem}")
                 continue
@@ -112,8 +114,9 @@ def read_pairs_jsonl(
             if bad_lines is not None:
                 bad_lines.append(message)
     if warnings is None and not_utf8 > _NOT_UTF8_SHOWN:
-        log.warning("%s: %d more line(s) held bytes that are not UTF-8 (replaced by U+FFFD)", shown,
-                    not_utf8 - _NOT_UTF8_SHOWN)
+        log.warning(
+            "%s: %d more line(s) held bytes that are not UTF-8 (replaced by U+FFFD)", shown, not_utf8 - _NOT_UTF8_SHOWN
+        )
 
 
 def _bounded_lines(handle: IO[str]) -> Iterator[str | None]:
@@ -180,7 +183,12 @@ class LabelledPairs:
         return len(self.labels)
 
 
-def load_labelled_pairs(data_dir: str | os.PathLike | None = None, split: str = "validation", pairs_file: str | os.PathLike | None = None, max_pairs: int | None = None) -> LabelledPairs:
+def load_labelled_pairs(
+    data_dir: str | os.PathLike | None = None,
+    split: str = "validation",
+    pairs_file: str | os.PathLike | None = None,
+    max_pairs: int | None = None,
+) -> LabelledPairs:
     """Labelled pairs from a prepared DatasetDict split, or from a JSONL file (`text1, text2, label[, kind]`).
 
     The kind of a dataset pair is its `neg_type` for negatives and "positive" for positives.
@@ -194,8 +202,11 @@ def load_labelled_pairs(data_dir: str | os.PathLike | None = None, split: str = 
             if max_pairs is not None and len(rows) >= max_pairs:
                 break
         return LabelledPairs(
-            [r["text1"] for r in rows], [r["text2"] for r in rows], [int(r["label"]) for r in rows],
-            [str(r.get("kind") or ("positive" if int(r["label"]) == 1 else "negative")) for r in rows], str(pairs_file),
+            [r["text1"] for r in rows],
+            [r["text2"] for r in rows],
+            [int(r["label"]) for r in rows],
+            [str(r.get("kind") or ("positive" if int(r["label"]) == 1 else "negative")) for r in rows],
+            str(pairs_file),
         )
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
@@ -205,7 +216,9 @@ def load_labelled_pairs(data_dir: str | os.PathLike | None = None, split: str = 
     try:
         dataset = load_from_disk(str(data_dir))
     except (FileNotFoundError, ValueError, OSError) as err:
-        raise InputError(f"{data_dir} is not a saved dataset ({err}); pass the folder written by `bookmatch prepare`") from err
+        raise InputError(
+            f"{data_dir} is not a saved dataset ({err}); pass the folder written by `bookmatch prepare`"
+        ) from err
     if split not in dataset:
         raise InputError(f"dataset {data_dir} has no split {split!r} (it has {', '.join(dataset.keys())})")
     part = dataset[split]

@@ -27,7 +27,9 @@ def _pair_truncation_warning(max_tokens: int) -> str:
     return f"the two texts together are longer than the cross-encoder's {max_tokens} tokens: only {max_tokens} of their tokens {TRUNCATED}"
 
 
-def longer_than(max_tokens: int, special_tokens: int, words: Sequence[int], chars: Sequence[int], count_tokens) -> list[bool]:
+def longer_than(
+    max_tokens: int, special_tokens: int, words: Sequence[int], chars: Sequence[int], count_tokens
+) -> list[bool]:
     """Which items (texts or pairs, given their word and character counts) exceed `max_tokens` once
     `special_tokens` are added. Every word is at least one token and a token is rarely shorter than one
     character, so only items between those two bounds go to the (costly) tokenizer:
@@ -140,7 +142,9 @@ class BiEncoderScorer:
             missing_keys = list(missing)
             chunk = max(batch_size * 16, 1)
             starts = range(0, len(missing_keys), chunk)
-            for start in progress(starts, desc="encoding", total=len(starts), unit="block", disable=None if show_progress else True):
+            for start in progress(
+                starts, desc="encoding", total=len(starts), unit="block", disable=None if show_progress else True
+            ):
                 block = missing_keys[start : start + chunk]
                 with autocast(self.precision, self.model.device.type):
                     emb = self.model.encode_texts([missing[k] for k in block], batch_size=batch_size)
@@ -178,7 +182,9 @@ class BiEncoderScorer:
                 self._remember(key, float(value), self._affinities)
         return np.asarray([values[key] for key in keys], dtype=np.float64)
 
-    def raw_scores(self, text1: Sequence[str], text2: Sequence[str], batch_size: int = 64, show_progress: bool = False) -> RawScores:
+    def raw_scores(
+        self, text1: Sequence[str], text2: Sequence[str], batch_size: int = 64, show_progress: bool = False
+    ) -> RawScores:
         import torch
 
         # One embed call over both sides: a text on both sides, or in many pairs, is encoded once.
@@ -228,13 +234,17 @@ class CrossEncoderScorer:
         """Per pair: a warning when the model will truncate it (it truncates the pair as a whole)."""
         max_tokens = self.max_text_tokens
         over = longer_than(
-            max_tokens, 3,  # [CLS] and two [SEP]
-            [len(a.split()) + len(b.split()) for a, b in zip(text1, text2)], [len(a) + len(b) for a, b in zip(text1, text2)],
+            max_tokens,
+            3,  # [CLS] and two [SEP]
+            [len(a.split()) + len(b.split()) for a, b in zip(text1, text2)],
+            [len(a) + len(b) for a, b in zip(text1, text2)],
             lambda unsure: self.pair_token_lengths([text1[i] for i in unsure], [text2[i] for i in unsure]),
         )
         return [[_pair_truncation_warning(max_tokens)] if is_over else [] for is_over in over]
 
-    def raw_scores(self, text1: Sequence[str], text2: Sequence[str], batch_size: int = 64, show_progress: bool = False) -> RawScores:
+    def raw_scores(
+        self, text1: Sequence[str], text2: Sequence[str], batch_size: int = 64, show_progress: bool = False
+    ) -> RawScores:
         pairs = list(zip(text1, text2))
         if not pairs:
             return RawScores(margin=np.zeros(0))
@@ -245,7 +255,9 @@ class CrossEncoderScorer:
         return RawScores(margin=logit_margin(logits))
 
 
-def load_scorer(model_dir: str | os.PathLike, kind: str | None = None, device: str | None = None, precision: str = "no"):
+def load_scorer(
+    model_dir: str | os.PathLike, kind: str | None = None, device: str | None = None, precision: str = "no"
+):
     kind = kind or detect_model_kind(model_dir)
     if kind == CROSS_ENCODER:
         return CrossEncoderScorer(load_cross_encoder(model_dir, device), precision)

@@ -354,7 +354,10 @@ async def fetch_books_async(ids: Iterable[int], out_dir: str | Path, config: Gut
 
     limits = httpx.Limits(max_connections=config.concurrency)
     async with httpx.AsyncClient(
-        follow_redirects=True, max_redirects=10, limits=limits, timeout=config.timeout,
+        follow_redirects=True,
+        max_redirects=10,
+        limits=limits,
+        timeout=config.timeout,
         headers={"User-Agent": "bookmatch-ingest (+https://github.com/bookmatch)", "Accept-Encoding": ACCEPT_ENCODING},
     ) as client:
         tasks = [asyncio.ensure_future(one(client, ebook_id)) for ebook_id in todo]

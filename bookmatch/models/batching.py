@@ -120,8 +120,11 @@ def model_attention_mask(model, mask):
 
 
 def run_batches(
-    batches: Sequence[np.ndarray], make_inputs: Callable[[np.ndarray], dict], forward: Callable[[dict], np.ndarray],
-    out: np.ndarray, depth: int = 2,
+    batches: Sequence[np.ndarray],
+    make_inputs: Callable[[np.ndarray], dict],
+    forward: Callable[[dict], np.ndarray],
+    out: np.ndarray,
+    depth: int = 2,
 ) -> np.ndarray:
     """out[batch] = forward(make_inputs(batch)) for every batch; inputs are built `depth` batches ahead."""
     for index, inputs in prefetch(((index, make_inputs(index)) for index in batches), depth):

@@ -120,7 +120,9 @@ class BiEncoder(nn.Module):
         model_dir = Path(model_dir)
         config_path = model_dir / CONFIG_NAME
         if not config_path.exists():
-            raise ModelLoadError(f"{model_dir} has no {CONFIG_NAME}: pass a folder written by BiEncoder.save_pretrained")
+            raise ModelLoadError(
+                f"{model_dir} has no {CONFIG_NAME}: pass a folder written by BiEncoder.save_pretrained"
+            )
         try:
             values = json.loads(config_path.read_text(encoding="utf-8"))
             values.pop("model_type", None)
@@ -129,7 +131,9 @@ class BiEncoder(nn.Module):
             encoder = AutoModel.from_config(AutoConfig.from_pretrained(model_dir, local_files_only=True))
             tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
         except (OSError, ValueError, TypeError, json.JSONDecodeError) as err:
-            raise ModelLoadError(f"cannot read the bi-encoder in {model_dir}: {first_line(err)}; re-save it with save_pretrained") from err
+            raise ModelLoadError(
+                f"cannot read the bi-encoder in {model_dir}: {first_line(err)}; re-save it with save_pretrained"
+            ) from err
         check_tokenizer(tokenizer, encoder.config, model_dir)
         model = cls(config, encoder, tokenizer)
         try:
@@ -181,7 +185,9 @@ class BiEncoder(nn.Module):
         prefix, suffix = self.special_affixes()
         width = self.config.max_seq_length - len(prefix) - len(suffix)
         if width < 1:
-            raise ValueError(f"max_seq_length {self.config.max_seq_length} leaves no room for text between the special tokens")
+            raise ValueError(
+                f"max_seq_length {self.config.max_seq_length} leaves no room for text between the special tokens"
+            )
         pieces = self.tokenizer(texts, add_special_tokens=False, truncation=False, verbose=False)["input_ids"]
         inputs, owners = [], []
         for owner, ids in enumerate(pieces):
@@ -224,7 +230,10 @@ class BiEncoder(nn.Module):
         if self.lexical is None:
             return style
         texts = list(texts)
-        parts = [style.astype(np.float32).reshape(len(texts), -1), self.lexical.signatures(texts, self.config.lexical_top_k)]
+        parts = [
+            style.astype(np.float32).reshape(len(texts), -1),
+            self.lexical.signatures(texts, self.config.lexical_top_k),
+        ]
         if self.names is not None:
             parts.append(self.names.signatures(texts, self.config.name_top_k))
         return np.concatenate(parts, axis=1)
@@ -271,11 +280,21 @@ class BiEncoder(nn.Module):
         signatures_a, signatures_b = style_a[..., self.n_style :].float(), style_b[..., self.n_style :].float()
         style_a = style_a[..., : self.n_style].to(pooled_a.dtype)
         style_b = style_b[..., : self.n_style].to(pooled_a.dtype)
-        features = [pooled_a, pooled_b, (pooled_a - pooled_b).abs(), pooled_a * pooled_b, style_a, style_b, (style_a - style_b).abs()]
+        features = [
+            pooled_a,
+            pooled_b,
+            (pooled_a - pooled_b).abs(),
+            pooled_a * pooled_b,
+            style_a,
+            style_b,
+            (style_a - style_b).abs(),
+        ]
         scalars = []
         offset = 0
         for width in self.signature_widths():
-            cosine = signature_cosine(signatures_a[..., offset : offset + width], signatures_b[..., offset : offset + width])
+            cosine = signature_cosine(
+                signatures_a[..., offset : offset + width], signatures_b[..., offset : offset + width]
+            )
             scalars.append((cosine - LEXICAL_COSINE_CENTER) / LEXICAL_COSINE_SCALE)
             offset += width
         if self.config.pooled_cosine:
@@ -285,9 +304,7 @@ class BiEncoder(nn.Module):
         return self.classifier(torch.cat(features, dim=-1))
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Training forward over a pair batch (`input_ids_a/attention_mask_a/style_a` and the same for `_b`).
-
-        """
+        """Training forward over a pair batch (`input_ids_a/attention_mask_a/style_a` and the same for `_b`)."""
         pooled_a, projected_a = self.encode(batch["input_ids_a"], batch["attention_mask_a"])
         pooled_b, projected_b = self.encode(batch["input_ids_b"], batch["attention_mask_b"])
         logits = self.classify(pooled_a, pooled_b, batch["style_a"], batch["style_b"])
@@ -332,7 +349,9 @@ class BiEncoder(nn.Module):
             head_dtype = next(self.projection.parameters()).dtype
             for start in range(0, len(texts), 4096):
                 block = pooled_out[start : start + 4096].to(device=device, dtype=head_dtype)
-                projected_out[start : start + 4096] = nn.functional.normalize(self.projection(block), dim=-1).float().cpu()
+                projected_out[start : start + 4096] = (
+                    nn.functional.normalize(self.projection(block), dim=-1).float().cpu()
+                )
         finally:
             self.train(was_training)
         return TextEmbeddings(pooled_out, projected_out, style)
@@ -374,7 +393,9 @@ class BiEncoder(nn.Module):
         first, activation, last = self.classifier[0], self.classifier[1], self.classifier[3]
         device, dtype = first.weight.device, first.weight.dtype
         hidden, n_style = self.config.hidden_size, self.n_style
-        blocks = torch.split(first.weight, [hidden] * 4 + [n_style] * 3 + [first.weight.shape[1] - 4 * hidden - 3 * n_style], dim=1)
+        blocks = torch.split(
+            first.weight, [hidden] * 4 + [n_style] * 3 + [first.weight.shape[1] - 4 * hidden - 3 * n_style], dim=1
+        )
         w_u, w_v, w_diff, w_prod, w_style_a, w_style_b, w_style_diff, w_scalars = blocks
         u, c = texts.pooled.to(device, dtype), others.pooled.to(device, dtype)
         style_u, style_c = texts.style.to(device, torch.float32), others.style.to(device, torch.float32)
@@ -431,5 +452,9 @@ def load_weights(model_dir: Path) -> dict[str, torch.Tensor]:
             return torch.load(legacy_path, map_location="cpu", weights_only=True)
     except Exception as err:  # any decode failure is the same problem for the user: a damaged file
         path = safetensors_path if safetensors_path.exists() else legacy_path
-        raise ModelLoadError(f"cannot read weights {path}: {type(err).__name__}: {err}; the file is damaged, re-save or re-train the model") from err
-    raise ModelLoadError(f"{model_dir} has neither {WEIGHTS_NAME} nor {LEGACY_WEIGHTS_NAME}: pass a folder written by save_pretrained")
+        raise ModelLoadError(
+            f"cannot read weights {path}: {type(err).__name__}: {err}; the file is damaged, re-save or re-train the model"
+        ) from err
+    raise ModelLoadError(
+        f"{model_dir} has neither {WEIGHTS_NAME} nor {LEGACY_WEIGHTS_NAME}: pass a folder written by save_pretrained"
+    )

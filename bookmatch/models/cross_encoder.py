@@ -41,7 +41,9 @@ class CrossEncoder:
 
         path = resolve_model_path(backbone, local_files_only=local_files_only)
         try:
-            model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2, local_files_only=local_files_only, dtype=torch.float32)
+            model = AutoModelForSequenceClassification.from_pretrained(
+                path, num_labels=2, local_files_only=local_files_only, dtype=torch.float32
+            )
             tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local_files_only)
         except (OSError, ValueError) as err:
             raise ModelLoadError(f"cannot load backbone {backbone!r} from {path}: {first_line(err)}") from err
@@ -55,16 +57,22 @@ class CrossEncoder:
         model_dir = Path(model_dir)
         config_path = model_dir / CONFIG_NAME
         if not config_path.exists():
-            raise ModelLoadError(f"{model_dir} has no {CONFIG_NAME}: pass a folder written by CrossEncoder.save_pretrained")
+            raise ModelLoadError(
+                f"{model_dir} has no {CONFIG_NAME}: pass a folder written by CrossEncoder.save_pretrained"
+            )
         try:
             values = json.loads(config_path.read_text(encoding="utf-8"))
             known = {f.name for f in dataclasses.fields(CrossEncoderConfig)}
             config = CrossEncoderConfig(**{k: v for k, v in values.items() if k in known})
             # float32 even when config.json names the bf16 a DeepSpeed run trained under (the saved weights are fp32)
-            model = AutoModelForSequenceClassification.from_pretrained(model_dir, local_files_only=True, dtype=torch.float32)
+            model = AutoModelForSequenceClassification.from_pretrained(
+                model_dir, local_files_only=True, dtype=torch.float32
+            )
             tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
         except Exception as err:  # transformers raises many types for a damaged folder; all mean the same here
-            raise ModelLoadError(f"cannot load the cross-encoder in {model_dir}: {first_line(err)}; re-save or re-train it") from err
+            raise ModelLoadError(
+                f"cannot load the cross-encoder in {model_dir}: {first_line(err)}; re-save or re-train it"
+            ) from err
         check_tokenizer(tokenizer, model.config, model_dir)
         model.eval()
         if device is not None:
@@ -86,7 +94,9 @@ class CrossEncoder:
     def tokenize_pairs(self, texts1: Sequence[str], texts2: Sequence[str]) -> dict[str, list[list[int]]]:
         """Unpadded token ids of each pair; 'longest_first' trims the longer passage first."""
         return dict(
-            self.tokenizer(list(texts1), list(texts2), truncation="longest_first", max_length=self.config.max_seq_length)
+            self.tokenizer(
+                list(texts1), list(texts2), truncation="longest_first", max_length=self.config.max_seq_length
+            )
         )
 
     @torch.no_grad()

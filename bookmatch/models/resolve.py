@@ -50,7 +50,9 @@ def resolve_model_path(name: str | os.PathLike, local_files_only: bool = True) -
     path = Path(text).expanduser()
     if path.exists():
         if not (path / "config.json").exists() and not (path / "modules.json").exists():
-            raise ModelLoadError(f"model folder {path} has no config.json: pass a folder saved by from_pretrained/save_pretrained")
+            raise ModelLoadError(
+                f"model folder {path} has no config.json: pass a folder saved by from_pretrained/save_pretrained"
+            )
         return str(path)
     for finder in (_from_hf_cache, _from_package):
         found = finder(text)

@@ -23,8 +23,9 @@ class BiEncoderSettings:
 
     projection_dim: int = setting(256, "Width of the contrastive projection head (SupCon space).", ge=1)
     pooling: str = setting("mean", "Pooling of the encoder's token states.", choices=POOLING_MODES)
-    side_features: str = setting("style_v1", "Per-text feature set beside the pooled vector.",
-                                 choices=tuple(SIDE_FEATURE_SETS))
+    side_features: str = setting(
+        "style_v1", "Per-text feature set beside the pooled vector.", choices=tuple(SIDE_FEATURE_SETS)
+    )
     # Lexical signature per side (0 = off): the `lexical_top_k` heaviest IDF-weighted content-word buckets of
     # each text; the classifier gets the two signatures' cosine. Names, places and rare words shared by two
     # passages are the strongest same-book evidence, and a truncated, mean-pooled embedding dilutes them.
@@ -32,16 +33,20 @@ class BiEncoderSettings:
     lexical_top_k: int = setting(64, "Heaviest content-word buckets kept per text.", ge=1)
     # A second signature over proper names (capitalised words not at a sentence start), same bucket count.
     # Characters' names are what two passages of one novel share most reliably.
-    name_top_k: int = setting(32, "Heaviest proper-name buckets kept per text (0: no names signature; needs "
-                              "lexical_buckets).", ge=0)
+    name_top_k: int = setting(
+        32, "Heaviest proper-name buckets kept per text (0: no names signature; needs lexical_buckets).", ge=0
+    )
     # The MLP otherwise has to learn a dot product from [u, v, |u-v|, u*v], which takes far more steps than a
     # short run has.
     pooled_cosine: bool = setting(True, "Give the classifier the cosine of the two pooled vectors.")
     # Training always reads the first window (cheap); reading the rest of a 14-sentence passage at inference
     # raised validation AUC by 0.03 (BENCHMARKS.md).
-    long_texts: str = setting("windows", "Texts longer than max_seq_length at inference: windows = read whole, "
-                              "window by window (averaged by tokens); truncate = the first window only.",
-                              choices=LONG_TEXT_MODES)
+    long_texts: str = setting(
+        "windows",
+        "Texts longer than max_seq_length at inference: windows = read whole, "
+        "window by window (averaged by tokens); truncate = the first window only.",
+        choices=LONG_TEXT_MODES,
+    )
 
 
 # What a model folder saved before a setting existed meant by leaving it out: the feature was not there.

@@ -54,7 +54,9 @@ def split_counts(columns: dict[str, list]) -> dict[str, int]:
     return counts
 
 
-def write_dataset(columns: dict[str, dict[str, list]], target: Path, texts: TextTable | None = None, batch_rows: int = 2000) -> None:
+def write_dataset(
+    columns: dict[str, dict[str, list]], target: Path, texts: TextTable | None = None, batch_rows: int = 2000
+) -> None:
     """Save the splits as a DatasetDict at `target`, streaming rows through Arrow files in batches.
 
     With `texts`, the `text1`/`text2` columns hold `text_key`s and each batch takes its texts from the
@@ -101,7 +103,9 @@ def mine_neighbours(
     centroids = embed_centroids(samples, config.miner_model, config.embed_batch_size, precision=config.miner_precision)
     embedded = sum(map(len, positions))
     log.info(summary_line("embedded chunks", embedded, time.perf_counter() - started, "chunks"))
-    neighbours = hard_negative_books(centroids, work_of, config.num_hard_negative_books, config.knn_backend, config.knn_block_size)
+    neighbours = hard_negative_books(
+        centroids, work_of, config.num_hard_negative_books, config.knn_backend, config.knn_block_size
+    )
     return neighbours, embedded
 
 
@@ -137,8 +141,12 @@ def build_dataset(
     assign_book_ids(records)
     with timer.stage("dedup"):
         grouping = group_works(
-            records, config.containment_threshold, config.min_shared_shingles, config.max_books_per_shingle,
-            config.large_overlap_shingles, config.boilerplate_min_works,
+            records,
+            config.containment_threshold,
+            config.min_shared_shingles,
+            config.max_books_per_shingle,
+            config.large_overlap_shingles,
+            config.boilerplate_min_works,
         )
     with timer.stage("boilerplate"):
         dropped_chunks = _drop_boilerplate(records, grouping, config)
@@ -159,7 +167,9 @@ def build_dataset(
 def _drop_boilerplate(records: list[BookRecord], grouping: WorkGrouping, config: PrepareConfig) -> int:
     """Drop chunks made of text shared across works (licences, editors' notes); the number dropped."""
     common = common_shingles(records, grouping.copy_of, config.boilerplate_min_works)
-    dropped_chunks = sum(drop_boilerplate_chunks(r, common, config.chunk_size, config.boilerplate_max_fraction) for r in records)
+    dropped_chunks = sum(
+        drop_boilerplate_chunks(r, common, config.chunk_size, config.boilerplate_max_fraction) for r in records
+    )
     for record in records:
         # No later stage reads the per-sentence hashes, and they are half of what a book holds in memory.
         record.sentence_hashes = record.gram_shingles = _NO_HASHES
@@ -181,8 +191,13 @@ class _UsedBooks:
     author_of: list[str]
 
 
-def _used_books(records: list[BookRecord], grouping: WorkGrouping, skipped: list[dict[str, str]], books_found: int,
-                dropped_chunks: int) -> _UsedBooks:
+def _used_books(
+    records: list[BookRecord],
+    grouping: WorkGrouping,
+    skipped: list[dict[str, str]],
+    books_found: int,
+    dropped_chunks: int,
+) -> _UsedBooks:
     skipped = list(skipped)
     used = []
     for index, record in enumerate(records):
@@ -193,8 +208,10 @@ def _used_books(records: list[BookRecord], grouping: WorkGrouping, skipped: list
     skipped.sort(key=lambda s: s["path"])
     if not used:
         examples = "; ".join(f"{s['path']}: {s['reason']}" for s in skipped[:3])
-        raise InputError(f"no usable book among the {books_found} files found ({examples}{'; ...' if len(skipped) > 3 else ''}): "
-                         "put plain-text books under the books folder as <author>/<title>.txt")
+        raise InputError(
+            f"no usable book among the {books_found} files found ({examples}{'; ...' if len(skipped) > 3 else ''}): "
+            "put plain-text books under the books folder as <author>/<title>.txt"
+        )
     # Re-index on the used books only; a work is named by the smallest book id among its used copies.
     kept = [records[i] for i in used]
     root_of = [grouping.work_of[i] for i in used]
@@ -232,32 +249,35 @@ class _Spill:
             yield b, chunk_of[b][stored], text
 
 
-def _pairs_and_save(books: _UsedBooks, config: PrepareConfig, out: Path, timer: Timer, started: float,
-                    spill: Callable[[dict[int, set[int]], str], TextTable]) -> Path:
+def _pairs_and_save(
+    books: _UsedBooks,
+    config: PrepareConfig,
+    out: Path,
+    timer: Timer,
+    started: float,
+    spill: Callable[[dict[int, set[int]], str], TextTable],
+) -> Path:
     """Mining, splits, pairs and the atomic save (build_dataset's second half, inside its spill folder)."""
-    kept, work_of, work_ids, author_of = books.kept, books.work_of, books.work_ids, books.author_of
+    kept, work_of, author_of = books.kept, books.work_of, books.author_of
     neighbours, embedded = None, 0
     if config.hard_negatives and len(kept) > 1:
         with timer.stage("mining"):
             neighbours, embedded = mine_neighbours(kept, work_of, config, spill)
 
     with timer.stage("splits"):
-        work_authors: dict[int, list[str]] = {}
-        for record, work in zip(kept, work_of):
-            work_authors.setdefault(work, []).extend([record.folder_author, record.author])
-        split_of_work = assign_splits(
-            dict(enumerate(work_ids)), work_authors, config.holdout_author_list,
-            config.train_ratio, config.val_ratio, config.seed,
-        )
-        split_members = {name: [b for b in range(len(kept)) if split_of_work[work_of[b]] == name] for name in SPLITS}
+        split_members = _split_members(books, config)
 
     with timer.stage("pairs"):
         options = PairOptions(
             n_positive=config.positives_per_book,
             n_negative=config.n_negative_per_book,
             chunk_size=config.chunk_size,
-            neg_mix={"hard": config.neg_mix_hard, "same_author": config.neg_mix_same_author,
-                     "same_topic": config.neg_mix_same_topic, "random": config.neg_mix_random},
+            neg_mix={
+                "hard": config.neg_mix_hard,
+                "same_author": config.neg_mix_same_author,
+                "same_topic": config.neg_mix_same_topic,
+                "random": config.neg_mix_random,
+            },
             seed=config.seed,
         )
         rows = {
@@ -279,25 +299,7 @@ def _pairs_and_save(books: _UsedBooks, config: PrepareConfig, out: Path, timer: 
         with atomic_directory(out) as tmp:
             write_dataset(columns, tmp, texts)
             del columns, texts
-            manifest = {
-                "books_found": books.books_found,
-                "books_used": len(kept),
-                "skipped": books.skipped,
-                "duplicate_groups": [[books.records[i].path for i in group] for group in books.grouping.groups],
-                "duplicate_evidence": [
-                    {"a": books.records[a].path, "b": books.records[b].path, "containment": value}
-                    for (a, b), value in sorted(books.grouping.containment.items())
-                ],
-                "book_work": {r.book_id: work_ids[w] for r, w in zip(kept, work_of)},
-                "split_books": {name: sorted(kept[b].book_id for b in members) for name, members in split_members.items()},
-                "counts": counts,
-                "boilerplate_chunks_dropped": books.dropped_chunks,
-                "text_removed": removed_totals(kept),
-                "chunks_embedded": embedded,
-                "config": config_to_dict(config),
-                "timings": timer.timings,
-                "complete": True,
-            }
+            manifest = _manifest(books, config, split_members, counts, embedded, timer)
             save_config(config, tmp / "config.yaml")
             manifest["timings"] = dict(timer.timings)
             atomic_write_json(tmp / "manifest.json", manifest)
@@ -308,6 +310,45 @@ def _pairs_and_save(books: _UsedBooks, config: PrepareConfig, out: Path, timer: 
     atomic_write_json(out / "manifest.json", manifest)
     write_commit(out, meta={"kind": "prepare"})  # last: readers (the pipeline) trust the folder once it verifies
     return out
+
+
+def _split_members(books: _UsedBooks, config: PrepareConfig) -> dict[str, list[int]]:
+    """Kept books of each split: whole works go to one split, held-out authors' works to test."""
+    work_authors: dict[int, list[str]] = {}
+    for record, work in zip(books.kept, books.work_of):
+        work_authors.setdefault(work, []).extend([record.folder_author, record.author])
+    split_of_work = assign_splits(
+        dict(enumerate(books.work_ids)),
+        work_authors,
+        config.holdout_author_list,
+        config.train_ratio,
+        config.val_ratio,
+        config.seed,
+    )
+    return {name: [b for b in range(len(books.kept)) if split_of_work[books.work_of[b]] == name] for name in SPLITS}
+
+
+def _manifest(books: _UsedBooks, config: PrepareConfig, split_members, counts, embedded: int, timer: Timer) -> dict:
+    kept, records, grouping = books.kept, books.records, books.grouping
+    return {
+        "books_found": books.books_found,
+        "books_used": len(kept),
+        "skipped": books.skipped,
+        "duplicate_groups": [[records[i].path for i in group] for group in grouping.groups],
+        "duplicate_evidence": [
+            {"a": records[a].path, "b": records[b].path, "containment": value}
+            for (a, b), value in sorted(grouping.containment.items())
+        ],
+        "book_work": {r.book_id: books.work_ids[w] for r, w in zip(kept, books.work_of)},
+        "split_books": {name: sorted(kept[b].book_id for b in members) for name, members in split_members.items()},
+        "counts": counts,
+        "boilerplate_chunks_dropped": books.dropped_chunks,
+        "text_removed": removed_totals(kept),
+        "chunks_embedded": embedded,
+        "config": config_to_dict(config),
+        "timings": timer.timings,
+        "complete": True,
+    }
 
 
 def removed_totals(records: Sequence[BookRecord]) -> dict:

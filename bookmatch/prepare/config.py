@@ -37,11 +37,13 @@ class MiningSettings:
     num_hard_negative_books: int = setting(50, "Nearest books kept per book.", ge=0)
     embed_batch_size: int = setting(64, "Passages per forward pass of the miner.", ge=1)
     # "auto": 1.6x the chunks/s of fp32 on the 2-core EPYC; centroids agree to cosine 0.99997.
-    miner_precision: str = setting("auto", "Miner autocast: auto = bf16 where the device computes it natively, else "
-                                   "fp32.", choices=PRECISIONS)
+    miner_precision: str = setting(
+        "auto", "Miner autocast: auto = bf16 where the device computes it natively, else fp32.", choices=PRECISIONS
+    )
     # All exact and in agreement. faiss is an extra (`bookmatch[faiss]` or `[gpu]`), never a base dependency.
-    knn_backend: str = setting("auto", "Exact k-NN backend: auto = faiss where installed, else torch.",
-                               choices=("auto", "faiss", "torch"))
+    knn_backend: str = setting(
+        "auto", "Exact k-NN backend: auto = faiss where installed, else torch.", choices=("auto", "faiss", "torch")
+    )
     knn_block_size: int = setting(4096, "Rows per block of the torch k-NN backend.", ge=1)
 
 
@@ -54,15 +56,17 @@ class DedupSettings:
     # >= `containment_threshold` of its shingles (and >= `min_shared_shingles`) with the larger. Shared text:
     # >= `large_overlap_shingles` shingles in common (about 125 x 16 = 2,000 words: a story, a long poem),
     # not counting shingles held by `boilerplate_min_works` or more copy-groups (publishers' advertisements).
-    containment_threshold: float = setting(0.5, "Share of the smaller book's shingles in the larger that makes a copy.",
-                                           ge=0, le=1)
+    containment_threshold: float = setting(
+        0.5, "Share of the smaller book's shingles in the larger that makes a copy.", ge=0, le=1
+    )
     min_shared_shingles: int = setting(20, "Shingles two copies share at least.", ge=1)
     large_overlap_shingles: int = setting(125, "Shingles in common that make shared text (a story, a long poem).", ge=1)
     # Above this a shingle says nothing about duplication (and costs quadratic candidate pairs).
     max_books_per_shingle: int = setting(50, "A shingle in more books than this is skipped by the index.", ge=1)
     boilerplate_min_works: int = setting(3, "A sentence in this many distinct works is boilerplate.", ge=1)
-    boilerplate_max_fraction: float = setting(0.3, "A passage with more than this share of boilerplate is dropped.",
-                                              ge=0, le=1)
+    boilerplate_max_fraction: float = setting(
+        0.3, "A passage with more than this share of boilerplate is dropped.", ge=0, le=1
+    )
 
 
 @dataclass

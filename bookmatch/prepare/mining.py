@@ -25,14 +25,16 @@ def faiss_available() -> bool:
 
 
 def resolve_knn_backend(method: str) -> str:
-    """"faiss" or "torch" for a configured backend; "auto" is faiss where a faiss package is installed."""
+    """ "faiss" or "torch" for a configured backend; "auto" is faiss where a faiss package is installed."""
     if method == "auto":
         return "faiss" if faiss_available() else "torch"
     if method == "faiss" and not faiss_available():
         from bookmatch.errors import InputError
 
-        raise InputError("knn_backend 'faiss' needs faiss: pip install 'bookmatch[faiss]' (CPU) or 'bookmatch[gpu]', "
-                         "or use --knn-backend torch (exact, same neighbours)")
+        raise InputError(
+            "knn_backend 'faiss' needs faiss: pip install 'bookmatch[faiss]' (CPU) or 'bookmatch[gpu]', "
+            "or use --knn-backend torch (exact, same neighbours)"
+        )
     return method
 
 
@@ -53,7 +55,9 @@ def knn_faiss(vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return _drop_self(scores, indices, k)
 
 
-def knn_torch(vectors: np.ndarray, k: int, block_size: int = 4096, device: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+def knn_torch(
+    vectors: np.ndarray, k: int, block_size: int = 4096, device: str | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Same contract as `knn_faiss`, by a blocked matmul so memory stays block_size x n."""
     import torch
 
@@ -175,7 +179,9 @@ class SentenceEncoder:
             tokenizer = AutoTokenizer.from_pretrained(path)
             model = AutoModel.from_pretrained(path, dtype=torch.float32)
         except Exception as err:  # transformers raises many types for a damaged folder; all mean the same here
-            raise ModelLoadError(f"cannot load miner model {model_name!r}: {first_line(err)}; pass --miner-model with a sentence-transformers folder") from err
+            raise ModelLoadError(
+                f"cannot load miner model {model_name!r}: {first_line(err)}; pass --miner-model with a sentence-transformers folder"
+            ) from err
         precision = resolve_mixed_precision(precision, use_cuda=str(device).startswith("cuda"))
         if str(device).startswith("cuda") and precision in ("bf16", "fp16"):
             # whole-model half precision on a GPU: autocast would re-cast every weight in every batch
@@ -211,7 +217,10 @@ class SentenceEncoder:
         def make_inputs(index: np.ndarray) -> dict:
             ids, mask = pad_ids([tokens[i] for i in index], pad_id, multiple_of=8 if cuda else 1)
             ids, mask = torch.from_numpy(ids), torch.from_numpy(mask)
-            return {"input_ids": ids.pin_memory() if cuda else ids, "attention_mask": mask.pin_memory() if cuda else mask}
+            return {
+                "input_ids": ids.pin_memory() if cuda else ids,
+                "attention_mask": mask.pin_memory() if cuda else mask,
+            }
 
         def forward(inputs: dict) -> np.ndarray:
             inputs = {k: v.to(self.device, non_blocking=True) for k, v in inputs.items()}
@@ -225,7 +234,11 @@ class SentenceEncoder:
         return run_batches(batches, make_inputs, forward, out)
 
 
-_ST_POOLING_KEYS = {"pooling_mode_cls_token": "cls", "pooling_mode_mean_tokens": "mean", "pooling_mode_max_tokens": "max"}
+_ST_POOLING_KEYS = {
+    "pooling_mode_cls_token": "cls",
+    "pooling_mode_mean_tokens": "mean",
+    "pooling_mode_max_tokens": "max",
+}
 _ST_OTHER_POOLING = ("pooling_mode_mean_sqrt_len_tokens", "pooling_mode_weightedmean_tokens", "pooling_mode_lasttoken")
 
 
@@ -288,7 +301,9 @@ def embed_centroids_plain(
     except ModelLoadError:
         raise
     except Exception as err:
-        raise ModelLoadError(f"cannot load miner model {model_name!r}: {err}; pass --miner-model with a sentence-transformers folder") from err
+        raise ModelLoadError(
+            f"cannot load miner model {model_name!r}: {err}; pass --miner-model with a sentence-transformers folder"
+        ) from err
     # sentence-transformers 6 renamed get_sentence_embedding_dimension
     dimension = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
     device_type = model.device.type
@@ -302,7 +317,13 @@ def embed_centroids_plain(
         flat = [text for chunks in block for text in chunks]
         if flat:
             with autocast(precision, device_type):
-                embeddings = model.encode(flat, batch_size=batch_size, convert_to_numpy=True, normalize_embeddings=True, show_progress_bar=False)
+                embeddings = model.encode(
+                    flat,
+                    batch_size=batch_size,
+                    convert_to_numpy=True,
+                    normalize_embeddings=True,
+                    show_progress_bar=False,
+                )
             embeddings = embeddings.astype(np.float32, copy=False)
             offset = 0
             for index, chunks in enumerate(block):
@@ -321,7 +342,9 @@ def embed_positions(num_chunks: int, limit: int) -> list[int]:
     return np.linspace(0, num_chunks - 1, limit).round().astype(int).tolist()
 
 
-def hard_negative_books(centroids: np.ndarray, work_of: list[int], k: int, method: str = "auto", block_size: int = 4096) -> list[list[int]]:
+def hard_negative_books(
+    centroids: np.ndarray, work_of: list[int], k: int, method: str = "auto", block_size: int = 4096
+) -> list[list[int]]:
     """For each book, up to k nearest books of OTHER works, nearest first (method: auto | faiss | torch)."""
     n = len(centroids)
     if n < 2 or k <= 0:

@@ -68,8 +68,18 @@ def pair_columns(records: list[BookRecord], rows: list[PairRow], text_of: Callab
     for b1, c1, b2, c2, label, neg_type in rows:
         r1, r2 = records[b1], records[b2]
         t1, t2 = r1.chunk_topics[c1], r2.chunk_topics[c2]
-        values = (text_of(b1, c1), text_of(b2, c2), label, r1.book_id, r2.book_id,
-                  "positive" if label else "negative", neg_type, t1, t2, t1 == t2)
+        values = (
+            text_of(b1, c1),
+            text_of(b2, c2),
+            label,
+            r1.book_id,
+            r2.book_id,
+            "positive" if label else "negative",
+            neg_type,
+            t1,
+            t2,
+            t1 == t2,
+        )
         for name, value in zip(COLUMNS, values):
             columns[name].append(value)
     return columns

@@ -97,7 +97,8 @@ def word_gram_shingles(text: str, words_per_gram: int, keep_one_in: int) -> np.n
     ids = np.fromiter((vocabulary.setdefault(w, len(vocabulary)) for w in words), dtype=np.int64, count=len(words))
     word_hashes = np.fromiter(
         (int.from_bytes(hashlib.blake2b(w.encode(), digest_size=8).digest(), "little") for w in vocabulary),
-        dtype=np.uint64, count=len(vocabulary),
+        dtype=np.uint64,
+        count=len(vocabulary),
     )[ids]
     count = len(words) - words_per_gram + 1
     grams = np.zeros(count, dtype=np.uint64)

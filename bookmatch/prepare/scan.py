@@ -95,7 +95,9 @@ def _load_star(args: tuple[Path, Path, ChunkingOptions]) -> BookRecord | tuple[s
     return load_book_record(*args)
 
 
-def iter_book_records(files: list[Path], root: Path, options: ChunkingOptions, workers: int) -> Iterator[BookRecord | tuple[str, str]]:
+def iter_book_records(
+    files: list[Path], root: Path, options: ChunkingOptions, workers: int
+) -> Iterator[BookRecord | tuple[str, str]]:
     """Records (or skip reasons) in the order of `files`; `workers` > 1 uses a process pool."""
     jobs = [(path, root, options) for path in files]
     if workers <= 1 or len(files) <= 1:

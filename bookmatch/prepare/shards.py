@@ -67,7 +67,14 @@ def scan_books(
             records.append(writer.add(result) if writer is not None else result)
         else:
             skipped.append({"path": result[0], "reason": result[1]})
-    log.info(summary_line(f"scanned books ({chunks:,} chunks, {len(skipped)} skipped)", len(files), time.perf_counter() - started, "books"))
+    log.info(
+        summary_line(
+            f"scanned books ({chunks:,} chunks, {len(skipped)} skipped)",
+            len(files),
+            time.perf_counter() - started,
+            "books",
+        )
+    )
     return records, skipped
 
 
@@ -75,14 +82,20 @@ def books_fingerprint(files: list[Path], root: Path) -> str:
     """SHA-256 of the sorted book list (path under `root`, size): the shards of one run agree on it."""
     digest = hashlib.sha256()
     for path in files:
-        digest.update(f"{path.relative_to(root).as_posix()}\t{path.stat().st_size}\n".encode("utf-8", "surrogateescape"))
+        digest.update(
+            f"{path.relative_to(root).as_posix()}\t{path.stat().st_size}\n".encode("utf-8", "surrogateescape")
+        )
     return digest.hexdigest()
 
 
-def prepare_shard(books: str | Path, shards_dir: str | Path, shard_index: int, num_shards: int, config: PrepareConfig) -> Path:
+def prepare_shard(
+    books: str | Path, shards_dir: str | Path, shard_index: int, num_shards: int, config: PrepareConfig
+) -> Path:
     """Scan the books `i % num_shards == shard_index` of the sorted list into one shard folder."""
     if num_shards < 1 or not 0 <= shard_index < num_shards:
-        raise InputError(f"shard index {shard_index} is not in 0..{num_shards - 1}: pass 0 <= --shard-index < --num-shards")
+        raise InputError(
+            f"shard index {shard_index} is not in 0..{num_shards - 1}: pass 0 <= --shard-index < --num-shards"
+        )
     root = Path(books)
     files = find_book_files(root)
     mine = files[shard_index::num_shards]
@@ -91,20 +104,23 @@ def prepare_shard(books: str | Path, shards_dir: str | Path, shard_index: int, n
     with atomic_directory(target) as tmp:
         with timer.stage("scan"), RecordWriter(tmp / RECORDS_FILE) as writer:
             records, skipped = scan_books(mine, root, config, writer)
-        atomic_write_json(tmp / "manifest.json", {
-            "shard_index": shard_index,
-            "num_shards": num_shards,
-            "books_found_total": len(files),
-            "books_fingerprint": books_fingerprint(files, root),
-            "created": time.time(),
-            "books_in_shard": len(mine),
-            "books_used": len(records),
-            "skipped": skipped,
-            "chunking": dataclasses.asdict(chunking_options(config)),
-            "config": config_to_dict(config),
-            "timings": timer.timings,
-            "complete": True,
-        })
+        atomic_write_json(
+            tmp / "manifest.json",
+            {
+                "shard_index": shard_index,
+                "num_shards": num_shards,
+                "books_found_total": len(files),
+                "books_fingerprint": books_fingerprint(files, root),
+                "created": time.time(),
+                "books_in_shard": len(mine),
+                "books_used": len(records),
+                "skipped": skipped,
+                "chunking": dataclasses.asdict(chunking_options(config)),
+                "config": config_to_dict(config),
+                "timings": timer.timings,
+                "complete": True,
+            },
+        )
         write_commit(tmp, meta={"kind": "prepare-shard", "shard_index": shard_index, "num_shards": num_shards})
     return target
 
@@ -128,7 +144,9 @@ def _run_of(manifest: dict) -> tuple[int, str | None]:
     return int(manifest["num_shards"]), manifest.get("books_fingerprint")
 
 
-def wait_for_shards(shards_dir: str | Path, wait_timeout: float = 0.0, poll_interval: float = 5.0) -> list[tuple[Path, dict]]:
+def wait_for_shards(
+    shards_dir: str | Path, wait_timeout: float = 0.0, poll_interval: float = 5.0
+) -> list[tuple[Path, dict]]:
     """All N shards of the newest run (N, and the book list, read from the newest shard manifest), polling up
     to `wait_timeout` seconds for the rest. Shards of an earlier run over other books or another N are ignored:
     on a rerun they are the ones its nodes are about to replace."""
@@ -145,12 +163,18 @@ def wait_for_shards(shards_dir: str | Path, wait_timeout: float = 0.0, poll_inte
             missing = [i for i in range(run[0]) if i not in current]
             if not missing:
                 if stale:
-                    log.warning("ignoring %d shard(s) of an earlier run over other books or another shard count: %s", len(stale), ", ".join(stale[:5]))
+                    log.warning(
+                        "ignoring %d shard(s) of an earlier run over other books or another shard count: %s",
+                        len(stale),
+                        ", ".join(stale[:5]),
+                    )
                 return [current[i] for i in range(run[0])]
         if time.monotonic() >= deadline:
             what = f"shards {missing[:10]} missing" if missing else "no complete shard found"
             if stale:
-                what += f" ({len(stale)} shard(s) there are from an earlier run over other books or another shard count)"
+                what += (
+                    f" ({len(stale)} shard(s) there are from an earlier run over other books or another shard count)"
+                )
             raise BookmatchError(
                 f"{what} in {shards_dir} after waiting {wait_timeout:.0f} s: "
                 "run `bookmatch prepare shard` for them or raise --wait-timeout"
@@ -159,7 +183,13 @@ def wait_for_shards(shards_dir: str | Path, wait_timeout: float = 0.0, poll_inte
         time.sleep(min(poll_interval, max(deadline - time.monotonic(), 0.01)))
 
 
-def merge_shards(shards_dir: str | Path, out: str | Path, config: PrepareConfig, wait_timeout: float = 0.0, poll_interval: float = 5.0) -> Path:
+def merge_shards(
+    shards_dir: str | Path,
+    out: str | Path,
+    config: PrepareConfig,
+    wait_timeout: float = 0.0,
+    poll_interval: float = 5.0,
+) -> Path:
     """Wait for every shard, then run dedup, mining, splits, pairs and save (steps 4-8) on their books."""
     from bookmatch.prepare.build import build_dataset
 

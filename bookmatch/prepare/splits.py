@@ -13,7 +13,9 @@ def _order_key(seed: int, work_key: str) -> str:
 
 
 # Who edited, translated or illustrated a book is not its author: "Edited by Julian Hawthorne" is no Hawthorne book.
-_CONTRIBUTOR = re.compile(r"\b(?:edited|translated|illustrated|compiled|selected|introduced|arranged)\s+by\b.*", re.IGNORECASE)
+_CONTRIBUTOR = re.compile(
+    r"\b(?:edited|translated|illustrated|compiled|selected|introduced|arranged)\s+by\b.*", re.IGNORECASE
+)
 
 
 def is_holdout_author(author: str, holdout: list[str]) -> bool:

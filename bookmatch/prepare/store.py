@@ -25,12 +25,19 @@ _META_COLUMNS = ["path", "author", "title", "chunk_starts", "chunk_topics", "sen
 def _schema():
     import pyarrow as pa
 
-    return pa.schema([
-        ("path", pa.string()), ("author", pa.string()), ("title", pa.string()),
-        ("chunks", pa.list_(pa.large_string())), ("chunk_starts", pa.list_(pa.int64())),
-        ("chunk_topics", pa.list_(pa.string())), ("sentence_hashes", pa.list_(pa.uint64())),
-        ("gram_shingles", pa.list_(pa.uint64())), ("removed", pa.string()),
-    ])
+    return pa.schema(
+        [
+            ("path", pa.string()),
+            ("author", pa.string()),
+            ("title", pa.string()),
+            ("chunks", pa.list_(pa.large_string())),
+            ("chunk_starts", pa.list_(pa.int64())),
+            ("chunk_topics", pa.list_(pa.string())),
+            ("sentence_hashes", pa.list_(pa.uint64())),
+            ("gram_shingles", pa.list_(pa.uint64())),
+            ("removed", pa.string()),
+        ]
+    )
 
 
 def _row_groups(path: str | Path, columns: list[str]):
@@ -41,7 +48,9 @@ def _row_groups(path: str | Path, columns: list[str]):
     """
     import pyarrow.parquet as pq
 
-    return pq.ParquetFile(str(path), pre_buffer=False).iter_batches(batch_size=ROWS_PER_GROUP, columns=columns, use_threads=False)
+    return pq.ParquetFile(str(path), pre_buffer=False).iter_batches(
+        batch_size=ROWS_PER_GROUP, columns=columns, use_threads=False
+    )
 
 
 class RecordWriter:
@@ -58,9 +67,17 @@ class RecordWriter:
         self._pending.append(record)
         if len(self._pending) >= ROWS_PER_GROUP:
             self._flush()
-        return BookRecord(record.path, record.author, record.title, None, record.chunk_starts,
-                          record.chunk_topics, record.sentence_hashes, gram_shingles=record.gram_shingles,
-                          removed=record.removed)
+        return BookRecord(
+            record.path,
+            record.author,
+            record.title,
+            None,
+            record.chunk_starts,
+            record.chunk_topics,
+            record.sentence_hashes,
+            gram_shingles=record.gram_shingles,
+            removed=record.removed,
+        )
 
     def _flush(self) -> None:
         import pyarrow as pa
@@ -69,15 +86,22 @@ class RecordWriter:
             return
         rows = self._pending
         # Names read from disk may hold bytes that are not UTF-8 (surrogate escapes): Arrow strings cannot.
-        self._writer.write_table(pa.table({
-            "path": [unicode_name(r.path) for r in rows], "author": [unicode_name(r.author) for r in rows],
-            "title": [unicode_name(r.title) for r in rows],
-            "chunks": [r.chunks for r in rows], "chunk_starts": [r.chunk_starts for r in rows],
-            "chunk_topics": [r.chunk_topics for r in rows],
-            "sentence_hashes": [np.asarray(r.sentence_hashes, dtype=np.uint64) for r in rows],
-            "gram_shingles": [np.asarray(r.gram_shingles, dtype=np.uint64) for r in rows],
-            "removed": [json.dumps(r.removed, sort_keys=True) for r in rows],
-        }, schema=_schema()))
+        self._writer.write_table(
+            pa.table(
+                {
+                    "path": [unicode_name(r.path) for r in rows],
+                    "author": [unicode_name(r.author) for r in rows],
+                    "title": [unicode_name(r.title) for r in rows],
+                    "chunks": [r.chunks for r in rows],
+                    "chunk_starts": [r.chunk_starts for r in rows],
+                    "chunk_topics": [r.chunk_topics for r in rows],
+                    "sentence_hashes": [np.asarray(r.sentence_hashes, dtype=np.uint64) for r in rows],
+                    "gram_shingles": [np.asarray(r.gram_shingles, dtype=np.uint64) for r in rows],
+                    "removed": [json.dumps(r.removed, sort_keys=True) for r in rows],
+                },
+                schema=_schema(),
+            )
+        )
         self._pending = []
 
     def close(self) -> None:
@@ -111,14 +135,22 @@ def read_records(path: str | Path, with_texts: bool = False) -> list[BookRecord]
                 as_hashes = lambda name: np.asarray(data[name][row], dtype=np.uint64)  # noqa: E731
             else:
                 get = lambda name: data[name][row].as_py()  # noqa: E731
-                as_hashes = lambda name: np.asarray(data[name][row].values.to_numpy(zero_copy_only=False), dtype=np.uint64)  # noqa: E731
-            records.append(BookRecord(
-                path=get("path"), author=get("author"), title=get("title"),
-                chunks=get("chunks") if with_texts else None,
-                chunk_starts=get("chunk_starts"), chunk_topics=get("chunk_topics"),
-                sentence_hashes=as_hashes("sentence_hashes"), gram_shingles=as_hashes("gram_shingles"),
-                removed=json.loads(get("removed") or "{}") if "removed" in columns else {},
-            ))
+                as_hashes = lambda name: np.asarray(  # noqa: E731
+                    data[name][row].values.to_numpy(zero_copy_only=False), dtype=np.uint64
+                )
+            records.append(
+                BookRecord(
+                    path=get("path"),
+                    author=get("author"),
+                    title=get("title"),
+                    chunks=get("chunks") if with_texts else None,
+                    chunk_starts=get("chunk_starts"),
+                    chunk_topics=get("chunk_topics"),
+                    sentence_hashes=as_hashes("sentence_hashes"),
+                    gram_shingles=as_hashes("gram_shingles"),
+                    removed=json.loads(get("removed") or "{}") if "removed" in columns else {},
+                )
+            )
     return records
 
 

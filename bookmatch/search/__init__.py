@@ -7,13 +7,21 @@ top books, their scores and their best-matching passages.
 
 from bookmatch.search.build import IndexConfig, build_index
 from bookmatch.search.index import (
-           BookIndex,
-           embed_queries,
-           exact_top_m,
-           faiss_available,
-           model_fingerprint,
-           search_texts,
+    BookIndex,
+    embed_queries,
+    exact_top_m,
+    faiss_available,
+    model_fingerprint,
+    search_texts,
 )
 
-__all__ = ["BookIndex", "IndexConfig", "build_index", "embed_queries", "exact_top_m", "faiss_available", "model_fingerprint",
-           "search_texts"]
+__all__ = [
+    "BookIndex",
+    "IndexConfig",
+    "build_index",
+    "embed_queries",
+    "exact_top_m",
+    "faiss_available",
+    "model_fingerprint",
+    "search_texts",
+]

@@ -35,7 +35,9 @@ class IndexConfig:
         if self.vector not in ("projected", "pooled"):
             raise InputError(f"vector must be projected or pooled, got {self.vector!r}")
         if self.chunk_size < 2 or not 0 <= self.overlap < self.chunk_size:
-            raise InputError(f"chunk size must be >= 2 and 0 <= overlap < chunk size (got {self.chunk_size}, {self.overlap})")
+            raise InputError(
+                f"chunk size must be >= 2 and 0 <= overlap < chunk size (got {self.chunk_size}, {self.overlap})"
+            )
 
 
 def book_files(books_dir: str | os.PathLike) -> list[Path]:
@@ -62,7 +64,11 @@ def book_passages(paths: Iterable[Path], config: IndexConfig) -> tuple[list[dict
         if not chunks:
             skipped.append(f"{book.source_id}: no passage of {config.chunk_size} sentences of prose")
             continue
-        keep = range(len(chunks)) if config.passages_per_book == 0 else embed_positions(len(chunks), config.passages_per_book)
+        keep = (
+            range(len(chunks))
+            if config.passages_per_book == 0
+            else embed_positions(len(chunks), config.passages_per_book)
+        )
         books.append({"id": book.source_id, "author": book.author, "title": book.title})
         passages.append([chunks[i].text for i in keep])
     return books, passages, skipped
@@ -77,8 +83,13 @@ def embed_passages(model, texts: list[str], batch_size: int, precision: str, vec
     return embed_queries(scorer, texts, batch_size, vector)
 
 
-def build_index(books_dir: str | os.PathLike, model_dir: str | os.PathLike, out: str | os.PathLike,
-                config: IndexConfig | None = None, paths: list[Path] | None = None) -> BookIndex:
+def build_index(
+    books_dir: str | os.PathLike,
+    model_dir: str | os.PathLike,
+    out: str | os.PathLike,
+    config: IndexConfig | None = None,
+    paths: list[Path] | None = None,
+) -> BookIndex:
     """Embed each book's passages with the bi-encoder in `model_dir` and write the index to `out`.
 
     `paths`: the book files to index (default: every .txt under `books_dir`)."""
@@ -97,10 +108,18 @@ def build_index(books_dir: str | os.PathLike, model_dir: str | os.PathLike, out:
     vectors = embed_passages(model, flat, config.batch_size, config.precision, config.vector)
     passage_book = np.repeat(np.arange(len(books), dtype=np.int32), [len(p) for p in passages])
     manifest = {
-        "format": INDEX_FORMAT, "complete": True, "model": str(Path(model_dir).resolve()),
-        "model_sha256": model_fingerprint(model), "books": len(books), "passages": len(flat), "dim": int(vectors.shape[1]),
-        "skipped": len(skipped), "skip_reasons": skipped[:50], "search": "exact inner product (faiss IndexFlatIP or numpy)",
-        "config": asdict(config), "seconds": round(time.perf_counter() - start, 1),
+        "format": INDEX_FORMAT,
+        "complete": True,
+        "model": str(Path(model_dir).resolve()),
+        "model_sha256": model_fingerprint(model),
+        "books": len(books),
+        "passages": len(flat),
+        "dim": int(vectors.shape[1]),
+        "skipped": len(skipped),
+        "skip_reasons": skipped[:50],
+        "search": "exact inner product (faiss IndexFlatIP or numpy)",
+        "config": asdict(config),
+        "seconds": round(time.perf_counter() - start, 1),
     }
     index = BookIndex(vectors, passage_book, books, flat, manifest)
     index.save(out)

@@ -56,7 +56,11 @@ class BookIndex:
     def __post_init__(self) -> None:
         self.vectors = np.ascontiguousarray(self.vectors, dtype=np.float32)
         self.passage_book = np.asarray(self.passage_book, dtype=np.int32)
-        if self.vectors.ndim != 2 or len(self.vectors) != len(self.passage_book) or len(self.passages) != len(self.vectors):
+        if (
+            self.vectors.ndim != 2
+            or len(self.vectors) != len(self.passage_book)
+            or len(self.passages) != len(self.vectors)
+        ):
             raise InputError("index parts disagree: vectors, passage_book and passages must have one row per passage")
         if self.backend == "auto":
             self.backend = "faiss" if faiss_available() else "numpy"
@@ -84,7 +88,9 @@ class BookIndex:
         try:
             manifest = read_json(path / "manifest.json")
             if manifest.get("format") != INDEX_FORMAT:
-                raise InputError(f"{path}: index format {manifest.get('format')!r}, this bookmatch reads {INDEX_FORMAT}; rebuild it")
+                raise InputError(
+                    f"{path}: index format {manifest.get('format')!r}, this bookmatch reads {INDEX_FORMAT}; rebuild it"
+                )
             vectors = np.load(path / "vectors.npy", allow_pickle=False)
             passage_book = np.load(path / "passage_book.npy", allow_pickle=False)
             books = json.loads((path / "books.json").read_text(encoding="utf-8"))
@@ -97,8 +103,10 @@ class BookIndex:
     def check_model(self, model) -> None:
         expected = self.manifest.get("model_sha256")
         if expected and model_fingerprint(model) != expected:
-            raise InputError(f"the index was built with another model ({self.manifest.get('model')}): query it with that "
-                             "model, or rebuild the index with this one")
+            raise InputError(
+                f"the index was built with another model ({self.manifest.get('model')}): query it with that "
+                "model, or rebuild the index with this one"
+            )
 
     # search -----------------------------------------------------------------------------------------------
     def nearest_passages(self, queries: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
@@ -136,7 +144,10 @@ class BookIndex:
     def _describe(self, book: int, hits: list[tuple[float, int]]) -> dict[str, Any]:
         info = self.books[book]
         return {
-            "book": info["id"], "author": info.get("author"), "title": info.get("title"), "score": round(hits[0][0], 6),
+            "book": info["id"],
+            "author": info.get("author"),
+            "title": info.get("title"),
+            "score": round(hits[0][0], 6),
             "passages": [{"score": round(score, 6), "text": self.passages[row]} for score, row in hits[:BEST_PASSAGES]],
         }
 
@@ -144,7 +155,11 @@ class BookIndex:
 def exact_top_m(vectors: np.ndarray, queries: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
     """The plain reference: every inner product, then the m largest per query (ties by row)."""
     scores = queries @ vectors.T
-    part = np.argpartition(-scores, m - 1, axis=1)[:, :m] if m < scores.shape[1] else np.tile(np.arange(scores.shape[1]), (len(queries), 1))
+    part = (
+        np.argpartition(-scores, m - 1, axis=1)[:, :m]
+        if m < scores.shape[1]
+        else np.tile(np.arange(scores.shape[1]), (len(queries), 1))
+    )
     top = np.take_along_axis(scores, part, axis=1)
     order = np.lexsort((part, -top), axis=1)
     return np.take_along_axis(top, order, axis=1), np.take_along_axis(part, order, axis=1).astype(np.int64)
@@ -175,7 +190,9 @@ def embed_queries(scorer, texts: Sequence[str], batch_size: int = 64, vector: st
     return (pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)).astype(np.float32)
 
 
-def search_texts(index: BookIndex, scorer, texts: Sequence[str], k: int = 10, batch_size: int = 64) -> list[list[dict[str, Any]]]:
+def search_texts(
+    index: BookIndex, scorer, texts: Sequence[str], k: int = 10, batch_size: int = 64
+) -> list[list[dict[str, Any]]]:
     """The k likeliest source books of each text (see `BookIndex.search_vectors`), embedded as the index was."""
     vector = index.manifest.get("config", {}).get("vector", "projected")
     return index.search_vectors(embed_queries(scorer, texts, batch_size, vector), k)

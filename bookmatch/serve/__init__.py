@@ -15,8 +15,14 @@ def run_server(config: ServeConfig) -> None:
 
     check_model_folders(config)
     app = create_app(Service(config))
-    uvicorn.run(app, host=config.host, port=config.port, timeout_graceful_shutdown=config.graceful_timeout_s,
-                log_level="info", access_log=False)
+    uvicorn.run(
+        app,
+        host=config.host,
+        port=config.port,
+        timeout_graceful_shutdown=config.graceful_timeout_s,
+        log_level="info",
+        access_log=False,
+    )
 
 
 __all__ = ["MODES", "ServeConfig", "Service", "check_model_folders", "create_app", "run_server"]

@@ -69,8 +69,9 @@ class BodyLimit:
             return await self.app(scope, receive, send)
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            return await JSONResponse(_error_body(f"request body of {int(declared)} bytes is over the limit of {self.limit}"),
-                                      status_code=413)(scope, receive, send)
+            return await JSONResponse(
+                _error_body(f"request body of {int(declared)} bytes is over the limit of {self.limit}"), status_code=413
+            )(scope, receive, send)
         received = 0
 
         async def limited_receive():
@@ -92,7 +93,10 @@ def _error_body(message: str) -> dict[str, str]:
 def _validation_message(err: RequestValidationError) -> tuple[int, str]:
     first = err.errors()[0] if err.errors() else {}
     if first.get("type") == "json_invalid":
-        return 400, "the request body is not valid JSON: send an object such as {\"pairs\": [{\"text1\": \"...\", \"text2\": \"...\"}]}"
+        return (
+            400,
+            'the request body is not valid JSON: send an object such as {"pairs": [{"text1": "...", "text2": "..."}]}',
+        )
     location = ".".join(str(part) for part in first.get("loc", ()) if part != "body") or "body"
     kind = first.get("type", "")
     if kind == "missing":
@@ -103,7 +107,9 @@ def _validation_message(err: RequestValidationError) -> tuple[int, str]:
 def _check_texts(texts: list[tuple[str, str]], max_chars: int) -> None:
     for name, text in texts:
         if len(text) > max_chars:
-            raise ApiError(413, f"{name} has {len(text)} characters, over the limit of {max_chars}: send a shorter passage")
+            raise ApiError(
+                413, f"{name} has {len(text)} characters, over the limit of {max_chars}: send a shorter passage"
+            )
         if not text.strip():
             raise ApiError(422, f"{name} is empty: give non-empty passages")
         if not is_valid_unicode(text):
@@ -115,8 +121,12 @@ def create_app(service: Service, load_in_background: bool = True) -> FastAPI:
     `load_in_background` is False and the caller has loaded them)."""
     config = service.config
     metrics = ServiceMetrics(texts_encoded=lambda: service.texts_encoded, ready=lambda: service.ready)
-    batcher = DynamicBatcher(service.score_batch, max_batch_pairs=config.max_batch_pairs, max_wait_ms=config.max_wait_ms,
-                             on_batch=metrics.observe_batch)
+    batcher = DynamicBatcher(
+        service.score_batch,
+        max_batch_pairs=config.max_batch_pairs,
+        max_wait_ms=config.max_wait_ms,
+        on_batch=metrics.observe_batch,
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -128,8 +138,11 @@ def create_app(service: Service, load_in_background: bool = True) -> FastAPI:
         await batcher.stop()
         batcher.executor.shutdown(wait=True)
 
-    app = FastAPI(title="bookmatch", summary="Are two passages from the same book? Which book is a passage from?",
-                  lifespan=lifespan)
+    app = FastAPI(
+        title="bookmatch",
+        summary="Are two passages from the same book? Which book is a passage from?",
+        lifespan=lifespan,
+    )
     app.state.service, app.state.metrics, app.state.batcher = service, metrics, batcher
     app.add_middleware(BodyLimit, limit=config.max_body_bytes)
 
@@ -147,7 +160,9 @@ def create_app(service: Service, load_in_background: bool = True) -> FastAPI:
 
     @app.exception_handler(_BodyTooLarge)
     async def too_large(request: Request, err: _BodyTooLarge):
-        return JSONResponse(_error_body(f"request body is over the limit of {config.max_body_bytes} bytes"), status_code=413)
+        return JSONResponse(
+            _error_body(f"request body is over the limit of {config.max_body_bytes} bytes"), status_code=413
+        )
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, err: RequestValidationError):
@@ -186,10 +201,18 @@ def _add_routes(app: FastAPI, service: Service, metrics: ServiceMetrics, batcher
         if not body.pairs:
             raise ApiError(422, "pairs is empty: send at least one pair")
         if len(body.pairs) > config.max_pairs:
-            raise ApiError(422, f"too many pairs: {len(body.pairs)}, the limit is {config.max_pairs}; split the request")
+            raise ApiError(
+                422, f"too many pairs: {len(body.pairs)}, the limit is {config.max_pairs}; split the request"
+            )
         pairs = [(p.text1, p.text2) for p in body.pairs]
-        _check_texts([(f"pairs[{i}].{side}", text) for i, pair in enumerate(pairs) for side, text in zip(("text1", "text2"), pair)],
-                     config.max_text_chars)
+        _check_texts(
+            [
+                (f"pairs[{i}].{side}", text)
+                for i, pair in enumerate(pairs)
+                for side, text in zip(("text1", "text2"), pair)
+            ],
+            config.max_text_chars,
+        )
         results = await batcher.submit(body.mode, pairs)
         if body.explain:
             loop = asyncio.get_running_loop()

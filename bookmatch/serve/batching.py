@@ -31,9 +31,14 @@ class DynamicBatcher:
     `on_batch(n_pairs, n_requests)`: called after each model call, for metrics.
     """
 
-    def __init__(self, score_batch: Callable[[str, list[tuple[str, str]]], list], max_batch_pairs: int = 256,
-                 max_wait_ms: float = 5.0, executor: ThreadPoolExecutor | None = None,
-                 on_batch: Callable[[int, int], None] | None = None) -> None:
+    def __init__(
+        self,
+        score_batch: Callable[[str, list[tuple[str, str]]], list],
+        max_batch_pairs: int = 256,
+        max_wait_ms: float = 5.0,
+        executor: ThreadPoolExecutor | None = None,
+        on_batch: Callable[[int, int], None] | None = None,
+    ) -> None:
         self.score_batch = score_batch
         self.max_batch_pairs = max_batch_pairs
         self.max_wait = max_wait_ms / 1000.0

@@ -11,19 +11,43 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 class ServiceMetrics:
     def __init__(self, texts_encoded=lambda: 0, ready=lambda: False) -> None:
         self.registry = CollectorRegistry()
-        self.requests = Counter("bookmatch_requests", "HTTP requests answered, by route and status.",
-                                ["route", "status"], registry=self.registry)
-        self.errors = Counter("bookmatch_request_errors", "Requests answered with a 4xx or 5xx status, by route and status.",
-                              ["route", "status"], registry=self.registry)
-        self.latency = Histogram("bookmatch_request_latency_seconds", "Time from request to response, by route.",
-                                 ["route"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.requests = Counter(
+            "bookmatch_requests",
+            "HTTP requests answered, by route and status.",
+            ["route", "status"],
+            registry=self.registry,
+        )
+        self.errors = Counter(
+            "bookmatch_request_errors",
+            "Requests answered with a 4xx or 5xx status, by route and status.",
+            ["route", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "bookmatch_request_latency_seconds",
+            "Time from request to response, by route.",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
         self.pairs_scored = Counter("bookmatch_pairs_scored", "Pairs scored (all modes).", registry=self.registry)
-        self.batch_pairs = Histogram("bookmatch_batch_pairs", "Pairs per model call of the dynamic batcher.",
-                                     buckets=BATCH_BUCKETS, registry=self.registry)
-        self.batch_requests = Histogram("bookmatch_batch_requests", "Requests merged into one model call.",
-                                        buckets=BATCH_BUCKETS, registry=self.registry)
-        encoded = Gauge("bookmatch_texts_encoded", "Texts the bi-encoder encoded (cache misses) since start.",
-                        registry=self.registry)
+        self.batch_pairs = Histogram(
+            "bookmatch_batch_pairs",
+            "Pairs per model call of the dynamic batcher.",
+            buckets=BATCH_BUCKETS,
+            registry=self.registry,
+        )
+        self.batch_requests = Histogram(
+            "bookmatch_batch_requests",
+            "Requests merged into one model call.",
+            buckets=BATCH_BUCKETS,
+            registry=self.registry,
+        )
+        encoded = Gauge(
+            "bookmatch_texts_encoded",
+            "Texts the bi-encoder encoded (cache misses) since start.",
+            registry=self.registry,
+        )
         encoded.set_function(lambda: float(texts_encoded()))
         ready_gauge = Gauge("bookmatch_ready", "1 once the models are loaded.", registry=self.registry)
         ready_gauge.set_function(lambda: 1.0 if ready() else 0.0)

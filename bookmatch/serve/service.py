@@ -77,13 +77,21 @@ class Service:
         config = self.config
         try:
             full = Matcher.from_pretrained(
-                config.model, cross_model=config.cross_model, device=config.device, threshold=config.threshold,
-                prefilter_threshold=config.prefilter_threshold, cross_threshold=config.cross_threshold,
-                cache_size=config.cache_size, precision=config.precision,
+                config.model,
+                cross_model=config.cross_model,
+                device=config.device,
+                threshold=config.threshold,
+                prefilter_threshold=config.prefilter_threshold,
+                cross_threshold=config.cross_threshold,
+                cache_size=config.cache_size,
+                precision=config.precision,
             )
             # contrastive shares the two-stage matcher's bi-encoder scorer (one model, one embedding cache)
-            self.matchers["contrastive"] = full if full.cross is None else Matcher(
-                full.bi, full.bi_calibration, full.style_calibration, threshold=config.threshold)
+            self.matchers["contrastive"] = (
+                full
+                if full.cross is None
+                else Matcher(full.bi, full.bi_calibration, full.style_calibration, threshold=config.threshold)
+            )
             if full.cross is not None:
                 self.matchers["two-stage"] = full
             if config.index is not None:
@@ -133,8 +141,12 @@ def check_model_folders(config: ServeConfig) -> None:
     from bookmatch.inference import BI_ENCODER, CROSS_ENCODER, detect_model_kind
 
     if detect_model_kind(config.model) != BI_ENCODER:
-        raise InputError(f"--model {config.model} holds a cross-encoder; pass the bi-encoder (and --cross-model for two-stage)")
+        raise InputError(
+            f"--model {config.model} holds a cross-encoder; pass the bi-encoder (and --cross-model for two-stage)"
+        )
     if config.cross_model is not None and detect_model_kind(config.cross_model) != CROSS_ENCODER:
         raise InputError(f"--cross-model {config.cross_model} is not a cross-encoder folder")
     if config.index is not None and not (Path(config.index) / "manifest.json").is_file():
-        raise InputError(f"--index {config.index} is not a search index (no manifest.json): build one with `bookmatch index`")
+        raise InputError(
+            f"--index {config.index} is not a search index (no manifest.json): build one with `bookmatch index`"
+        )

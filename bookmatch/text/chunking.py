@@ -45,9 +45,20 @@ REMNANT_MARKERS = ("gutenberg", "small print!", " etext", "e-text", "electronic 
 # and the reference (str.lower().split()) disagree: C0 controls that are not whitespace, whitespace above
 # U+0020, and the two characters whose lowercase is or holds ASCII (U+0130, U+212A). The test suite derives
 # this set from every code point.
-_SPLIT_MISMATCH_RANGES = ((0x00, 0x08), (0x0E, 0x1B), (0x85, 0x85), (0xA0, 0xA0), (0x130, 0x130), (0x1680, 0x1680),
-                          (0x2000, 0x200A), (0x2028, 0x2029), (0x202F, 0x202F), (0x205F, 0x205F), (0x212A, 0x212A),
-                          (0x3000, 0x3000))
+_SPLIT_MISMATCH_RANGES = (
+    (0x00, 0x08),
+    (0x0E, 0x1B),
+    (0x85, 0x85),
+    (0xA0, 0xA0),
+    (0x130, 0x130),
+    (0x1680, 0x1680),
+    (0x2000, 0x200A),
+    (0x2028, 0x2029),
+    (0x202F, 0x202F),
+    (0x205F, 0x205F),
+    (0x212A, 0x212A),
+    (0x3000, 0x3000),
+)
 _SPLIT_MISMATCH = re.compile("[" + "".join(f"\\U{a:08x}-\\U{b:08x}" for a, b in _SPLIT_MISMATCH_RANGES) + "]")
 _SPLIT_CONSISTENT_LATIN1 = bytes(b for b in range(256) if not _SPLIT_MISMATCH.match(chr(b)))
 _SYMBOL_TABLE = np.zeros(256, dtype=bool)
@@ -154,7 +165,15 @@ def _token_bounds(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return edges[0::2], edges[1::2]
 
 
-def _prose_mask(joined: str, sentences: Sequence[str], lo: np.ndarray, hi: np.ndarray, starts: np.ndarray, ends: np.ndarray, rules: ProseFilter) -> np.ndarray:
+def _prose_mask(
+    joined: str,
+    sentences: Sequence[str],
+    lo: np.ndarray,
+    hi: np.ndarray,
+    starts: np.ndarray,
+    ends: np.ndarray,
+    rules: ProseFilter,
+) -> np.ndarray:
     """`looks_like_english_prose(joined[lo:hi])` for every window (sentences `starts..ends`), from whole-book
     position arrays.
 
@@ -172,8 +191,13 @@ def _prose_mask(joined: str, sentences: Sequence[str], lo: np.ndarray, hi: np.nd
         usable = _SPLIT_MISMATCH.search(joined) is None
         raw = joined.encode("latin-1", "replace")  # one "?" per character beyond Latin-1
     if not usable:
-        return np.array([looks_like_english_prose(" ".join(sentences[s:e]), rules.min_stopword_share,
-                                                  rules.max_symbol_share) for s, e in zip(starts, ends)], dtype=bool)
+        return np.array(
+            [
+                looks_like_english_prose(" ".join(sentences[s:e]), rules.min_stopword_share, rules.max_symbol_share)
+                for s, e in zip(starts, ends)
+            ],
+            dtype=bool,
+        )
     lowered_bytes = raw.lower()  # ASCII letters only: stop words, symbols and markers are ASCII
     codes = np.frombuffer(lowered_bytes, dtype=np.uint8)  # byte i is character i, so positions carry over
     token_starts, token_ends = _token_bounds(codes)

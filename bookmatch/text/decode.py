@@ -127,7 +127,7 @@ def _decode_legacy(data: bytes) -> str:
         western = data.decode("cp1252")
     except UnicodeDecodeError:
         western = None
-    if western is not None and _reads_as_western(western[:_SAMPLE * 4]):
+    if western is not None and _reads_as_western(western[: _SAMPLE * 4]):
         return western
     # charset-normalizer is slow on whole books, so it only runs here, once UTF-8 and cp1252 have failed.
     from charset_normalizer import from_bytes
@@ -151,9 +151,9 @@ def decode_bytes(data: bytes, source: str = "") -> str:
     for bom, encoding in _BOMS:
         if data.startswith(bom):
             try:
-                text = data[len(bom):].decode(encoding)
+                text = data[len(bom) :].decode(encoding)
             except UnicodeDecodeError:
-                text = data[len(bom):].decode(encoding, errors="replace")
+                text = data[len(bom) :].decode(encoding, errors="replace")
             break
     if text is None:
         _sniff_binary(data, source)

@@ -44,7 +44,9 @@ _END = re.compile(
 # the case-insensitive marker regex over a whole book, which then only checks the window around a hit.
 _FOOTER_WORDS = ("utenberg", "UTENBERG", "Etext", "LICENSE", "SMALL PRINT")
 # Old First Folio files open with a long note from Project Gutenberg's director before the play.
-_DIRECTOR_NOTE = re.compile(r"Executive\s+Director'?s\s+Notes:.{0,20000}?Project\s+Gutenberg\s+Executive\s+Director\.?", re.DOTALL)
+_DIRECTOR_NOTE = re.compile(
+    r"Executive\s+Director'?s\s+Notes:.{0,20000}?Project\s+Gutenberg\s+Executive\s+Director\.?", re.DOTALL
+)
 _DIRECTOR_NOTE_SPAN = 30000
 # World Library's copyright notice, repeated between the plays of its Shakespeare files.
 _WORLD_LIBRARY = re.compile(r"<<THIS ELECTRONIC VERSION.{0,1500}?>>", re.DOTALL)
@@ -295,6 +297,10 @@ def _drop_trailing_note(body: str) -> str:
     """Cut a transcriber's note that closes the book (it describes the e-text, not the book)."""
     tail_start = len(body) - max(len(body) // 10, 3000)
     cut = body.rfind("Transcriber", max(tail_start, 0))
-    if cut > 0 and body[:cut].rstrip(" \t")[-1:] in ("\n", "") and re.match(r"Transcriber'?s?\s+Notes?", body[cut : cut + 30], _I):
+    if (
+        cut > 0
+        and body[:cut].rstrip(" \t")[-1:] in ("\n", "")
+        and re.match(r"Transcriber'?s?\s+Notes?", body[cut : cut + 30], _I)
+    ):
         return body[:cut]
     return body

@@ -67,7 +67,9 @@ def proper_names(text: str) -> list[str]:
     names = []
     for match in _CAPITALISED.finditer(text):
         start = match.start(1)
-        if _SENTENCE_START.search(text, max(0, start - 6), start) and not _TITLE_BEFORE.search(text, max(0, start - 9), start):
+        if _SENTENCE_START.search(text, max(0, start - 6), start) and not _TITLE_BEFORE.search(
+            text, max(0, start - 9), start
+        ):
             continue
         name = match.group(1).lower()
         if name not in NAME_STOP_WORDS and name not in STOP_WORDS:

@@ -52,7 +52,9 @@ _BOUNDARY = re.compile(
     + r"(?!\.)"
     r")"
     + _CLOSERS
-    + r"(?:[ ]\.(?=[ \"')\]}-]|$)" + _CLOSERS + r")*"  # a spaced ellipsis ". . ." ends after its last dot
+    + r"(?:[ ]\.(?=[ \"')\]}-]|$)"
+    + _CLOSERS
+    + r")*"  # a spaced ellipsis ". . ." ends after its last dot
     r")[ \t]+"
 )
 
@@ -149,5 +151,10 @@ def boundary_agreement(
     precision = hits / len(found) if found else 1.0
     recall = hits / len(expected) if expected else 1.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {"precision": precision, "recall": recall, "f1": f1, "reference_boundaries": len(expected),
-            "candidate_boundaries": len(found)}
+    return {
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+        "reference_boundaries": len(expected),
+        "candidate_boundaries": len(found),
+    }

@@ -225,7 +225,9 @@ def _write_custom_state(path: Path, index: int, obj) -> None:
     try:
         text = json.dumps(obj.state_dict(), allow_nan=False, indent=1)
     except (TypeError, ValueError) as err:
-        raise CheckpointError(f"the state of {type(obj).__name__} is not plain JSON ({err}); checkpoints store no pickles") from None
+        raise CheckpointError(
+            f"the state of {type(obj).__name__} is not plain JSON ({err}); checkpoints store no pickles"
+        ) from None
     (path / CUSTOM_STATE.format(index)).write_text(text + "\n", encoding="utf-8")
 
 
@@ -256,12 +258,22 @@ def save_checkpoint(accelerator, out: Path, state: TrainerState, save_total_limi
     return path
 
 
-def _commit(out: Path, path: Path, tables: list[dict], state: TrainerState, world_size: int, save_total_limit: int) -> None:
+def _commit(
+    out: Path, path: Path, tables: list[dict], state: TrainerState, world_size: int, save_total_limit: int
+) -> None:
     files, conflicts = merge_file_tables(tables)
     if conflicts:
-        logger.warning("%s not committed: nodes saw different contents of %s; the previous checkpoint stays", path, ", ".join(conflicts[:5]))
+        logger.warning(
+            "%s not committed: nodes saw different contents of %s; the previous checkpoint stays",
+            path,
+            ", ".join(conflicts[:5]),
+        )
         return
-    write_commit(path, files, meta={"kind": "checkpoint", "step": state.global_step, "world_size": world_size, "run_id": state.run_id})
+    write_commit(
+        path,
+        files,
+        meta={"kind": "checkpoint", "step": state.global_step, "world_size": world_size, "run_id": state.run_id},
+    )
     verdict = verify(path)
     if not verdict:
         logger.warning("%s does not verify after its commit (%s); older checkpoints are kept", path, verdict.reason)
@@ -279,22 +291,28 @@ def load_checkpoint(accelerator, path: Path) -> TrainerState:
         try:
             accelerator.load_state(str(path))
         except Exception as err:  # noqa: BLE001 - a verified checkpoint that still fails to load: one clear line
-            raise CheckpointError(f"cannot load {path} ({type(err).__name__}: {_first_line(err)}); "
-                                  "remove that checkpoint to resume from an older one, or start over without --resume") from None
+            raise CheckpointError(
+                f"cannot load {path} ({type(err).__name__}: {_first_line(err)}); "
+                "remove that checkpoint to resume from an older one, or start over without --resume"
+            ) from None
         for index, obj in enumerate(custom):
             custom_path = path / CUSTOM_STATE.format(index)
             try:
                 obj.load_state_dict(read_json(custom_path))
             except (OSError, ValueError, TypeError, KeyError) as err:
-                raise CheckpointError(f"cannot restore {type(obj).__name__} from {custom_path} ({type(err).__name__}: {_first_line(err)}); "
-                                      "it was not saved by this version of bookmatch, or is damaged") from None
+                raise CheckpointError(
+                    f"cannot restore {type(obj).__name__} from {custom_path} ({type(err).__name__}: {_first_line(err)}); "
+                    "it was not saved by this version of bookmatch, or is damaged"
+                ) from None
     # accelerate goes on silently when the RNG file is missing or unreadable; a resume that differs from the
     # uninterrupted run without a word is worse than an error, so the RNG state is loaded again here, strictly
     _load_rng_state(path, accelerator.process_index, accelerator.num_processes)
     try:
         return TrainerState.from_json(read_json(path / STATE_NAME))
     except (OSError, ValueError, TypeError) as err:
-        raise CheckpointError(f"{path / STATE_NAME} is not a trainer state ({type(err).__name__}); start over without --resume") from None
+        raise CheckpointError(
+            f"{path / STATE_NAME} is not a trainer state ({type(err).__name__}); start over without --resume"
+        ) from None
 
 
 def _first_line(err: BaseException) -> str:
@@ -326,8 +344,10 @@ def _load_rng_state(path: Path, rank: int, world_size: int) -> None:
         if torch.cuda.is_available() and "torch_cuda_manual_seed" in states:
             torch.cuda.set_rng_state_all(states["torch_cuda_manual_seed"])
     except Exception as err:  # noqa: BLE001 - any failure means the resume would not be exact
-        raise CheckpointError(f"cannot restore the RNG state from {file} ({type(err).__name__}: {_first_line(err)}); "
-                              "start over without --resume") from None
+        raise CheckpointError(
+            f"cannot restore the RNG state from {file} ({type(err).__name__}: {_first_line(err)}); "
+            "start over without --resume"
+        ) from None
 
 
 def commit_final(final_dir: Path, state: TrainerState) -> None:
@@ -352,7 +372,7 @@ def _rotate(out: Path, save_total_limit: int, newest: Path) -> None:
         return
     older = [path for _, path in checkpoint_steps(out) if path != newest and _step(path) < _step(newest)]
     committed = [path for path in older if (path / COMMIT_NAME).exists()]
-    keep = set(committed[len(committed) - (save_total_limit - 1):]) if save_total_limit > 1 else set()
+    keep = set(committed[len(committed) - (save_total_limit - 1) :]) if save_total_limit > 1 else set()
     for path in older:
         if path not in keep:
             _remove(path)

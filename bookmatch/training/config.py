@@ -21,24 +21,29 @@ class TrainConfig:
 
     data: str = setting("", "Folder written by `bookmatch prepare` (DatasetDict + manifest.json).")
     out: str = setting("", "Run folder: checkpoint-<step>/, final/, config.yaml, train_summary.json.")
-    model: str = setting("roberta-large", "Backbone: Hugging Face name or local folder (resolved offline unless "
-                         "local_files_only is off).")
+    model: str = setting(
+        "roberta-large",
+        "Backbone: Hugging Face name or local folder (resolved offline unless local_files_only is off).",
+    )
     local_files_only: bool = setting(True, "Never touch the network for models.")
     epochs: int = setting(3, "Passes over the training pairs.", ge=1)
     batch_size: int = setting(8, "Pairs per device per micro-batch.", ge=1)
     lr: float = setting(2e-5, "Learning rate of the encoder (0 freezes it).", ge=0)
     weight_decay: float = setting(0.01, "AdamW weight decay.", ge=0)
     warmup_steps: int = setting(1000, "Linear warmup steps (capped by warmup_max_fraction of the total).", ge=0)
-    warmup_max_fraction: float = setting(0.1, "Short runs: warmup is capped at this fraction of the total steps.",
-                                         ge=0, le=1)
+    warmup_max_fraction: float = setting(
+        0.1, "Short runs: warmup is capped at this fraction of the total steps.", ge=0, le=1
+    )
     max_steps: int = setting(0, "Stop after this many optimizer steps (0: no limit).", ge=0)
-    max_seq_length: int = setting(256, "Tokens per text (per side for the bi-encoder, per pair for the cross-encoder).",
-                                  ge=1)
+    max_seq_length: int = setting(
+        256, "Tokens per text (per side for the bi-encoder, per pair for the cross-encoder).", ge=1
+    )
     max_grad_norm: float = setting(1.0, "Gradient clipping norm.", gt=0)
     # bf16 where the device computes it natively (a bf16-capable GPU; a CPU with AVX512-BF16 or AMX, where a
     # MiniLM training step measured 1.6x faster), else no. Saved resolved.
-    mixed_precision: str = setting("no", "Mixed precision: auto = bf16 where the device computes it natively, else no.",
-                                   choices=PRECISIONS)
+    mixed_precision: str = setting(
+        "no", "Mixed precision: auto = bf16 where the device computes it natively, else no.", choices=PRECISIONS
+    )
     gradient_checkpointing: bool = setting(False, "Recompute activations in the backward pass (less memory).")
     compile: bool = setting(False, "torch.compile the model.")
     grad_accum: int = setting(1, "Micro-batches per optimizer step.", ge=1)
@@ -57,8 +62,9 @@ class TrainConfig:
     preprocess_workers: int = setting(0, "Processes for tokenizing + style features (0: in-process).", ge=0)
     log_steps: int = setting(50, "Optimizer steps between log lines (0: none).", ge=0)
     # Short runs need the heads to move much faster than the pretrained encoder.
-    head_lr: float = setting(0.0, "Learning rate of the randomly initialised heads (classifier, projection); 0: lr.",
-                             ge=0)
+    head_lr: float = setting(
+        0.0, "Learning rate of the randomly initialised heads (classifier, projection); 0: lr.", ge=0
+    )
 
     def __post_init__(self) -> None:
         check_settings(self)
@@ -87,11 +93,19 @@ class ContrastiveTrainConfig(BiEncoderSettings, TrainConfig):
     temperature: float = setting(0.05, "SupCon temperature.", gt=0)
     # "random": an offset drawn per pair and side from the seed, so training sees every part of a passage, as
     # whole-passage inference does. Validation always reads the first window.
-    training_window: str = setting("first", "Which max_seq_length tokens of a longer training text are read: the "
-                                   "first, or a window at a seeded random offset.", choices=WINDOWS)
+    training_window: str = setting(
+        "first",
+        "Which max_seq_length tokens of a longer training text are read: the "
+        "first, or a window at a seeded random offset.",
+        choices=WINDOWS,
+    )
     # Batches by author: the author of a pair's first book, the folder part of its book id.
-    authors_per_batch: int = setting(0, "Each batch takes its pairs from this many authors, so SupCon's in-batch "
-                                     "negatives include an author's other books (0: random batches).", ge=0)
+    authors_per_batch: int = setting(
+        0,
+        "Each batch takes its pairs from this many authors, so SupCon's in-batch "
+        "negatives include an author's other books (0: random batches).",
+        ge=0,
+    )
     teacher: str = setting("", "Cross-encoder folder to distil from ('': no distillation).")
     distill_weight: float = setting(0.5, "Weight of the distillation loss.", ge=0)
     distill_temperature: float = setting(2.0, "Distillation temperature.", gt=0)
@@ -100,6 +114,7 @@ class ContrastiveTrainConfig(BiEncoderSettings, TrainConfig):
     topic_adversary_weight: float = setting(0.1, "Weight of the topic adversary's loss.", ge=0)
     topic_adversary_lambda: float = setting(0.1, "Gradient-reversal strength of the topic adversary.", ge=0)
     independence_weight: float = setting(0.0, "Weight of the embedding/topic independence loss (0: off).", ge=0)
-    cached_contrastive: bool = setting(False, "GradCache: a large contrastive batch in mini-batches of "
-                                       "mini_batch_size.")
+    cached_contrastive: bool = setting(
+        False, "GradCache: a large contrastive batch in mini-batches of mini_batch_size."
+    )
     mini_batch_size: int = setting(8, "GradCache mini-batch size.", ge=1)

@@ -30,17 +30,25 @@ def load_pair_data(data_dir: str | Path) -> PairData:
 
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
-        raise InputError(f"training data folder {data_dir} does not exist: run `bookmatch prepare` first or pass --data")
+        raise InputError(
+            f"training data folder {data_dir} does not exist: run `bookmatch prepare` first or pass --data"
+        )
     try:
         splits = load_from_disk(str(data_dir))
     except (FileNotFoundError, ValueError) as err:
-        raise InputError(f"{data_dir} is not a dataset saved by `bookmatch prepare` ({err}); pass its output folder to --data") from err
+        raise InputError(
+            f"{data_dir} is not a dataset saved by `bookmatch prepare` ({err}); pass its output folder to --data"
+        ) from err
     if not isinstance(splits, DatasetDict) or "train" not in splits or "validation" not in splits:
-        raise InputError(f"{data_dir} must hold a DatasetDict with 'train' and 'validation' splits (from `bookmatch prepare`)")
+        raise InputError(
+            f"{data_dir} must hold a DatasetDict with 'train' and 'validation' splits (from `bookmatch prepare`)"
+        )
     for name in ("train", "validation"):
         missing = [c for c in REQUIRED_COLUMNS if c not in splits[name].column_names]
         if missing:
-            raise InputError(f"{data_dir} split {name!r} lacks column(s) {', '.join(missing)}: re-run `bookmatch prepare`")
+            raise InputError(
+                f"{data_dir} split {name!r} lacks column(s) {', '.join(missing)}: re-run `bookmatch prepare`"
+            )
         if len(splits[name]) == 0:
             raise InputError(f"{data_dir} split {name!r} is empty: prepare more books")
     book_work: dict[str, str] = {}
@@ -79,7 +87,9 @@ def topic_ids(split, index: dict[str, int] | None) -> tuple[list[int], list[int]
     """Integer topic of each side, -1 where unknown (no column, empty value, or unseen in training)."""
     if index is None or "topic1" not in split.column_names:
         return [-1] * len(split), [-1] * len(split)
-    return [index.get(str(t), -1) if t else -1 for t in list(split["topic1"])], [index.get(str(t), -1) if t else -1 for t in list(split["topic2"])]
+    return [index.get(str(t), -1) if t else -1 for t in list(split["topic1"])], [
+        index.get(str(t), -1) if t else -1 for t in list(split["topic2"])
+    ]
 
 
 def topic_index(split) -> dict[str, int] | None:
@@ -103,8 +113,14 @@ TRAINING_WINDOWS = ("first", "random")
 
 
 def tokenize_bi_encoder_split(
-    split, model, work: tuple[list[int], list[int]], topics: tuple[list[int], list[int]], batch_size: int = 1000,
-    num_proc: int = 0, window: str = "first", seed: int = 0,
+    split,
+    model,
+    work: tuple[list[int], list[int]],
+    topics: tuple[list[int], list[int]],
+    batch_size: int = 1000,
+    num_proc: int = 0,
+    window: str = "first",
+    seed: int = 0,
 ):
     """Token ids and side features of both sides, computed once and kept in memory (never in the data folder).
 
@@ -137,8 +153,13 @@ def tokenize_bi_encoder_split(
     split = split.add_column("topic_a", topics[0]).add_column("topic_b", topics[1])
     split = split.add_column("row", list(range(len(split))))
     return split.map(
-        encode, batched=True, batch_size=batch_size, keep_in_memory=True, remove_columns=["text1", "text2"],
-        num_proc=num_proc if num_proc > 1 else None, desc="tokenizing",
+        encode,
+        batched=True,
+        batch_size=batch_size,
+        keep_in_memory=True,
+        remove_columns=["text1", "text2"],
+        num_proc=num_proc if num_proc > 1 else None,
+        desc="tokenizing",
     )
 
 
@@ -151,8 +172,13 @@ def tokenize_cross_split(split, cross_encoder, batch_size: int = 1000, num_proc:
     split = split.select_columns(["text1", "text2", "label"])
     split = split.add_column("row", list(range(len(split))))
     return split.map(
-        encode, batched=True, batch_size=batch_size, keep_in_memory=True, remove_columns=["text1", "text2"],
-        num_proc=num_proc if num_proc > 1 else None, desc="tokenizing",
+        encode,
+        batched=True,
+        batch_size=batch_size,
+        keep_in_memory=True,
+        remove_columns=["text1", "text2"],
+        num_proc=num_proc if num_proc > 1 else None,
+        desc="tokenizing",
     )
 
 
@@ -165,7 +191,10 @@ class BiEncoderCollator:
 
     def _pad(self, rows: list[dict], side: str) -> dict[str, torch.Tensor]:
         return self.tokenizer.pad(
-            {"input_ids": [r[f"input_ids_{side}"] for r in rows], "attention_mask": [r[f"attention_mask_{side}"] for r in rows]},
+            {
+                "input_ids": [r[f"input_ids_{side}"] for r in rows],
+                "attention_mask": [r[f"attention_mask_{side}"] for r in rows],
+            },
             pad_to_multiple_of=self.pad_to_multiple_of,
             return_tensors="pt",
         )
@@ -176,7 +205,9 @@ class BiEncoderCollator:
             padded = self._pad(rows, side)
             batch[f"input_ids_{side}"] = padded["input_ids"]
             batch[f"attention_mask_{side}"] = padded["attention_mask"]
-            batch[f"style_{side}"] = torch.tensor(np.asarray([r[f"style_{side}"] for r in rows], dtype=np.float32).reshape(len(rows), -1))
+            batch[f"style_{side}"] = torch.tensor(
+                np.asarray([r[f"style_{side}"] for r in rows], dtype=np.float32).reshape(len(rows), -1)
+            )
             batch[f"work_{side}"] = torch.tensor([r[f"work_{side}"] for r in rows], dtype=torch.long)
             batch[f"topic_{side}"] = torch.tensor([r[f"topic_{side}"] for r in rows], dtype=torch.long)
         batch["label"] = torch.tensor([r["label"] for r in rows], dtype=torch.long)
@@ -193,7 +224,11 @@ class CrossCollator:
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
         keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in rows[0]]
-        batch = dict(self.tokenizer.pad({k: [r[k] for r in rows] for k in keys}, pad_to_multiple_of=self.pad_to_multiple_of, return_tensors="pt"))
+        batch = dict(
+            self.tokenizer.pad(
+                {k: [r[k] for r in rows] for k in keys}, pad_to_multiple_of=self.pad_to_multiple_of, return_tensors="pt"
+            )
+        )
         batch["label"] = torch.tensor([r["label"] for r in rows], dtype=torch.long)
         batch["row"] = torch.tensor([r["row"] for r in rows], dtype=torch.long)
         return batch

@@ -46,7 +46,9 @@ class Sequences:
     token_types: np.ndarray | None = None  # cross-encoder segment ids, padded with 0
 
     @classmethod
-    def from_lists(cls, ids: Sequence[Sequence[int]], pad_id: int, token_types: Sequence[Sequence[int]] | None = None) -> Sequences:
+    def from_lists(
+        cls, ids: Sequence[Sequence[int]], pad_id: int, token_types: Sequence[Sequence[int]] | None = None
+    ) -> Sequences:
         lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
         width = int(lengths.max()) if len(ids) else 0
         matrix = np.full((len(ids), width), pad_id, dtype=np.int64)
@@ -67,7 +69,9 @@ class Sequences:
             ids = np.pad(ids, ((0, 0), (0, width - ids.shape[1])), constant_values=self.pad_id)
         out = {
             "input_ids": torch.from_numpy(np.ascontiguousarray(ids)),
-            "attention_mask": torch.from_numpy((np.arange(width)[None, :] < self.lengths[rows][:, None]).astype(np.int64)),
+            "attention_mask": torch.from_numpy(
+                (np.arange(width)[None, :] < self.lengths[rows][:, None]).astype(np.int64)
+            ),
         }
         if self.token_types is not None:
             types = self.token_types[rows, : min(width, self.token_types.shape[1])]
@@ -130,7 +134,9 @@ class PairArrays:
             sides = [k.split(".", 1)[1] for k in stored.files if k.startswith("ids.")]
             sequences = {
                 side: Sequences(
-                    stored[f"ids.{side}"].astype(np.int64), stored[f"lengths.{side}"], int(stored[f"pad.{side}"]),
+                    stored[f"ids.{side}"].astype(np.int64),
+                    stored[f"lengths.{side}"],
+                    int(stored[f"pad.{side}"]),
                     stored[f"types.{side}"].astype(np.int64) if f"types.{side}" in stored.files else None,
                 )
                 for side in sides
@@ -157,7 +163,9 @@ def _in_chunks(function: Callable[[list[str]], list], items: list, workers: int,
         import multiprocessing
 
         # fork: the model travels to the workers without pickling
-        with multiprocessing.get_context("fork").Pool(workers, initializer=_set_worker_function, initargs=(function,)) as pool:
+        with multiprocessing.get_context("fork").Pool(
+            workers, initializer=_set_worker_function, initargs=(function,)
+        ) as pool:
             results = pool.map(_call_worker_function, parts)
     else:
         results = [function(part) for part in parts]
@@ -176,8 +184,9 @@ def _call_worker_function(part: list) -> list:
     return _WORKER_FUNCTION(part)
 
 
-def bi_encoder_arrays(texts_a: Sequence[str], texts_b: Sequence[str], model, window: str = "first", seed: int = 0,
-                      workers: int = 0) -> PairArrays:
+def bi_encoder_arrays(
+    texts_a: Sequence[str], texts_b: Sequence[str], model, window: str = "first", seed: int = 0, workers: int = 0
+) -> PairArrays:
     """Token ids and side features ("style": style features, then lexical signatures) of both sides, as
     `tokenize_bi_encoder_split` computes them; each distinct text once ("random" windows are drawn per row)."""
     from bookmatch.training.data import TRAINING_WINDOWS
@@ -186,7 +195,9 @@ def bi_encoder_arrays(texts_a: Sequence[str], texts_b: Sequence[str], model, win
         raise ValueError(f"unknown training window {window!r}; choose one of {', '.join(TRAINING_WINDOWS)}")
     unique, positions = _unique(list(texts_a) + list(texts_b))
     positions_a, positions_b = positions[: len(texts_a)], positions[len(texts_a) :]
-    style = np.concatenate(_in_chunks(lambda part: list(model.side_feature_array(part).astype(np.float32)), unique, workers))
+    style = np.concatenate(
+        _in_chunks(lambda part: list(model.side_feature_array(part).astype(np.float32)), unique, workers)
+    )
     style = style.reshape(len(unique), -1)
     pad_id = model.tokenizer.pad_token_id or 0
     if window == "first":
@@ -194,8 +205,11 @@ def bi_encoder_arrays(texts_a: Sequence[str], texts_b: Sequence[str], model, win
         side_ids = ([ids[p] for p in positions_a], [ids[p] for p in positions_b])
     else:
         side_ids = tuple(
-            _in_chunks(lambda part: model.sampled_window_inputs([t for t, _ in part], [s for _, s in part]),
-                       [(t, (seed, row, side)) for row, t in enumerate(texts)], workers)
+            _in_chunks(
+                lambda part: model.sampled_window_inputs([t for t, _ in part], [s for _, s in part]),
+                [(t, (seed, row, side)) for row, t in enumerate(texts)],
+                workers,
+            )
             for side, texts in enumerate((texts_a, texts_b))
         )
     return PairArrays(
@@ -210,7 +224,9 @@ def cross_arrays(texts_a: Sequence[str], texts_b: Sequence[str], cross_encoder, 
     encoded = _in_chunks(lambda part: _cross_rows(cross_encoder, part), pairs, workers)
     ids = [e[0] for e in encoded]
     types = [e[1] for e in encoded] if encoded and encoded[0][1] is not None else None
-    return PairArrays(columns={}, sequences={"": Sequences.from_lists(ids, cross_encoder.tokenizer.pad_token_id or 0, types)})
+    return PairArrays(
+        columns={}, sequences={"": Sequences.from_lists(ids, cross_encoder.tokenizer.pad_token_id or 0, types)}
+    )
 
 
 def _cross_rows(cross_encoder, pairs: list[tuple[str, str]]) -> list[tuple[list[int], list[int] | None]]:
@@ -233,14 +249,23 @@ def tokenizer_fingerprint(tokenizer) -> str:
         text = json.dumps(definition, sort_keys=True)
     else:
         text = json.dumps(sorted(tokenizer.get_vocab().items()))
-    settings = json.dumps([type(tokenizer).__name__, tokenizer.padding_side, tokenizer.truncation_side,
-                           tokenizer.pad_token_id, getattr(tokenizer, "do_lower_case", None)])
+    settings = json.dumps(
+        [
+            type(tokenizer).__name__,
+            tokenizer.padding_side,
+            tokenizer.truncation_side,
+            tokenizer.pad_token_id,
+            getattr(tokenizer, "do_lower_case", None),
+        ]
+    )
     return hashlib.sha1((text + settings).encode("utf-8")).hexdigest()
 
 
 def arrays_key(texts_fingerprint: str, **settings) -> str:
     """The cache key of a split's arrays: its texts, the features version and every setting they depend on."""
-    described = json.dumps({"version": FEATURES_VERSION, "texts": texts_fingerprint, **settings}, sort_keys=True, default=str)
+    described = json.dumps(
+        {"version": FEATURES_VERSION, "texts": texts_fingerprint, **settings}, sort_keys=True, default=str
+    )
     return hashlib.sha1(described.encode("utf-8")).hexdigest()[:20]
 
 

@@ -170,7 +170,9 @@ class CachedSupCon:
             extra = dict(extra_loss_fn(leaves if len(leaves) > 1 else leaves[0]))
             overlap = set(extra) & set(terms)
             if overlap:
-                raise ValueError(f"extra_loss_fn returned terms that clash with the contrastive ones: {sorted(overlap)}")
+                raise ValueError(
+                    f"extra_loss_fn returned terms that clash with the contrastive ones: {sorted(overlap)}"
+                )
             terms.update(extra)
         total, _ = combine_losses(terms, weights)
         total.backward()

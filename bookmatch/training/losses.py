@@ -82,7 +82,7 @@ class SupConLoss(nn.Module):
         else:
             # Put the local rows (which carry gradients) back in place of their detached copies.
             gathered = gather_no_grad(z, self.world_size, sizes)
-            all_z = torch.cat([gathered[:offset], z, gathered[offset + z.shape[0]:]], dim=0)
+            all_z = torch.cat([gathered[:offset], z, gathered[offset + z.shape[0] :]], dim=0)
         return all_z, all_labels, offset
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -134,7 +134,9 @@ def distillation_loss(
     The T^2 factor keeps the gradient scale independent of T. The teacher is treated as a constant.
     """
     if student_logits.shape != teacher_logits.shape:
-        raise ValueError(f"student logits {tuple(student_logits.shape)} and teacher logits {tuple(teacher_logits.shape)} differ in shape")
+        raise ValueError(
+            f"student logits {tuple(student_logits.shape)} and teacher logits {tuple(teacher_logits.shape)} differ in shape"
+        )
     student_log_p = F.log_softmax(_as_float(student_logits) / temperature, dim=-1)
     teacher_log_p = F.log_softmax(_as_float(teacher_logits).detach() / temperature, dim=-1)
     kl = F.kl_div(student_log_p, teacher_log_p, log_target=True, reduction="batchmean")
@@ -183,7 +185,9 @@ class TopicAdversary(nn.Module):
         return {"topic_adv_loss": loss, "topic_adv_accuracy": accuracy}
 
 
-def independence_loss(embeddings: torch.Tensor, topic_onehot: torch.Tensor, normalize: bool = True) -> dict[str, torch.Tensor]:
+def independence_loss(
+    embeddings: torch.Tensor, topic_onehot: torch.Tensor, normalize: bool = True
+) -> dict[str, torch.Tensor]:
     """Squared Frobenius norm of the cross-covariance between embeddings and topic indicators.
 
     This is HSIC with linear kernels (up to the constant 1/(N-1)^2): zero iff no embedding dimension is linearly
@@ -214,7 +218,9 @@ class LossLog(Mapping):
     def __init__(self, terms: Mapping[str, torch.Tensor]) -> None:
         self._names = list(terms)
         device = next(iter(terms.values())).device if terms else None
-        self._values = torch.stack([v.detach().float().reshape(()).to(device) for v in terms.values()]) if terms else None
+        self._values = (
+            torch.stack([v.detach().float().reshape(()).to(device) for v in terms.values()]) if terms else None
+        )
         self._floats: dict[str, float] | None = None
 
     def _read(self) -> dict[str, float]:

@@ -68,7 +68,11 @@ class NoDuplicatesBatchSampler:
         shuffled = rng.permutation(len(self.groups))
         by_group = shuffled[np.argsort(self.groups[shuffled], kind="stable")]  # grouped, random inside a group
         bounds = np.flatnonzero(np.diff(self.groups[by_group])) + 1
-        runs = [members[start : start + run] for members in np.split(by_group, bounds) for start in range(0, len(members), run)]
+        runs = [
+            members[start : start + run]
+            for members in np.split(by_group, bounds)
+            for start in range(0, len(members), run)
+        ]
         full = [runs[i] for i in rng.permutation(len(runs)) if len(runs[i]) == run]
         tails = [r for r in runs if len(r) < run]
         return np.concatenate(full + tails) if runs else np.zeros(0, dtype=np.int64)

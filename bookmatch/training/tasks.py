@@ -210,17 +210,27 @@ class CrossTask(Task):
 
     def build(self, data, rank, world_size):
         cfg = self.config
-        self.cross = CrossEncoder.from_backbone(cfg.model, max_seq_length=cfg.max_seq_length, local_files_only=cfg.local_files_only)
+        self.cross = CrossEncoder.from_backbone(
+            cfg.model, max_seq_length=cfg.max_seq_length, local_files_only=cfg.local_files_only
+        )
         if cfg.gradient_checkpointing:
             self.cross.model.gradient_checkpointing_enable()
         return CrossModule(self.cross)
 
     def arrays(self, split, data_dir, out, train=False, write=True):
-        key = arrays_key(texts_fingerprint(split), task="cross", tokenizer=tokenizer_fingerprint(self.cross.tokenizer),
-                         max_seq_length=self.cross.config.max_seq_length)
+        key = arrays_key(
+            texts_fingerprint(split),
+            task="cross",
+            tokenizer=tokenizer_fingerprint(self.cross.tokenizer),
+            max_seq_length=self.cross.config.max_seq_length,
+        )
         texts_a, texts_b = list(split["text1"]), list(split["text2"])
-        arrays = cached_arrays(cache_folder(data_dir, out), key, write=write,
-                               build=lambda: cross_arrays(texts_a, texts_b, self.cross, self.config.preprocess_workers))
+        arrays = cached_arrays(
+            cache_folder(data_dir, out),
+            key,
+            write=write,
+            build=lambda: cross_arrays(texts_a, texts_b, self.cross, self.config.preprocess_workers),
+        )
         return _with_pair_columns(arrays, split)
 
     def save_final(self, module, path, state_dict=None):
@@ -235,7 +245,9 @@ class ContrastiveTask(Task):
     def build(self, data, rank, world_size):
         cfg = self.config
         self.bi_encoder = BiEncoder.from_backbone(
-            cfg.model, local_files_only=cfg.local_files_only, max_seq_length=cfg.max_seq_length,
+            cfg.model,
+            local_files_only=cfg.local_files_only,
+            max_seq_length=cfg.max_seq_length,
             **section_values(cfg, BiEncoderSettings),  # the model's settings, declared once in BiEncoderSettings
         )
         train = data.splits["train"]
@@ -243,28 +255,53 @@ class ContrastiveTask(Task):
         if cfg.gradient_checkpointing:
             self.bi_encoder.encoder.gradient_checkpointing_enable()
         self.book_work = data.book_work
-        self.topics = topic_index(data.splits["train"]) if (cfg.topic_adversary or cfg.independence_weight > 0) else None
-        weights = LossWeights(cfg.ce_weight, cfg.contrastive_weight, cfg.distill_weight, cfg.topic_adversary_weight,
-                              cfg.independence_weight)
+        self.topics = (
+            topic_index(data.splits["train"]) if (cfg.topic_adversary or cfg.independence_weight > 0) else None
+        )
+        weights = LossWeights(
+            cfg.ce_weight,
+            cfg.contrastive_weight,
+            cfg.distill_weight,
+            cfg.topic_adversary_weight,
+            cfg.independence_weight,
+        )
         return ContrastiveModule(
-            self.bi_encoder, weights, temperature=cfg.temperature, distill_temperature=cfg.distill_temperature,
+            self.bi_encoder,
+            weights,
+            temperature=cfg.temperature,
+            distill_temperature=cfg.distill_temperature,
             num_topics=len(self.topics) if cfg.topic_adversary and self.topics else 0,
-            adversary_lambda=cfg.topic_adversary_lambda, rank=rank, world_size=world_size,
+            adversary_lambda=cfg.topic_adversary_lambda,
+            rank=rank,
+            world_size=world_size,
         )
 
     def arrays(self, split, data_dir, out, train=False, write=True):
         cfg, model = self.config, self.bi_encoder
         window = cfg.training_window if train else "first"
-        idf = hashlib.sha1(b"".join(idf.detach().cpu().numpy().tobytes() for _, idf in model._fingerprints())).hexdigest()
+        idf = hashlib.sha1(
+            b"".join(idf.detach().cpu().numpy().tobytes() for _, idf in model._fingerprints())
+        ).hexdigest()
         key = arrays_key(
-            texts_fingerprint(split), task="bi_encoder", tokenizer=tokenizer_fingerprint(model.tokenizer),
-            max_seq_length=model.config.max_seq_length, window=window, seed=cfg.seed if window == "random" else None,
-            side_features=model.config.side_feature_names, lexical=[model.config.lexical_buckets, model.config.lexical_top_k,
-            model.config.name_top_k], idf=idf,
+            texts_fingerprint(split),
+            task="bi_encoder",
+            tokenizer=tokenizer_fingerprint(model.tokenizer),
+            max_seq_length=model.config.max_seq_length,
+            window=window,
+            seed=cfg.seed if window == "random" else None,
+            side_features=model.config.side_feature_names,
+            lexical=[model.config.lexical_buckets, model.config.lexical_top_k, model.config.name_top_k],
+            idf=idf,
         )
         texts_a, texts_b = list(split["text1"]), list(split["text2"])
-        arrays = cached_arrays(cache_folder(data_dir, out), key, write=write, build=lambda: bi_encoder_arrays(
-            texts_a, texts_b, model, window=window, seed=cfg.seed, workers=cfg.preprocess_workers))
+        arrays = cached_arrays(
+            cache_folder(data_dir, out),
+            key,
+            write=write,
+            build=lambda: bi_encoder_arrays(
+                texts_a, texts_b, model, window=window, seed=cfg.seed, workers=cfg.preprocess_workers
+            ),
+        )
         works, topics = work_ids(split, self.book_work), topic_ids(split, self.topics)
         for side, i in (("a", 0), ("b", 1)):
             arrays.add_column(f"work_{side}", np.asarray(works[i], dtype=np.int64))
@@ -301,5 +338,4 @@ def _with_pair_columns(arrays: PairArrays, split) -> PairArrays:
 
 def _strip_prefix(state_dict: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     """The weights under `prefix` (the servable model inside a training module), prefix removed."""
-    return {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
-
+    return {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}

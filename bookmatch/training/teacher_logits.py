@@ -54,7 +54,10 @@ def teacher_logits(config, train_split, accelerator, out: Path) -> np.ndarray:
     start = time.perf_counter()
     rows = rank_slice(len(train_split), accelerator.process_index, accelerator.num_processes)
     # one read of each column (a per-row read of an Arrow dataset costs a conversion each)
-    texts1, texts2 = list(train_split["text1"])[rows.start : rows.stop], list(train_split["text2"])[rows.start : rows.stop]
+    texts1, texts2 = (
+        list(train_split["text1"])[rows.start : rows.stop],
+        list(train_split["text2"])[rows.start : rows.stop],
+    )
     mine = score_pairs(teacher, texts1, texts2, config.teacher_batch_size, accelerator.mixed_precision)
     logits = np.concatenate(gather_object([mine]), axis=0).astype(np.float32, copy=False)
     if accelerator.is_main_process:
@@ -68,8 +71,9 @@ def teacher_logits(config, train_split, accelerator, out: Path) -> np.ndarray:
     return logits
 
 
-def score_pairs(teacher: CrossEncoder, texts1: Sequence[str], texts2: Sequence[str], batch_size: int = 64,
-                precision: str = "no") -> np.ndarray:
+def score_pairs(
+    teacher: CrossEncoder, texts1: Sequence[str], texts2: Sequence[str], batch_size: int = 64, precision: str = "no"
+) -> np.ndarray:
     """(N, 2) float32 logits of aligned pairs, in input order (`CrossEncoder.predict_logits`, batched for speed).
 
     `batch_size` pairs of the longest length set the budget of padded tokens per batch."""
@@ -104,8 +108,9 @@ def score_pairs(teacher: CrossEncoder, texts1: Sequence[str], texts2: Sequence[s
         def make_inputs(index: np.ndarray, tokens=tokens, keys=keys) -> dict:
             inputs = {}
             for name in keys:
-                values, mask = pad_ids([tokens[name][i] for i in index], pad_id if name == "input_ids" else 0,
-                                       multiple_of=8 if cuda else 1)
+                values, mask = pad_ids(
+                    [tokens[name][i] for i in index], pad_id if name == "input_ids" else 0, multiple_of=8 if cuda else 1
+                )
                 inputs[name] = torch.from_numpy(values)
                 inputs.setdefault("attention_mask", torch.from_numpy(mask))
             return {k: v.pin_memory() for k, v in inputs.items()} if cuda else inputs

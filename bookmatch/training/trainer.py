@@ -78,7 +78,9 @@ def evaluate(module: nn.Module, split: PairArrays, batch_size: int, accelerator)
             batch = {k: v.to(accelerator.device) for k, v in batch.items()}
             with accelerator.autocast():
                 logits = module(batch, with_losses=False)["logits"].float().cpu().numpy()
-            results += [(int(r), logits[i].tolist(), int(batch["label"][i])) for i, r in enumerate(batch["row"].tolist())]
+            results += [
+                (int(r), logits[i].tolist(), int(batch["label"][i])) for i, r in enumerate(batch["row"].tolist())
+            ]
     finally:
         module.train(was_training)
     gathered = sorted(gather_object(results))
@@ -152,8 +154,10 @@ def _whole_models(plugin):
     if plugin.is_zero3_init_enabled():
         from bookmatch.config import ConfigError
 
-        raise ConfigError("zero3_init_flag: true is not supported (bookmatch builds each model whole on every rank, then "
-                          "DeepSpeed partitions it); set zero3_init_flag: false in the accelerate config")
+        raise ConfigError(
+            "zero3_init_flag: true is not supported (bookmatch builds each model whole on every rank, then "
+            "DeepSpeed partitions it); set zero3_init_flag: false in the accelerate config"
+        )
     from transformers.integrations import unset_hf_deepspeed_config
 
     unset_hf_deepspeed_config()
@@ -179,7 +183,10 @@ def _deepspeed_fp32_weights(module: nn.Module) -> dict[str, torch.Tensor]:
 
 def _deepspeed_launch_without_gpu() -> bool:
     """A rank started by `accelerate launch --use_deepspeed` (its environment says so) on a machine with no GPU."""
-    launched = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true" and int(os.environ.get("LOCAL_RANK", -1)) != -1
+    launched = (
+        os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+        and int(os.environ.get("LOCAL_RANK", -1)) != -1
+    )
     return launched and not torch.cuda.is_available()
 
 
@@ -193,7 +200,11 @@ def _optimizer(module: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
         groups.setdefault((_is_backbone(name), param.ndim >= 2), []).append(param)
     return torch.optim.AdamW(
         [
-            {"params": params, "lr": config.lr if backbone else head_lr, "weight_decay": config.weight_decay if decayed else 0.0}
+            {
+                "params": params,
+                "lr": config.lr if backbone else head_lr,
+                "weight_decay": config.weight_decay if decayed else 0.0,
+            }
             for (backbone, decayed), params in sorted(groups.items())
         ],
         lr=config.lr,
@@ -250,8 +261,10 @@ class StepTimer:
 
     def describe(self, steps: int) -> str:
         total = sum(self.seconds.values()) or 1e-9
-        return ", ".join(f"{phase.replace('_', '/')} {ms:.1f} ms ({self.seconds[phase] / total:.0%})"
-                         for phase, ms in self.per_step(steps).items())
+        return ", ".join(
+            f"{phase.replace('_', '/')} {ms:.1f} ms ({self.seconds[phase] / total:.0%})"
+            for phase, ms in self.per_step(steps).items()
+        )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -273,7 +286,9 @@ class TrainingRecipe:
         if not self.config.data or not self.config.out:
             from bookmatch.errors import InputError
 
-            raise InputError("training needs a data folder (--data, from `bookmatch prepare`) and an output folder (--out)")
+            raise InputError(
+                "training needs a data folder (--data, from `bookmatch prepare`) and an output folder (--out)"
+            )
         self.out = Path(self.config.out)
         self.final_dir = self.out / "final"
         self.summary_path = self.out / SUMMARY_NAME
@@ -302,9 +317,13 @@ class TrainingRecipe:
 
         config = self.config
         # resolved once, in the config that is saved with the run, so a resume reuses the same precision
-        config.mixed_precision = resolve_mixed_precision(config.mixed_precision, torch.cuda.is_available() and not config.cpu)
+        config.mixed_precision = resolve_mixed_precision(
+            config.mixed_precision, torch.cuda.is_available() and not config.cpu
+        )
         # with the contrastive term off the projection head gets no gradient, which DDP must be told
-        self.accelerator = _build_accelerator(config, find_unused_parameters=getattr(config, "contrastive_weight", 1.0) == 0)
+        self.accelerator = _build_accelerator(
+            config, find_unused_parameters=getattr(config, "contrastive_weight", 1.0) == 0
+        )
         self.rank, self.world_size = self.accelerator.process_index, self.accelerator.num_processes
         self.deepspeed_plugin = getattr(self.accelerator.state, "deepspeed_plugin", None)
         self.on_gpu = self.accelerator.device.type == "cuda"
@@ -353,15 +372,19 @@ class TrainingRecipe:
         if self.total_steps < 1:
             from bookmatch.errors import InputError
 
-            raise InputError(f"{config.data}: {len(self.train_split)} training pairs make no full optimizer step; "
-                             "lower --batch-size/--grad-accum")
+            raise InputError(
+                f"{config.data}: {len(self.train_split)} training pairs make no full optimizer step; "
+                "lower --batch-size/--grad-accum"
+            )
 
     def _setup_optimizer(self) -> None:
         from transformers import get_linear_schedule_with_warmup
 
         config, accelerator = self.config, self.accelerator
         optimizer = _optimizer(self.module, config)
-        self.scheduler = get_linear_schedule_with_warmup(optimizer, _warmup_steps(config, self.total_steps), self.total_steps)
+        self.scheduler = get_linear_schedule_with_warmup(
+            optimizer, _warmup_steps(config, self.total_steps), self.total_steps
+        )
         if self.deepspeed_plugin is not None:
             # our loaders are not passed to prepare(), so DeepSpeed cannot infer the micro-batch size ("auto"); and
             # under DeepSpeed the engine clips (accelerator.clip_grad_norm_ defers to it), so it gets our norm
@@ -383,8 +406,10 @@ class TrainingRecipe:
         if self.world_size > 1 or config.mixed_precision == "fp16" or config.grad_accum > 1:
             from bookmatch.errors import InputError
 
-            raise InputError("--cached-contrastive runs on one process without --fp16 or --grad-accum; "
-                             "use --bf16 and a larger --batch-size instead")
+            raise InputError(
+                "--cached-contrastive runs on one process without --fp16 or --grad-accum; "
+                "use --bf16 and a larger --batch-size instead"
+            )
         return CachedSupCon(self.accelerator.unwrap_model(self.model).supcon, mini_batch_size=config.mini_batch_size)
 
     def _resume_or_start(self) -> None:
@@ -395,7 +420,13 @@ class TrainingRecipe:
             if latest is not None:
                 self.state = state = ckpt.load_checkpoint(accelerator, latest)
                 accelerator.step = state.micro_step
-                logger.info("resumed from %s (step %d, epoch %d, batch %d)", latest, state.global_step, state.epoch, state.batch_in_epoch)
+                logger.info(
+                    "resumed from %s (step %d, epoch %d, batch %d)",
+                    latest,
+                    state.global_step,
+                    state.epoch,
+                    state.batch_in_epoch,
+                )
             else:
                 logger.info("no checkpoint in %s: starting from scratch", out)
         elif accelerator.is_main_process:
@@ -409,7 +440,9 @@ class TrainingRecipe:
     # the loop --------------------------------------------------------------------------------------------------
     def _train(self) -> None:
         state = self.state
-        self.bar = _progress_bar(self.total_steps, state.global_step, disable=not self.accelerator.is_local_main_process)
+        self.bar = _progress_bar(
+            self.total_steps, state.global_step, disable=not self.accelerator.is_local_main_process
+        )
         self.start_time = time.perf_counter()
         self.start_sequences = state.sequences_seen
         self.start_step = state.global_step
@@ -458,7 +491,9 @@ class TrainingRecipe:
         accelerator, model, config = self.accelerator, self.model, self.config
         with accelerator.accumulate(model):
             if self.cached is not None:
-                self.last_logged = cached_contrastive_step(accelerator.unwrap_model(model), batch, self.cached, accelerator)
+                self.last_logged = cached_contrastive_step(
+                    accelerator.unwrap_model(model), batch, self.cached, accelerator
+                )
             else:
                 output = model(batch)
                 accelerator.backward(output["loss"])
@@ -487,7 +522,12 @@ class TrainingRecipe:
         if log_step:
             self._read_losses()  # with evaluation, the only place the loop waits for the device
             if self.accelerator.is_main_process:
-                logger.info("step %d/%d: %s", state.global_step, self.total_steps, " ".join(f"{k}={v:.4f}" for k, v in self.running.items()))
+                logger.info(
+                    "step %d/%d: %s",
+                    state.global_step,
+                    self.total_steps,
+                    " ".join(f"{k}={v:.4f}" for k, v in self.running.items()),
+                )
         self.timer.mark("logging")
         stop = self._evaluate() if eval_step else False
         if state.global_step >= self.total_steps:
@@ -522,11 +562,23 @@ class TrainingRecipe:
             self._save_final()
         else:
             state.evals_since_best += 1
-        state.history.append({"step": state.global_step, "epoch": state.epoch, **{f"val_{k}": v for k, v in metrics.items()}, **self.running})
+        state.history.append(
+            {
+                "step": state.global_step,
+                "epoch": state.epoch,
+                **{f"val_{k}": v for k, v in metrics.items()},
+                **self.running,
+            }
+        )
         if accelerator.is_main_process:
             logger.info(
                 "step %d: val loss %.4f acc %.4f f1 %.4f auc %.4f%s",
-                state.global_step, metrics["loss"], metrics["accuracy"], metrics["f1"], metrics["auc"], " (best)" if improved else "",
+                state.global_step,
+                metrics["loss"],
+                metrics["accuracy"],
+                metrics["f1"],
+                metrics["auc"],
+                " (best)" if improved else "",
             )
         return config.patience > 0 and state.evals_since_best >= config.patience
 
@@ -557,8 +609,10 @@ class TrainingRecipe:
         elapsed = time.perf_counter() - self.start_time
         sequences = state.sequences_seen - self.start_sequences
         steps = state.global_step - self.start_step
-        line = (summary_line(f"train {self.task.name}", state.global_step, elapsed, "steps")
-                + f", {sequences / max(elapsed, 1e-9):,.1f} sequences/s; per step: {self.timer.describe(steps)}")
+        line = (
+            summary_line(f"train {self.task.name}", state.global_step, elapsed, "steps")
+            + f", {sequences / max(elapsed, 1e-9):,.1f} sequences/s; per step: {self.timer.describe(steps)}"
+        )
         if accelerator.is_main_process:
             atomic_write_json(self.summary_path, self._summary(elapsed, sequences, steps, line))
             logger.info(line)
