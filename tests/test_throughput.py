@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import SAMPLE_TEXTS
+from conftest import SAMPLE_TEXTS
 
 REPO = Path(__file__).resolve().parents[1]
 
