@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import SAMPLE_TEXTS
 
 REPO = Path(__file__).resolve().parents[1]
