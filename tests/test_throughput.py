@@ -53,15 +53,25 @@ def test_rank_slices_partition_in_order_and_prefetch_reraises():
     assert list(prefetch(iter(range(50)), depth=2)) == list(range(50))
 
 
-def test_fast_centroids_equal_sentence_transformers_encode(tiny_encoder_dir):
+def _progress_lines(text: str, desc: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith(f"{desc}: ")]
+
+
+def test_fast_centroids_equal_sentence_transformers_encode(tiny_encoder_dir, monkeypatch, capsys):
     from bookmatch.prepare.mining import embed_centroids, embed_centroids_plain
 
+    monkeypatch.setenv("BOOKMATCH_PROGRESS", "lines")
+    monkeypatch.setenv("BOOKMATCH_PROGRESS_SECONDS", "1e-6")
     books = _books()
+    total = sum(map(len, books))
     # small blocks and batches: several tokenized blocks, many batches of mixed books
-    fast = embed_centroids(books, str(tiny_encoder_dir), batch_size=4, block_texts=9)
+    fast = embed_centroids(books, str(tiny_encoder_dir), batch_size=4, block_texts=9, total_texts=total)
+    lines = _progress_lines(capsys.readouterr().err, "mining: embedding")
     plain = embed_centroids_plain(books, str(tiny_encoder_dir), batch_size=4)
     assert fast.shape == plain.shape and not fast[2].any()
     np.testing.assert_allclose(fast, plain, atol=2e-5)
+    # a long mining run is followed in a log: a line per batch here, the last one at the full count
+    assert len(lines) >= 2 and lines[-1].startswith(f"mining: embedding: {total}/{total} chunk (100%)")
 
 
 def test_sentence_transformers_folder_pooling_is_read(tmp_path, tiny_encoder_dir):
@@ -100,9 +110,12 @@ def test_sentence_transformers_folder_pooling_is_read(tmp_path, tiny_encoder_dir
     assert _sentence_transformers_pooling(folder) is None  # a module it does not run: the plain path takes it
 
 
-def test_fast_teacher_logits_equal_predict_logits_in_input_order(models):
+def test_fast_teacher_logits_equal_predict_logits_in_input_order(models, monkeypatch, capsys):
     from bookmatch.models.cross_encoder import CrossEncoder
     from bookmatch.training.teacher_logits import score_pairs
+
+    monkeypatch.setenv("BOOKMATCH_PROGRESS", "lines")
+    monkeypatch.setenv("BOOKMATCH_PROGRESS_SECONDS", "1e-6")
 
     teacher = CrossEncoder.from_pretrained(models["cross"])
     rng = np.random.default_rng(1)
@@ -110,7 +123,9 @@ def test_fast_teacher_logits_equal_predict_logits_in_input_order(models):
     texts2 = [" ".join(rng.choice(SAMPLE_TEXTS, size=int(rng.integers(1, 6)))) for _ in range(23)]
     plain = teacher.predict_logits(list(zip(texts1, texts2)), batch_size=8).numpy()
     fast = score_pairs(teacher, texts1, texts2, batch_size=3)
+    lines = _progress_lines(capsys.readouterr().err, "teacher scoring")
     np.testing.assert_allclose(fast, plain, atol=2e-5)
+    assert len(lines) >= 2 and lines[-1].startswith("teacher scoring: 23/23 pair (100%)")
     assert np.abs(plain[:, 1] - plain[:, 0]).std() > 0  # the pairs score differently, so order is tested
 
 

@@ -125,8 +125,13 @@ def run_batches(
     forward: Callable[[dict], np.ndarray],
     out: np.ndarray,
     depth: int = 2,
+    counter=None,
 ) -> np.ndarray:
-    """out[batch] = forward(make_inputs(batch)) for every batch; inputs are built `depth` batches ahead."""
+    """out[batch] = forward(make_inputs(batch)) for every batch; inputs are built `depth` batches ahead.
+
+    `counter` (a progress counter, `bookmatch.progress.progress_bar`) is advanced by each batch's rows."""
     for index, inputs in prefetch(((index, make_inputs(index)) for index in batches), depth):
         out[index] = forward(inputs)
+        if counter is not None:
+            counter.update(len(index))
     return out

@@ -100,8 +100,10 @@ def mine_neighbours(
     table = spill(dict(enumerate(map(set, positions))), "mining")
     samples = _BookSamples(table, positions)
     started = time.perf_counter()
-    centroids = embed_centroids(samples, config.miner_model, config.embed_batch_size, precision=config.miner_precision)
     embedded = sum(map(len, positions))
+    centroids = embed_centroids(
+        samples, config.miner_model, config.embed_batch_size, precision=config.miner_precision, total_texts=embedded
+    )
     log.info(summary_line("embedded chunks", embedded, time.perf_counter() - started, "chunks"))
     neighbours = hard_negative_books(
         centroids, work_of, config.num_hard_negative_books, config.knn_backend, config.knn_block_size

@@ -97,6 +97,7 @@ def embed_centroids(
     device: str | None = None,
     block_texts: int = 16384,
     precision: str = "no",
+    total_texts: int | None = None,
 ) -> np.ndarray:
     """One L2-normalised mean embedding per book (rows of zeros for books without chunks).
 
@@ -110,8 +111,10 @@ def embed_centroids(
     in length-sorted batches of about `batch_size` x max length tokens, tokenized on a background thread.
     A sentence-transformers folder with modules other than Transformer, Pooling (mean, cls or max) and
     Normalize runs through sentence-transformers' own `encode` instead (`embed_centroids_plain`).
+    `total_texts` (all ranks' texts, when the caller knows it) gives rank 0's progress lines a percentage.
     """
     from bookmatch.models.batching import distributed_rank, gather_rows, rank_slice
+    from bookmatch.progress import progress_bar
 
     encoder = SentenceEncoder.load(model_name, device=device, precision=precision)
     if encoder is None:
@@ -119,12 +122,17 @@ def embed_centroids(
     rank, world_size = distributed_rank()
     books = rank_slice(len(chunk_lists), rank, world_size)
     sums = np.zeros((len(books), encoder.dimension), dtype=np.float32)
+    # rank 0 reports its own share, scaled to the whole: ranks get equal shares of books
+    counter = progress_bar(
+        total_texts and -(-total_texts // world_size), "mining: embedding", "chunk", disable=rank != 0
+    )
     for owners, tokens in _prefetched_blocks(chunk_lists, books, block_texts, encoder):
         if owners.size:
-            embeddings = encoder.embed_tokens(tokens, batch_size)
+            embeddings = encoder.embed_tokens(tokens, batch_size, counter)
             # a block's texts are in book order: sum each book's run of rows
             starts = np.flatnonzero(np.r_[True, owners[1:] != owners[:-1]])
             sums[owners[starts] - books.start] = np.add.reduceat(embeddings, starts, axis=0)
+    counter.close()
     centroids = gather_rows(sums, world_size)
     norms = np.linalg.norm(centroids, axis=1, keepdims=True)
     return centroids / np.maximum(norms, 1e-12)
@@ -197,8 +205,8 @@ class SentenceEncoder:
             return []
         return self.tokenizer(texts, truncation=True, max_length=self.max_length, verbose=False)["input_ids"]
 
-    def embed_tokens(self, tokens: list[list[int]], batch_size: int = 64) -> np.ndarray:
-        """(N, dim) float32 L2-normalised embeddings of tokenized texts, in their order."""
+    def embed_tokens(self, tokens: list[list[int]], batch_size: int = 64, counter=None) -> np.ndarray:
+        """(N, dim) float32 L2-normalised embeddings of tokenized texts, in their order (`counter`: progress)."""
         import torch
 
         from bookmatch.models.batching import (
@@ -231,7 +239,7 @@ class SentenceEncoder:
                 return torch.nn.functional.normalize(pooled, dim=-1).cpu().numpy()
 
         out = np.zeros((len(tokens), self.dimension), dtype=np.float32)
-        return run_batches(batches, make_inputs, forward, out)
+        return run_batches(batches, make_inputs, forward, out, counter=counter)
 
 
 _ST_POOLING_KEYS = {

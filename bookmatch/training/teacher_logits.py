@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from bookmatch.models.batching import (
+    distributed_rank,
     length_sorted_batches,
     model_attention_mask,
     pad_ids,
@@ -26,7 +27,7 @@ from bookmatch.models.batching import (
     run_batches,
 )
 from bookmatch.models.cross_encoder import CrossEncoder
-from bookmatch.progress import summary_line
+from bookmatch.progress import progress_bar, summary_line
 from bookmatch.training.data import texts_fingerprint
 
 logger = logging.getLogger(__name__)
@@ -102,6 +103,7 @@ def score_pairs(
             return model(**inputs).logits.float().cpu().numpy()
 
     out = np.zeros((len(texts1), 2), dtype=np.float32)
+    counter = progress_bar(len(texts1), "teacher scoring", "pair", disable=distributed_rank()[0] != 0)
     for first, tokens in prefetch(blocks(), depth=1):
         keys = [k for k in ("input_ids", "token_type_ids") if k in tokens]
 
@@ -117,5 +119,6 @@ def score_pairs(
 
         batches = length_sorted_batches([len(ids) for ids in tokens["input_ids"]], max_tokens, batch_size * 4)
         block = out[first : first + len(tokens["input_ids"])]
-        run_batches(batches, make_inputs, forward, block)
+        run_batches(batches, make_inputs, forward, block, counter=counter)
+    counter.close()
     return out
