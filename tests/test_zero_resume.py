@@ -79,7 +79,7 @@ def _damaged_views(view: dict[str, bytes]) -> dict[str, tuple[dict[str, bytes], 
 
 
 @needs_deepspeed
-@pytest.mark.slow  # three ZeRO-2 runs of 2 processes each: about 3 minutes on 2 idle cores
+@pytest.mark.slow  # four ZeRO-2 launches of 2 processes each: minutes on 2 cores
 def test_zero2_resume_falls_back_past_a_damaged_checkpoint(data_dir, tiny_encoder_dir, tmp_path):  # noqa: F811
     from test_deepspeed import _launch, _zero_on_two_cpu_processes
 
@@ -106,6 +106,8 @@ def test_zero2_resume_falls_back_past_a_damaged_checkpoint(data_dir, tiny_encode
         assert [path for path, _ in skipped] == [bucket / "checkpoint-8"], case
         assert re.search(reason, skipped[0][1]), (case, skipped[0][1])
 
+    _assert_planted_shard_runs_no_code(lambda out: _launch(config, data_dir, tiny_encoder_dir, out, "--resume"), killed)
+
     # one of them resumed for real (the shard of the rank that does not write the manifest)
     bucket = materialize(_damaged_views(view)["rank 1's shard cut"][0], tmp_path / "bucket")
     run = _launch(config, data_dir, tiny_encoder_dir, bucket, "--resume")
@@ -113,6 +115,21 @@ def test_zero2_resume_falls_back_past_a_damaged_checkpoint(data_dir, tiny_encode
     assert re.search(r"not resuming from \S+checkpoint-8: " + re.escape(SHARD.format(1)) + " has", run.stderr)
     assert re.search(r"resumed from \S+checkpoint-4 \(step 4,", run.stderr)
     _assert_same_end(straight, bucket)
+
+
+def _assert_planted_shard_runs_no_code(resume, killed: Path) -> None:
+    """DeepSpeed 0.19 unpickles its shards with weights_only=False; a resume swaps in weights_only=True. Someone
+    who can write to the bucket replaces rank 1's shard with a pickle that runs code, and re-commits."""
+    from test_commit_protocol import _plant
+
+    attacked = materialize(snapshot(killed), killed.parent / "attacked")
+    marker = killed.parent / "code_ran"
+    _plant(attacked / "checkpoint-8" / SHARD.format(1), marker)
+    write_commit(attacked / "checkpoint-8", meta=verify(killed / "checkpoint-8").meta)
+    assert resumable_checkpoint(attacked)[0] == attacked / "checkpoint-8"  # it verifies: only the loader stands
+    run = resume(attacked)
+    assert run.returncode != 0 and not marker.exists()
+    assert re.search(r"error: cannot load \S+checkpoint-8 \(UnpicklingError", run.stderr), run.stderr[-3000:]
 
 
 def _assert_same_end(straight: Path, resumed: Path) -> None:
