@@ -3,8 +3,9 @@
 A checkpoint is `checkpoint-<step>/`: accelerate's state (model, optimizer, grad scaler, per-rank RNG; DeepSpeed
 shards), our custom objects as JSON (`custom_state_<i>.json`, e.g. the LR scheduler) and `trainer_state.json`,
 every file written under its final name by the rank that owns it, then `COMMIT.json` (bookmatch.artifacts) by
-rank 0 once every rank has closed its files. A resume takes the newest checkpoint that verifies and logs why it
-skipped any newer one; rotation deletes old checkpoints only after the new one verifies.
+rank 0 once every rank has closed its files, and only when the nodes' listings hold every rank's files (RNG
+state; ZeRO shards). A resume takes the newest checkpoint that verifies and logs why it skipped any newer one;
+rotation deletes old checkpoints only after the new one verifies.
 
 Nothing here unpickles code: accelerate loads model weights from safetensors and optimizer, scaler and RNG files
 with `torch.load(weights_only=True)`; its custom-object loader (`weights_only=False`) is never used, because the
