@@ -82,3 +82,14 @@ def interesting_kill_points(recorder: Recorder) -> list[int]:
         if any(n.startswith(("checkpoint-", "final/")) or n == "train_summary.json" for n in changed):
             points.append(k)
     return points
+
+
+def lost_upload(view: dict[str, bytes], name: str, rng: random.Random | None = None) -> dict[str, bytes]:
+    """The bucket when the preemption stopped the upload of `name`: without `rng` the file is absent; with it,
+    only a random first part of it landed. Every other file is as in `view` (e.g. a checkpoint's small manifest,
+    closed last, uploaded before a large optimizer shard finished: parallel transfers end in any order)."""
+    damaged = dict(view)
+    data = damaged.pop(name)
+    if rng is not None:
+        damaged[name] = data[: rng.randrange(1, len(data))]
+    return damaged

@@ -3,8 +3,9 @@
 A checkpoint is `checkpoint-<step>/`: accelerate's state (model, optimizer, grad scaler, per-rank RNG; DeepSpeed
 shards), our custom objects as JSON (`custom_state_<i>.json`, e.g. the LR scheduler) and `trainer_state.json`,
 every file written under its final name by the rank that owns it, then `COMMIT.json` (bookmatch.artifacts) by
-rank 0 once every rank has closed its files. A resume takes the newest checkpoint that verifies and logs why it
-skipped any newer one; rotation deletes old checkpoints only after the new one verifies.
+rank 0 once every rank has closed its files, and only when the nodes' listings hold every rank's files (RNG
+state; ZeRO shards). A resume takes the newest checkpoint that verifies and logs why it skipped any newer one;
+rotation deletes old checkpoints only after the new one verifies.
 
 Nothing here unpickles code: accelerate loads model weights from safetensors and optimizer, scaler and RNG files
 with `torch.load(weights_only=True)`; its custom-object loader (`weights_only=False`) is never used, because the
@@ -44,6 +45,7 @@ FINAL_NAME = "final"
 CUSTOM_STATE = "custom_state_{}.json"
 RNG_STATE = "random_states_{}.pkl"  # accelerate's name; loaded here with weights_only=True
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+_ZERO_RANK = re.compile(r"zero_pp_rank_\d+_")  # DeepSpeed's data-parallel rank in a shard's name
 
 
 class CheckpointError(BookmatchError):
@@ -113,11 +115,29 @@ def _resume_problem(out: Path, path: Path) -> str | None:
     verdict = verify(path)
     if not verdict:
         return verdict.reason
+    missing = missing_rank_files(verdict.files, (verdict.meta or {}).get("world_size"))
+    if missing:
+        return f"its commit does not list {', '.join(missing[:3])} (a rank's files that no process listed)"
     try:
         state = TrainerState.from_json(read_json(path / STATE_NAME))
     except (ValueError, TypeError, OSError) as err:  # listed and whole, yet not a state: written by something else
         return f"{STATE_NAME} is not a trainer state ({type(err).__name__})"
     return _final_problem(out / FINAL_NAME, path, state)
+
+
+def missing_rank_files(names, world_size: Any) -> list[str]:
+    """Per-rank files that a checkpoint saved by `world_size` processes must list and does not: every rank's RNG
+    state and, for each kind of DeepSpeed ZeRO shard listed (`[bf16_]zero_pp_rank_<r>_mp_rank_00_optim_states.pt`;
+    ZeRO-3's `..._model_states.pt`), that shard of every rank. A commit is written from what each node's lister
+    saw; a file absent from every listing would verify and then fail to load, or load another rank's state."""
+    if not isinstance(world_size, int) or world_size < 1:
+        return []
+    names = set(names)
+    templates = {RNG_STATE.format("<R>")} | {
+        _ZERO_RANK.sub("zero_pp_rank_<R>_", n) for n in names if _ZERO_RANK.search(n)
+    }
+    expected = [t.replace("<R>", str(rank)) for t in sorted(templates) for rank in range(world_size)]
+    return [name for name in expected if name not in names]
 
 
 def _final_problem(final_dir: Path, path: Path, state: TrainerState) -> str | None:
@@ -267,6 +287,12 @@ def _commit(
             "%s not committed: nodes saw different contents of %s; the previous checkpoint stays",
             path,
             ", ".join(conflicts[:5]),
+        )
+        return
+    missing = missing_rank_files(files, world_size)
+    if missing:
+        logger.warning(
+            "%s not committed: no process listed %s; the previous checkpoint stays", path, ", ".join(missing[:5])
         )
         return
     write_commit(
