@@ -118,6 +118,7 @@ def test_tfidf_auc_and_its_interval_equal_a_direct_computation(report, pairs_fil
         a, b = vectors.transform([r["text1"] for r in rows]), vectors.transform([r["text2"] for r in rows])
         cosine = np.array([(a[i] @ b[i].T).toarray()[0, 0] for i in range(len(rows))])
         figures = result["auc"][name]
+        assert set(figures) == {"all", "neg_same_author", "neg_other_author"}  # positives vs all negatives = "all"
         assert figures["all"]["auc"] == pytest.approx(roc_auc_score(labels, cosine), abs=1e-12)
         assert printed["auc"][name]["all"] == round(figures["all"]["auc"], 4)
         for kind in ("neg_same_author", "neg_other_author"):

@@ -178,7 +178,8 @@ def _short_path(path: str) -> str:
 
 def auc_subsets(labels: np.ndarray, kinds: Sequence[str]) -> dict[str, np.ndarray]:
     """Masks of the pairs each AUC is measured on: "all", and per kind its own pairs, or, for a kind holding one
-    class only, its pairs against all pairs of the other class (as `metrics_by_kind` measures it)."""
+    class only, its pairs against all pairs of the other class (as `metrics_by_kind` measures it); a kind whose
+    mask is every pair (the positives, when they are the only positive kind) is "all" already."""
     k = np.asarray(kinds, dtype=object)
     subsets = {"all": np.ones(len(labels), dtype=bool)}
     for kind in sorted(set(k.tolist())):
@@ -186,7 +187,7 @@ def auc_subsets(labels: np.ndarray, kinds: Sequence[str]) -> dict[str, np.ndarra
         classes = set(labels[mask].tolist())
         if len(classes) == 1:
             mask = mask | (labels == 1 - classes.pop())
-        if len(set(labels[mask].tolist())) == 2:
+        if len(set(labels[mask].tolist())) == 2 and not mask.all():  # all pairs (the positives vs all): "all"
             subsets[str(kind)] = mask
     return subsets
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from bookmatch.evaluation.report import TABLE_METRICS, _fmt, _table
+from bookmatch.evaluation.report import TABLE_METRICS, _table
 
 
 def _with_interval(figures: Mapping[str, float] | None) -> str:
@@ -54,7 +54,7 @@ def render_baselines_report(result: Mapping[str, Any], roc_png: str | None = Non
         "## Methods",
         "",
     ]
-    lines += [f"- **{name}**: {m['note']}; scored in {_fmt(m['seconds'])} s" for name, m in methods.items()]
+    lines += [f"- **{name}**: {m['note']}; scored in {m['seconds']:.1f} s" for name, m in methods.items()]
     for name, m in methods.items():
         lines += ["", f"### By kind: {name}", ""]
         lines += _table(
