@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import sys
 import time
 from pathlib import Path
@@ -34,18 +33,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def auc_table(model, sets: dict, seq_lengths: list[int], batch_size: int = 32) -> dict[str, float]:
     """ROC AUC of the embeddings' cosine per set (`LabelledPairs`), and per negative kind against all positives
     (as `bookmatch evaluate` reports it), per reading length."""
-    import numpy as np
-
     from bookmatch.evaluation.metrics import compute_metrics, metrics_by_kind
+    from bookmatch.evaluation.st_recipe import cosine_scores
 
     results = {}
     for seq_length in seq_lengths:
-        model.max_seq_length = seq_length
         for name, pairs in sets.items():
-            texts = sorted(set(pairs.text1) | set(pairs.text2))
-            vectors = model.encode(texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True)
-            index = {t: i for i, t in enumerate(texts)}
-            cosine = np.array([vectors[index[a]] @ vectors[index[b]] for a, b in zip(pairs.text1, pairs.text2)])
+            cosine = cosine_scores(model, pairs.text1, pairs.text2, seq_length, batch_size)
             score = (cosine + 1) / 2  # into [0, 1], as the metrics expect; AUC is unchanged by it
             results[f"{name}@{seq_length}"] = float(compute_metrics(pairs.labels, score)["auc"])
             for kind, figures in metrics_by_kind(pairs.labels, score, pairs.kinds).items():
@@ -75,26 +69,15 @@ def main() -> None:
     parser.add_argument("--json-out", default=None)
     args = parser.parse_args()
 
-    import tempfile
-
     import torch
-    from datasets import Dataset, load_from_disk
-    from sentence_transformers import (
-        SentenceTransformer,
-        SentenceTransformerTrainer,
-        SentenceTransformerTrainingArguments,
-    )
-    from sentence_transformers.losses import MultipleNegativesRankingLoss
-    from sentence_transformers.training_args import BatchSamplers
 
+    from bookmatch.evaluation.st_recipe import RecipeSettings, load_sentence_transformer, train_stock_recipe
     from bookmatch.inference.pairs_file import load_labelled_pairs
-    from bookmatch.models.resolve import resolve_model_path
     from bookmatch.precision import autocast, resolve_mixed_precision
 
     if args.threads:
         torch.set_num_threads(args.threads)
     precision = resolve_mixed_precision(args.precision, use_cuda=False)
-    data = load_from_disk(args.data)
     sets = {
         "validation": load_labelled_pairs(args.data, "validation"),
         "test": load_labelled_pairs(args.data, "test", max_pairs=args.test_pairs or None),
@@ -102,57 +85,24 @@ def main() -> None:
     if args.pairs:
         sets["pairs"] = load_labelled_pairs(pairs_file=args.pairs)
     seq_lengths = [int(x) for x in args.eval_seq_length.split(",")]
-
-    positives = data["train"].filter(lambda row: row["label"] == 1)
-    need = args.steps * args.batch_size
-    order = list(range(len(positives)))
-    random.Random(args.seed).shuffle(order)
-    epochs = -(-need // len(order))
-    train = Dataset.from_dict(
-        {
-            "anchor": [positives[i]["text1"] for i in order],
-            "positive": [positives[i]["text2"] for i in order],
-        }
-    )
-    print(
-        f"{len(train)} positive training pairs; {args.steps} steps x {args.batch_size} pairs = {need} "
-        f"({epochs} epoch{'s' if epochs > 1 else ''}); precision {precision}",
-        flush=True,
+    settings = RecipeSettings(
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        warmup_ratio=args.warmup_ratio,
+        train_seq_length=args.train_seq_length,
+        seed=args.seed,
     )
 
-    model = SentenceTransformer(resolve_model_path(args.model), device="cpu")
+    model = load_sentence_transformer(args.model, device="cpu")
     results: dict[str, dict[str, float]] = {}
     start = time.perf_counter()
     with autocast(precision, "cpu"):
         results["zero-shot"] = auc_table(model, sets, seq_lengths)
     print(f"zero-shot scored in {time.perf_counter() - start:.0f} s", flush=True)
 
-    model.max_seq_length = args.train_seq_length
-    out = args.out or tempfile.mkdtemp(prefix="baseline_st_")
-    training_args = SentenceTransformerTrainingArguments(
-        output_dir=out,
-        max_steps=args.steps,
-        num_train_epochs=epochs,
-        per_device_train_batch_size=args.batch_size,
-        learning_rate=args.lr,
-        warmup_steps=int(args.warmup_ratio * args.steps),
-        bf16=precision == "bf16",
-        use_cpu=True,
-        batch_sampler=BatchSamplers.NO_DUPLICATES,
-        save_strategy="no",
-        logging_steps=50,
-        seed=args.seed,
-        report_to=[],
-        dataloader_drop_last=True,
-    )
-    trainer = SentenceTransformerTrainer(
-        model=model, args=training_args, train_dataset=train, loss=MultipleNegativesRankingLoss(model)
-    )
-    start = time.perf_counter()
-    trainer.train()
-    train_seconds = time.perf_counter() - start
+    train_seconds = train_stock_recipe(model, args.data, settings, precision, out_dir=args.out)
     print(f"trained {args.steps} steps in {train_seconds:.0f} s", flush=True)
-    model.eval()
     with autocast(precision, "cpu"):
         results["fine-tuned"] = auc_table(model, sets, seq_lengths)
 

@@ -48,6 +48,7 @@ def _register() -> None:
         ("train", "train"),
         ("calibrate", "calibrate"),
         ("evaluate", "evaluate"),
+        ("baselines", "baselines"),
         ("infer", "infer"),
         ("export", "export"),
         ("pipeline", "pipeline"),

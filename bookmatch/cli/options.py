@@ -38,7 +38,11 @@ def _option_for(f: dataclasses.Field, hint: Any) -> Callable:
     scalar, _ = _scalar_type(hint)
     flag = "--" + f.name.replace("_", "-")
     default = f.default if f.default is not dataclasses.MISSING else None
-    shown = "null" if default is None else (str(default).lower() if isinstance(default, bool) else default or "''")
+    shown = (
+        "null"
+        if default is None
+        else (str(default).lower() if isinstance(default, bool) else default if default != "" else "''")
+    )
     help_text = f"{setting_help(f)} [default: {shown}]".strip()
     if scalar is bool:
         return click.option(f"{flag}/--no-{flag[2:]}", f.name, default=None, help=help_text)
