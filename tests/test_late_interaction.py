@@ -10,6 +10,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from test_training import _synthetic_books, make_pair_dataset
 
 from bookmatch.models import late_interaction
 from bookmatch.models.late_interaction import (
@@ -79,7 +80,9 @@ def test_maxsim_supcon_matches_a_plain_reference():
     tokens = _random_tokens(lengths, 8, 3) * 2.5  # not normalised: the loss normalises
     labels = [0, 1, 0, 2, 1, 3]
     loss = MaxSimSupConLoss(temperature=0.1, max_length=9)(tokens, torch.tensor(labels))
-    sims = [[_plain_maxsim(tokens[i] / 2.5, tokens[j] / 2.5, lengths[i], lengths[j]) for j in range(6)] for i in range(6)]
+    sims = [
+        [_plain_maxsim(tokens[i] / 2.5, tokens[j] / 2.5, lengths[i], lengths[j]) for j in range(6)] for i in range(6)
+    ]
     expected = _plain_supcon(torch.tensor(sims), labels, 0.1)
     assert float(loss["contrastive_loss"]) == pytest.approx(expected, rel=1e-5)
     with pytest.raises(ValueError, match=r"\(N, L, D\)"):
@@ -186,3 +189,89 @@ def test_cosine_stays_the_default_without_token_vectors(models):
     assert ContrastiveTrainConfig().scoring == "cosine"
     model = BiEncoder.from_pretrained(models["bi"])  # saved before the setting existed in its config? it loads
     assert not model.late_interaction and model.encode_texts(TEXTS[:2]).tokens is None
+
+
+def _train(data, encoder, out, cached: bool, steps: int = 2):
+    from bookmatch.training.config import ContrastiveTrainConfig
+    from bookmatch.training.trainer import train_contrastive
+
+    return train_contrastive(
+        ContrastiveTrainConfig(
+            data=str(data),
+            out=str(out),
+            model=str(encoder),
+            cpu=True,
+            max_seq_length=24,
+            lr=1e-3,
+            batch_size=8,
+            max_steps=steps,
+            eval_steps=steps,
+            save_steps=100,
+            projection_dim=8,
+            epochs=1,
+            scoring="maxsim",
+            contrastive_weight=1.0,
+            cached_contrastive=cached,
+            mini_batch_size=4,
+        )
+    )
+
+
+@pytest.fixture(scope="module")
+def maxsim_data(tmp_path_factory):
+    return make_pair_dataset(tmp_path_factory.mktemp("maxsim") / "data", _synthetic_books(6, 8, seed=2), 32, 16)
+
+
+def test_training_with_maxsim_cached_equals_plain(maxsim_data, tiny_encoder_dir, tmp_path):
+    """Two steps with scoring: maxsim, plain and GradCache: with dropout off, the same weights."""
+    from safetensors.torch import load_file
+
+    encoder = tmp_path / "encoder"
+    shutil.copytree(tiny_encoder_dir, encoder)
+    encoder_config = json.loads((encoder / "config.json").read_text())
+    encoder_config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    (encoder / "config.json").write_text(json.dumps(encoder_config))
+    weights = {}
+    for cached in (False, True):
+        _train(maxsim_data, encoder, tmp_path / f"run-{cached}", cached)
+        weights[cached] = load_file(str(tmp_path / f"run-{cached}" / "final" / "model.safetensors"))
+    initial = load_file(str(encoder / "model.safetensors"))
+    moved = weights[False]["encoder.embeddings.word_embeddings.weight"] - initial["embeddings.word_embeddings.weight"]
+    assert moved.abs().max() > 1e-4
+    for key, value in weights[False].items():
+        assert torch.allclose(value, weights[True][key], atol=2e-5, rtol=1e-4), key
+
+
+def test_maxsim_model_trains_calibrates_and_serves(maxsim_data, tiny_encoder_dir, tmp_path):
+    """A trained maxsim model calibrates with a score cohort (token vectors in its file) and the Matcher serves
+    the calibrated probabilities of its cohort-normalised margins."""
+    from bookmatch.calibration import CalibrateConfig, calibrate
+    from bookmatch.cohort import COHORT_FILE, read_cohort
+    from bookmatch.inference import Matcher
+    from bookmatch.inference.calibration import probability_from_margin
+
+    final = _train(maxsim_data, tiny_encoder_dir, tmp_path / "run", cached=True)
+    calibrate(
+        CalibrateConfig(model_dir=str(final), data_dir=str(maxsim_data), cohort_size=5, precision="no", device="cpu")
+    )
+    written = json.loads((final.parent / "calibration.json").read_text())
+    cohort = read_cohort(final.parent / COHORT_FILE, written["score_normalization"]["sha256"])
+    assert cohort.tokens is not None and cohort.tokens.shape[0] == 5
+    matcher = Matcher.from_pretrained(final, device="cpu", precision="no")
+    assert matcher.bi.model.late_interaction and torch.equal(matcher.bi.cohort.tokens, cohort.tokens)
+    validation = __import__("datasets").load_from_disk(str(maxsim_data))["validation"]
+    pairs = list(zip(validation["text1"], validation["text2"]))[:6]
+    raw = matcher.bi.raw_scores(*zip(*pairs))
+    expected = probability_from_margin(raw.normalized, written["temperature"], written["offset"])
+    assert [r.probability for r in matcher.score_many(pairs)] == pytest.approx(expected.tolist(), abs=1e-6)
+    # symmetric, and texts the scorer has cached score like fresh ones (padded to other lengths)
+    swapped = [(b, a) for a, b in pairs]
+    assert [r.probability for r in matcher.score_many(swapped)] == pytest.approx(expected.tolist(), abs=1e-5)
+    fresh = Matcher.from_pretrained(final, device="cpu", precision="no")
+    assert [r.probability for r in fresh.score_many(pairs[:2])] == pytest.approx(expected[:2].tolist(), abs=1e-5)
+    # a cosine model's cohort does not fit it
+    from bookmatch.cohort import ScoreCohort
+    from bookmatch.errors import InputError
+
+    with pytest.raises(InputError, match="token vectors absent"):
+        matcher.bi.cohort = ScoreCohort(cohort.pooled, cohort.projected, cohort.style)

@@ -173,7 +173,6 @@ class BiEncoderScorer:
 
     def affinities(self, texts: Sequence[str], embeddings) -> np.ndarray:
         """Each text's mean margin against the cohort (cached like the embeddings); `embeddings` are the texts'."""
-        from bookmatch.models.bi_encoder import TextEmbeddings
 
         keys = [_text_key(t) for t in texts]
         values, missing = _split_cached(self._affinities, keys)
