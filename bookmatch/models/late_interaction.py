@@ -42,44 +42,54 @@ def pad_length(tokens: torch.Tensor, length: int) -> torch.Tensor:
     return nn.functional.pad(tokens, (0, 0, 0, length - tokens.shape[1]))
 
 
-def _directions(sims: torch.Tensor, mask_a: torch.Tensor, mask_b: torch.Tensor) -> torch.Tensor:
-    """`sims` (..., La, Lb) token cosines with broadcastable masks (..., La, 1) and (..., 1, Lb) -> the mean of
-    MaxSim(a -> b) and MaxSim(b -> a), shape (...)."""
-    low = torch.finfo(sims.dtype).min
-    sims = sims.masked_fill(~(mask_a & mask_b), low)
-    a_to_b = sims.amax(dim=-1).masked_fill(~mask_a[..., 0], 0.0).sum(dim=-1)
-    b_to_a = sims.amax(dim=-2).masked_fill(~mask_b[..., 0, :], 0.0).sum(dim=-1)
-    count_a = mask_a[..., 0].sum(dim=-1).clamp(min=1)
-    count_b = mask_b[..., 0, :].sum(dim=-1).clamp(min=1)
-    return 0.5 * (a_to_b / count_a + b_to_a / count_b)
+# Padding without masks: each real token gets one more coordinate sqrt(2) (padding rows stay zero), so two real
+# tokens' product is their cosine + 2, in [1, 3], and any product with padding is 0. A row's maximum is then over
+# real tokens only (it is >= 1), a padding row's maximum is 0, and the sum of a text's maxima less 2 per real
+# token is the sum of its real tokens' MaxSim: no masked copy of the (rows, La, M, Lb) block is needed.
+OFFSET = 2.0
+
+
+def _augmented(tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Unit-norm token vectors in float32 with the offset coordinate, and each text's real-token count."""
+    mask = token_mask(tokens)
+    unit = nn.functional.normalize(tokens.float(), dim=-1)
+    extra = mask[..., None].float() * OFFSET**0.5
+    return torch.cat([unit, extra], dim=-1), mask.sum(dim=-1).clamp(min=1).float()
 
 
 def symmetric_maxsim_pairs(tokens_a: torch.Tensor, tokens_b: torch.Tensor) -> torch.Tensor:
-    """(N,) symmetric MaxSim of aligned rows: tokens_a (N, La, d) against tokens_b (N, Lb, d), in float32."""
-    a, b = tokens_a.float(), tokens_b.float()
-    mask_a, mask_b = token_mask(a), token_mask(b)
+    """(N,) symmetric MaxSim of aligned rows: tokens_a (N, La, d) against tokens_b (N, Lb, d), in float32.
+
+    Vectors are compared as cosines (each real token normalised here); zero rows are padding."""
+    a, count_a = _augmented(tokens_a)
+    b, count_b = _augmented(tokens_b)
     rows = max(1, BLOCK_ELEMENTS // max(a.shape[1] * b.shape[1], 1))
     out = []
     for start in range(0, a.shape[0], rows):
         part = slice(start, start + rows)
-        sims = torch.einsum("nkd,nld->nkl", a[part], b[part])
-        out.append(_directions(sims, mask_a[part, :, None], mask_b[part, None, :]))
-    return torch.cat(out) if out else a.new_zeros(0)
+        sims = torch.bmm(a[part], b[part].transpose(1, 2))  # (r, La, Lb)
+        a_to_b = sims.amax(dim=2).sum(dim=1) / count_a[part]
+        b_to_a = sims.amax(dim=1).sum(dim=1) / count_b[part]
+        out.append(0.5 * (a_to_b + b_to_a) - OFFSET)
+    return torch.cat(out) if out else tokens_a.new_zeros(0, dtype=torch.float32)
 
 
 def symmetric_maxsim_matrix(tokens_a: torch.Tensor, tokens_b: torch.Tensor) -> torch.Tensor:
     """(N, M) symmetric MaxSim of every row of tokens_a (N, La, d) against every row of tokens_b (M, Lb, d).
 
-    Blocks of rows keep the (rows, M, La, Lb) token similarities under BLOCK_ELEMENTS; differentiable.
+    One matrix product per block of rows, sized to keep the (rows, La, M, Lb) token similarities under
+    BLOCK_ELEMENTS; differentiable.
     """
-    a, b = tokens_a.float(), tokens_b.float()
-    mask_a, mask_b = token_mask(a), token_mask(b)
+    a, count_a = _augmented(tokens_a)
+    b, count_b = _augmented(tokens_b)
     n, m, la, lb = a.shape[0], b.shape[0], a.shape[1], b.shape[1]
     rows = max(1, BLOCK_ELEMENTS // max(m * la * lb, 1))
     flat_b = b.reshape(m * lb, -1)
     out = []
     for start in range(0, n, rows):
-        part = slice(start, start + rows)
-        sims = (a[part].reshape(-1, a.shape[-1]) @ flat_b.T).reshape(-1, la, m, lb).transpose(1, 2)
-        out.append(_directions(sims, mask_a[part, None, :, None], mask_b[None, :, None, :]))
-    return torch.cat(out) if out else a.new_zeros(0, m)
+        block = a[start : start + rows]
+        sims = (block.reshape(-1, block.shape[-1]) @ flat_b.T).reshape(block.shape[0], la, m, lb)
+        a_to_b = sims.amax(dim=3).sum(dim=1) / count_a[start : start + rows, None]
+        b_to_a = sims.amax(dim=1).sum(dim=2) / count_b[None, :]
+        out.append(0.5 * (a_to_b + b_to_a) - OFFSET)
+    return torch.cat(out) if out else tokens_a.new_zeros(0, m, dtype=torch.float32)
