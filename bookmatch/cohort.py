@@ -40,6 +40,7 @@ class ScoreCohort:
     pooled: torch.Tensor  # noqa: F821  (torch is imported lazily: the CLI starts without it)
     projected: torch.Tensor  # noqa: F821
     style: torch.Tensor  # noqa: F821
+    tokens: torch.Tensor | None = None  # noqa: F821  (scoring: maxsim: (C, L, d) token vectors, zero-padded)
     source: str = "the score cohort"  # for messages: the file it was read from
 
     def __len__(self) -> int:
@@ -48,7 +49,7 @@ class ScoreCohort:
     def embeddings(self):
         from bookmatch.models.bi_encoder import TextEmbeddings
 
-        return TextEmbeddings(self.pooled, self.projected, self.style)
+        return TextEmbeddings(self.pooled, self.projected, self.style, self.tokens)
 
     def check_fits(self, model) -> None:
         """InputError unless this cohort was encoded by a model of `model`'s shape (a file from another run)."""
@@ -57,6 +58,11 @@ class ScoreCohort:
         if widths != expected:
             raise InputError(
                 f"{self.source} was built for another model (widths {widths}, this model {expected}); re-run `bookmatch calibrate`"
+            )
+        if getattr(model, "late_interaction", False) != (self.tokens is not None):
+            raise InputError(
+                f"{self.source} was built for another model (token vectors {'present' if self.tokens is not None else 'absent'}, "
+                f"this model's scoring is {model.config.scoring}); re-run `bookmatch calibrate`"
             )
 
     def affinities(self, model, texts) -> np.ndarray:
@@ -70,13 +76,10 @@ class ScoreCohort:
     def to_bytes(self) -> bytes:
         from safetensors.torch import save
 
-        return save(
-            {
-                "pooled": self.pooled.contiguous(),
-                "projected": self.projected.contiguous(),
-                "style": self.style.contiguous(),
-            }
-        )
+        tensors = {"pooled": self.pooled, "projected": self.projected, "style": self.style}
+        if self.tokens is not None:
+            tensors["tokens"] = self.tokens
+        return save({name: tensor.contiguous() for name, tensor in tensors.items()})
 
 
 def normalized_margin(margin: np.ndarray, affinity1: np.ndarray, affinity2: np.ndarray) -> np.ndarray:
@@ -154,6 +157,11 @@ def read_cohort(path: str | os.PathLike, sha256: str) -> ScoreCohort:
     from safetensors.torch import load
 
     tensors = load(data)
+    tokens = tensors["tokens"].float() if "tokens" in tensors else None
     return ScoreCohort(
-        tensors["pooled"].float(), tensors["projected"].float(), tensors["style"].float(), source=f"score cohort {path}"
+        tensors["pooled"].float(),
+        tensors["projected"].float(),
+        tensors["style"].float(),
+        tokens,
+        source=f"score cohort {path}",
     )

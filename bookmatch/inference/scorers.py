@@ -151,13 +151,16 @@ class BiEncoderScorer:
                 self.encoded_texts += len(block)
                 for i, key in enumerate(block):
                     # clone: a cached row must not keep its whole block's tensors alive after eviction
-                    row = (emb.pooled[i].clone(), emb.projected[i].clone(), emb.style[i].clone())
+                    row = (emb.pooled[i].clone(), emb.projected[i].clone(), emb.style[i].clone(), _own_tokens(emb, i))
                     rows[key] = row
                     self._remember(key, row)
         if not keys:
             dim_h, dim_p = self.model.config.hidden_size, self.model.config.projection_dim
-            return TextEmbeddings(torch.zeros(0, dim_h), torch.zeros(0, dim_p), torch.zeros(0, self.model.style_width))
-        return TextEmbeddings(*(torch.stack([rows[k][j] for k in keys]) for j in range(3)))
+            tokens = torch.zeros(0, 0, dim_p) if self.model.late_interaction else None
+            return TextEmbeddings(
+                torch.zeros(0, dim_h), torch.zeros(0, dim_p), torch.zeros(0, self.model.style_width), tokens
+            )
+        return _stack_rows([rows[k] for k in keys])
 
     def _remember(self, key: str, row: Any, cache: OrderedDict | None = None) -> None:
         cache = self._cache if cache is None else cache
@@ -170,13 +173,12 @@ class BiEncoderScorer:
 
     def affinities(self, texts: Sequence[str], embeddings) -> np.ndarray:
         """Each text's mean margin against the cohort (cached like the embeddings); `embeddings` are the texts'."""
-        from bookmatch.models.bi_encoder import TextEmbeddings
 
         keys = [_text_key(t) for t in texts]
         values, missing = _split_cached(self._affinities, keys)
         if missing:
             rows = np.asarray(list(missing.values()))
-            fresh = self.cohort.affinities(self.model, TextEmbeddings(*(t[rows] for t in embeddings)))
+            fresh = self.cohort.affinities(self.model, embeddings.take(rows))
             for key, value in zip(missing, fresh):
                 values[key] = float(value)
                 self._remember(key, float(value), self._affinities)
@@ -190,10 +192,7 @@ class BiEncoderScorer:
         # One embed call over both sides: a text on both sides, or in many pairs, is encoded once.
         emb = self.embed(list(text1) + list(text2), batch_size=batch_size, show_progress=show_progress)
         n = len(text1)
-        from bookmatch.models.bi_encoder import TextEmbeddings
-
-        side_a = TextEmbeddings(*(t[:n] for t in emb))
-        side_b = TextEmbeddings(*(t[n:] for t in emb))
+        side_a, side_b = emb.take(slice(None, n)), emb.take(slice(n, None))
         # both orders: the classifier reads [u, v, ...] in order, but "same book" is symmetric, and so is the
         # score: score(a, b) == score(b, a)
         logits = 0.5 * (self.model.pair_logits(side_a, side_b) + self.model.pair_logits(side_b, side_a))
@@ -206,6 +205,29 @@ class BiEncoderScorer:
             affinity = self.affinities(list(text1) + list(text2), emb)
             normalized = normalized_margin(margin, affinity[:n], affinity[n:])
         return RawScores(margin=margin, cosine=cosine.double().numpy(), normalized=normalized)
+
+
+def _own_tokens(emb, i: int):
+    """Text i's token vectors without its padding rows (scoring: maxsim; None otherwise), a copy."""
+    if emb.tokens is None:
+        return None
+    from bookmatch.models.late_interaction import token_mask
+
+    return emb.tokens[i, : int(token_mask(emb.tokens[i : i + 1]).sum())].clone()
+
+
+def _stack_rows(rows: list[tuple]):
+    """TextEmbeddings from cached per-text rows (pooled, projected, style, tokens or None)."""
+    import torch
+
+    from bookmatch.models.bi_encoder import TextEmbeddings
+    from bookmatch.models.late_interaction import pad_tokens
+
+    stacked = [torch.stack([row[j] for row in rows]) for j in range(3)]
+    tokens = None
+    if rows[0][3] is not None:
+        tokens = pad_tokens([row[3] for row in rows], rows[0][1].shape[0])
+    return TextEmbeddings(*stacked, tokens)
 
 
 class CrossEncoderScorer:

@@ -21,6 +21,7 @@ from torch import nn
 
 from bookmatch.config import check_settings, setting
 from bookmatch.errors import ModelLoadError, first_line
+from bookmatch.models.late_interaction import pad_tokens, symmetric_maxsim_matrix, symmetric_maxsim_pairs
 from bookmatch.models.pooling import pool
 from bookmatch.models.resolve import check_tokenizer, resolve_model_path
 from bookmatch.models.settings import ABSENT_FROM_OLD_FOLDERS, LONG_TEXT_MODES, BiEncoderSettings  # noqa: F401
@@ -38,6 +39,9 @@ LEXICAL_COSINE_CENTER = 0.1
 LEXICAL_COSINE_SCALE = 0.1
 POOLED_COSINE_CENTER = 0.5
 POOLED_COSINE_SCALE = 0.2
+# the same for the symmetric MaxSim of two texts' token vectors (scoring: maxsim)
+MAXSIM_CENTER = 0.5
+MAXSIM_SCALE = 0.2
 
 
 @dataclass
@@ -62,6 +66,12 @@ class TextEmbeddings(NamedTuple):
     pooled: torch.Tensor  # (N, hidden) for the pair classifier
     projected: torch.Tensor  # (N, projection_dim), L2-normalised, for the contrastive space
     style: torch.Tensor  # (N, n_side_features [+ 2 * lexical_top_k [+ 2 * name_top_k]]): style, then signatures
+    # scoring: maxsim only: (N, L, projection_dim) L2-normalised token vectors, zero rows after a text's own
+    tokens: torch.Tensor | None = None
+
+    def take(self, index) -> TextEmbeddings:
+        """The rows `index` (a slice, an index tensor or array) of every field."""
+        return TextEmbeddings(*(None if t is None else t[index] for t in self))
 
 
 class BiEncoder(nn.Module):
@@ -89,7 +99,9 @@ class BiEncoder(nn.Module):
             if config.name_top_k > 0:
                 self.names = LexicalFingerprint(config.lexical_buckets, vocabulary="names")
                 self.register_buffer("names_idf", torch.ones(config.lexical_buckets))
+        self.late_interaction = config.scoring == "maxsim"
         n_scalars = (self.lexical is not None) + (self.names is not None) + bool(config.pooled_cosine)
+        n_scalars += self.late_interaction
         self.classifier = nn.Sequential(
             nn.Linear(4 * hidden + 3 * n_side + n_scalars, config.classifier_hidden_dim),
             nn.GELU(),
@@ -270,12 +282,24 @@ class BiEncoder(nn.Module):
     # forward ---------------------------------------------------------------------------------------------------
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Token ids -> (pooled, projected) for one side."""
+        pooled, projected, _ = self.encode_with_tokens(input_ids, attention_mask)
+        return pooled, projected
+
+    def encode_with_tokens(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Token ids -> (pooled, projected, tokens); tokens (scoring: maxsim, else None) are the projection head
+        applied to every token, L2-normalised, zero at padding."""
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         pooled = pool(hidden, attention_mask, self.config.pooling)
         projected = nn.functional.normalize(self.projection(pooled), dim=-1)
-        return pooled, projected
+        tokens = None
+        if self.late_interaction:
+            tokens = nn.functional.normalize(self.projection(hidden), dim=-1)
+            tokens = tokens * attention_mask[..., None].to(tokens.dtype)
+        return pooled, projected, tokens
 
-    def classify(self, pooled_a, pooled_b, style_a, style_b) -> torch.Tensor:
+    def classify(self, pooled_a, pooled_b, style_a, style_b, tokens_a=None, tokens_b=None) -> torch.Tensor:
         # split before any cast: bucket ids in the signatures are not exact in bf16
         signatures_a, signatures_b = style_a[..., self.n_style :].float(), style_b[..., self.n_style :].float()
         style_a = style_a[..., : self.n_style].to(pooled_a.dtype)
@@ -300,21 +324,28 @@ class BiEncoder(nn.Module):
         if self.config.pooled_cosine:
             cosine = nn.functional.cosine_similarity(pooled_a.float(), pooled_b.float(), dim=-1)
             scalars.append((cosine - POOLED_COSINE_CENTER) / POOLED_COSINE_SCALE)
+        if self.late_interaction:
+            if tokens_a is None or tokens_b is None:
+                raise ValueError("a bi-encoder with scoring: maxsim needs both texts' token vectors")
+            scalars.append((symmetric_maxsim_pairs(tokens_a, tokens_b) - MAXSIM_CENTER) / MAXSIM_SCALE)
         features += [scalar.unsqueeze(-1).to(pooled_a.dtype) for scalar in scalars]
         return self.classifier(torch.cat(features, dim=-1))
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Training forward over a pair batch (`input_ids_a/attention_mask_a/style_a` and the same for `_b`)."""
-        pooled_a, projected_a = self.encode(batch["input_ids_a"], batch["attention_mask_a"])
-        pooled_b, projected_b = self.encode(batch["input_ids_b"], batch["attention_mask_b"])
-        logits = self.classify(pooled_a, pooled_b, batch["style_a"], batch["style_b"])
-        return {
+        pooled_a, projected_a, tokens_a = self.encode_with_tokens(batch["input_ids_a"], batch["attention_mask_a"])
+        pooled_b, projected_b, tokens_b = self.encode_with_tokens(batch["input_ids_b"], batch["attention_mask_b"])
+        logits = self.classify(pooled_a, pooled_b, batch["style_a"], batch["style_b"], tokens_a, tokens_b)
+        out = {
             "pooled_a": pooled_a,
             "pooled_b": pooled_b,
             "projected_a": projected_a,
             "projected_b": projected_b,
             "logits": logits,
         }
+        if tokens_a is not None:
+            out.update(tokens_a=tokens_a, tokens_b=tokens_b)
+        return out
 
     # inference -------------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -334,12 +365,16 @@ class BiEncoder(nn.Module):
         order = sorted(range(len(inputs)), key=lambda i: -len(inputs[i]))
         pooled_sum = torch.zeros(len(texts), self.config.hidden_size, dtype=torch.float64)
         weight = torch.zeros(len(texts), dtype=torch.float64)
+        window_tokens: list[torch.Tensor | None] = [None] * len(inputs)  # scoring: maxsim
         try:
             for start in range(0, len(order), batch_size):
                 idx = order[start : start + batch_size]
                 padded = self.tokenizer.pad({"input_ids": [inputs[i] for i in idx]}, return_tensors="pt")
                 mask = padded["attention_mask"]
-                pooled, _ = self.encode(padded["input_ids"].to(device), mask.to(device))
+                pooled, _, vectors = self.encode_with_tokens(padded["input_ids"].to(device), mask.to(device))
+                if vectors is not None:
+                    for row, i in enumerate(idx):
+                        window_tokens[i] = vectors[row, : int(mask[row].sum())].float().cpu()
                 tokens = mask.sum(dim=1).double()
                 text_index = torch.tensor([owners[i] for i in idx])
                 pooled_sum.index_add_(0, text_index, pooled.double().cpu() * tokens[:, None])
@@ -354,7 +389,17 @@ class BiEncoder(nn.Module):
                 )
         finally:
             self.train(was_training)
-        return TextEmbeddings(pooled_out, projected_out, style)
+        return TextEmbeddings(pooled_out, projected_out, style, self._text_tokens(window_tokens, owners, len(texts)))
+
+    def _text_tokens(self, window_tokens: list, owners: list[int], count: int) -> torch.Tensor | None:
+        """Each text's token vectors, its windows' in order (scoring: maxsim), padded to (count, L, d)."""
+        if not self.late_interaction:
+            return None
+        per_text: list[list[torch.Tensor]] = [[] for _ in range(count)]
+        for vectors, owner in zip(window_tokens, owners):
+            per_text[owner].append(vectors)
+        dim = self.config.projection_dim
+        return pad_tokens([torch.cat(parts) if parts else torch.zeros(0, dim) for parts in per_text], dim)
 
     @torch.no_grad()
     def pair_logits(self, emb_a: TextEmbeddings, emb_b: TextEmbeddings, batch_size: int = 4096) -> torch.Tensor:
@@ -367,11 +412,15 @@ class BiEncoder(nn.Module):
         try:
             for start in range(0, emb_a.pooled.shape[0], batch_size):
                 sl = slice(start, start + batch_size)
+                tokens_a = None if emb_a.tokens is None else emb_a.tokens[sl].to(device)
+                tokens_b = None if emb_b.tokens is None else emb_b.tokens[sl].to(device)
                 logits = self.classify(
                     emb_a.pooled[sl].to(device, dtype),
                     emb_b.pooled[sl].to(device, dtype),
                     emb_a.style[sl].to(device, torch.float32),
                     emb_b.style[sl].to(device, torch.float32),
+                    tokens_a,
+                    tokens_b,
                 )
                 out.append(logits.float().cpu())
         finally:
@@ -412,6 +461,11 @@ class BiEncoder(nn.Module):
         if self.config.pooled_cosine:
             cosine = nn.functional.normalize(u.float(), dim=-1) @ nn.functional.normalize(c.float(), dim=-1).T
             scalars.append((cosine - POOLED_COSINE_CENTER) / POOLED_COSINE_SCALE)
+        if self.late_interaction:
+            if texts.tokens is None or others.tokens is None:
+                raise ValueError("a bi-encoder with scoring: maxsim needs the token vectors of both sets")
+            maxsim = symmetric_maxsim_matrix(texts.tokens.to(device), others.tokens.to(device))
+            scalars.append((maxsim - MAXSIM_CENTER) / MAXSIM_SCALE)
         margins = torch.empty(u.shape[0], c.shape[0])
         per_block = max(1, max_rows // max(c.shape[0], 1))
         try:

@@ -13,6 +13,7 @@ from bookmatch.text.style import SIDE_FEATURE_SETS
 
 POOLING_MODES = ("mean", "cls", "max")
 LONG_TEXT_MODES = ("windows", "truncate")
+SCORING_MODES = ("cosine", "maxsim")
 
 
 @dataclass
@@ -46,6 +47,16 @@ class BiEncoderSettings:
         "Texts longer than max_seq_length at inference: windows = read whole, "
         "window by window (averaged by tokens); truncate = the first window only.",
         choices=LONG_TEXT_MODES,
+    )
+    # Late interaction (ColBERT): each token keeps its own vector (the projection head applied per token), a
+    # pair's similarity is the symmetric mean MaxSim of its two texts' tokens (models/late_interaction.py);
+    # SupCon then contrasts MaxSim instead of pooled cosines, and the classifier gets the pair's MaxSim as one
+    # more scalar. Costs memory per text (its tokens' vectors) and a token-by-token product per pair.
+    scoring: str = setting(
+        "cosine",
+        "Text similarity in the contrastive loss and the classifier: cosine = of the pooled projections; "
+        "maxsim = late interaction, ColBERT's MaxSim over per-token projections.",
+        choices=SCORING_MODES,
     )
 
 

@@ -85,16 +85,27 @@ class SupConLoss(nn.Module):
             all_z = torch.cat([gathered[:offset], z, gathered[offset + z.shape[0] :]], dim=0)
         return all_z, all_labels, offset
 
+    embedding_ndim = 2  # (N, D); subclasses that compare token matrices take (N, L, D)
+
+    def prepare(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """What is gathered and compared: the L2-normalised embeddings in float32."""
+        return F.normalize(_as_float(embeddings), dim=-1)
+
+    def similarities(self, z: torch.Tensor, all_z: torch.Tensor) -> torch.Tensor:
+        """(n, m) similarities of this rank's rows against the global batch: cosines."""
+        return z @ all_z.T
+
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
-        if embeddings.ndim != 2 or labels.ndim != 1 or embeddings.shape[0] != labels.shape[0]:
+        if embeddings.ndim != self.embedding_ndim or labels.ndim != 1 or embeddings.shape[0] != labels.shape[0]:
+            shape = "(N, D)" if self.embedding_ndim == 2 else "(N, L, D)"
             raise ValueError(
-                f"SupConLoss expects embeddings (N, D) and labels (N,), got {tuple(embeddings.shape)} and {tuple(labels.shape)}"
+                f"{type(self).__name__} expects embeddings {shape} and labels (N,), got {tuple(embeddings.shape)} and {tuple(labels.shape)}"
             )
-        z = F.normalize(_as_float(embeddings), dim=-1)
+        z = self.prepare(embeddings)
         all_z, all_labels, offset = self._gather(z, labels)
         n, m = z.shape[0], all_z.shape[0]
 
-        logits = z @ all_z.T / self.temperature  # (n, m): own anchors against the global batch
+        logits = self.similarities(z, all_z) / self.temperature  # (n, m): own anchors against the global batch
         rows = torch.arange(n, device=z.device)
         self_mask = torch.zeros((n, m), dtype=torch.bool, device=z.device)
         self_mask[rows, rows + offset] = True
@@ -116,6 +127,29 @@ class SupConLoss(nn.Module):
         loss = local_sum * (scale / valid_anchors)
         global_value = all_reduce_sum(local_sum, self.world_size) / valid_anchors
         return {"contrastive_loss": loss, "contrastive_global": global_value}
+
+
+class MaxSimSupConLoss(SupConLoss):
+    """SupCon with late interaction: examples are token matrices (N, L, D) (zero rows = padding) and their
+    similarity is the symmetric MaxSim (`models.late_interaction`) instead of a cosine. Rows are padded to
+    `max_length` tokens before the gather, so every rank sends the same shape."""
+
+    embedding_ndim = 3
+
+    def __init__(self, temperature: float = 0.05, rank: int = 0, world_size: int = 1, max_length: int = 0, **kw):
+        super().__init__(temperature, rank, world_size, **kw)
+        self.max_length = max_length
+
+    def prepare(self, embeddings: torch.Tensor) -> torch.Tensor:
+        from bookmatch.models.late_interaction import pad_length
+
+        # normalising keeps a padding row zero (F.normalize divides by max(norm, eps))
+        return pad_length(F.normalize(_as_float(embeddings), dim=-1), self.max_length)
+
+    def similarities(self, z: torch.Tensor, all_z: torch.Tensor) -> torch.Tensor:
+        from bookmatch.models.late_interaction import symmetric_maxsim_matrix
+
+        return symmetric_maxsim_matrix(z, all_z)
 
 
 def pair_ce_loss(

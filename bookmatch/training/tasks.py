@@ -30,6 +30,7 @@ from bookmatch.training.features import (
 )
 from bookmatch.training.losses import (
     LossLog,
+    MaxSimSupConLoss,
     SupConLoss,
     TopicAdversary,
     combine_losses,
@@ -84,7 +85,12 @@ class ContrastiveModule(nn.Module):
         self.bi_encoder = bi_encoder
         self.weights = weights
         self.distill_temperature = distill_temperature
-        self.supcon = SupConLoss(temperature, rank=rank, world_size=world_size)
+        if bi_encoder.late_interaction:
+            # ranks gather token matrices of one shape: pad to the longest a batch can have
+            length = bi_encoder.config.max_seq_length if world_size > 1 else 0
+            self.supcon = MaxSimSupConLoss(temperature, rank=rank, world_size=world_size, max_length=length)
+        else:
+            self.supcon = SupConLoss(temperature, rank=rank, world_size=world_size)
         hidden = bi_encoder.config.hidden_size
         self.topic_adversary = TopicAdversary(hidden, num_topics, lambda_=adversary_lambda) if num_topics > 0 else None
 
@@ -96,7 +102,10 @@ class ContrastiveModule(nn.Module):
         terms: dict[str, torch.Tensor] = {}
         terms.update(pair_ce_loss(out["logits"], batch["label"]))
         if weights.contrastive > 0:
-            projected = torch.cat([out["projected_a"], out["projected_b"]])
+            if self.bi_encoder.late_interaction:
+                projected = _stack_tokens(out["tokens_a"], out["tokens_b"])
+            else:
+                projected = torch.cat([out["projected_a"], out["projected_b"]])
             terms.update(self.supcon(projected, torch.cat([batch["work_a"], batch["work_b"]])))
         if "teacher_logits" in batch and weights.distill > 0:
             terms.update(distillation_loss(out["logits"], batch["teacher_logits"], self.distill_temperature))
@@ -135,13 +144,17 @@ def cached_contrastive_step(module: ContrastiveModule, batch: dict[str, torch.Te
 
     def embed(mini: dict[str, torch.Tensor]):
         with accelerator.autocast():
-            pooled, projected = bi_encoder.encode(mini["input_ids"], mini["attention_mask"])
-        return projected, pooled
+            pooled, projected, tokens = bi_encoder.encode_with_tokens(mini["input_ids"], mini["attention_mask"])
+        # SupCon sees the first output: the token matrices under late interaction
+        return (projected, pooled) if tokens is None else (tokens, pooled)
 
     def pair_terms(outputs) -> dict[str, torch.Tensor]:
-        _, pooled = outputs
+        first, pooled = outputs
+        tokens_a, tokens_b = (first[:size], first[size:]) if bi_encoder.late_interaction else (None, None)
         with accelerator.autocast():
-            logits = bi_encoder.classify(pooled[:size], pooled[size:], batch["style_a"], batch["style_b"])
+            logits = bi_encoder.classify(
+                pooled[:size], pooled[size:], batch["style_a"], batch["style_b"], tokens_a, tokens_b
+            )
         terms = dict(pair_ce_loss(logits, batch["label"]))
         if "teacher_logits" in batch and weights.distill > 0:
             terms.update(distillation_loss(logits, batch["teacher_logits"], module.distill_temperature))
@@ -327,6 +340,13 @@ class ContrastiveTask(Task):
         logits = teacher_logits(self.config, train_split, accelerator, out)
         tokenized.add_column("teacher_logits", np.asarray(logits, dtype=np.float32))
         return tokenized
+
+
+def _stack_tokens(tokens_a: torch.Tensor, tokens_b: torch.Tensor) -> torch.Tensor:
+    """Both sides' token matrices as one (2B, L, D) batch (the shorter side padded with zero rows)."""
+    length = max(tokens_a.shape[1], tokens_b.shape[1])
+    pad = [nn.functional.pad(t, (0, 0, 0, length - t.shape[1])) for t in (tokens_a, tokens_b)]
+    return torch.cat(pad)
 
 
 def _with_pair_columns(arrays: PairArrays, split) -> PairArrays:
