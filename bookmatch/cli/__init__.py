@@ -55,6 +55,7 @@ def _register() -> None:
         ("serve", "serve"),
         ("index", "index"),
         ("search", "search"),
+        ("tune", "tune"),
     ]:
         try:
             module = importlib.import_module(f"bookmatch.cli.{module_name}")
