@@ -51,7 +51,9 @@ def export_sentence_transformers(model_dir: str | os.PathLike, out_dir: str | os
     try:
         # The encoder alone, as a plain Hugging Face folder the Transformer module can load.
         # (a LoRA decoder: with its adapters merged, in fp32; its saved tokenizer appends the EOS it is pooled at)
-        encoder = model.encoder.merge_and_unload().float() if model.is_lora else model.encoder
+        encoder = model.encoder.merge_and_unload() if model.is_lora else model.encoder
+        if model.config.backbone_kind == "decoder":
+            encoder = encoder.float()  # the base may be held in bf16
         encoder.save_pretrained(staging, safe_serialization=True)
         model.tokenizer.save_pretrained(staging)
         transformer = Transformer(str(staging), max_seq_length=model.config.max_seq_length)

@@ -8,6 +8,9 @@ resume after a kill, and DDP vs DeepSpeed ZeRO-2 on two CPU processes.
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -289,12 +292,20 @@ def test_train_infer_export_then_continue_from_the_adapter(pairs, tiny_decoder_d
 
 
 def test_merge_lora_option_and_bad_adapter_path(pairs, tiny_decoder_dir, tiny_encoder_dir, tmp_path):
+    from sentence_transformers import SentenceTransformer
+
     from bookmatch.models.bi_encoder import BiEncoder
 
     _train(pairs, tiny_decoder_dir, tmp_path / "run", "--max-steps", "3", "--merge-lora")
     final = tmp_path / "run" / "final"
     assert not (final / "adapter").exists() and json.loads((final / "bookmatch_config.json").read_text())["lora_merged"]
-    assert BiEncoder.from_pretrained(final).encode_texts(TEXTS[:1]).projected.shape == (1, 8)
+    loaded = BiEncoder.from_pretrained(final)
+    loaded.config.long_texts = "truncate"
+    result = _cli(["export", "sentence-transformers", "--model", str(final), "--out", str(tmp_path / "st")])
+    assert result.exit_code == 0, result.output
+    st = SentenceTransformer(str(tmp_path / "st"), device="cpu")
+    exported = torch.as_tensor(st.encode(TEXTS, convert_to_numpy=True))
+    assert torch.allclose(exported, loaded.encode_texts(TEXTS).projected, atol=1e-5)
     result = _cli(
         [
             "train",
@@ -333,3 +344,86 @@ def test_gradcache_matches_the_plain_step(pairs, tiny_decoder_dir, tmp_path):
     assert any("lora_B" in k and v.abs().max() > 1e-4 for k, v in weights[False].items())
     for key, value in weights[False].items():
         assert torch.allclose(value, weights[True][key], atol=2e-5, rtol=1e-4), key
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# resume after a kill; two processes (DDP with gathered SupCon, DeepSpeed ZeRO-2)
+# ---------------------------------------------------------------------------------------------------------------
+
+DECODER_FLAGS = ["--base-dtype", "float32", "--lexical-buckets", "64"]
+
+
+def _final_weights(folder: Path) -> dict[str, torch.Tensor]:
+    """A LoRA decoder's trained weights: its heads and its adapter."""
+    return load_file(str(folder / "model.safetensors")) | {
+        f"adapter.{k}": v for k, v in load_file(str(folder / "adapter" / "adapter_model.safetensors")).items()
+    }
+
+
+@pytest.mark.slow  # three CLI processes, ~1 min on a loaded 2-core machine
+def test_resume_after_kill_matches_uninterrupted(data_dir, tiny_decoder_dir, tmp_path):  # noqa: F811
+    from test_resume import _args, _run_cli
+
+    from bookmatch.training.checkpoint import latest_checkpoint
+
+    def args(out: Path) -> list[str]:
+        return _args("contrastive", data_dir, tiny_decoder_dir, out) + DECODER_FLAGS
+
+    straight = _run_cli(args(tmp_path / "straight"))
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    interrupted = tmp_path / "interrupted"
+    killed = _run_cli(args(interrupted), kill_at=6)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert latest_checkpoint(interrupted).name == "checkpoint-4"
+    resumed = _run_cli(args(interrupted) + ["--resume"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from" in resumed.stderr
+
+    a = json.loads((tmp_path / "straight" / "train_summary.json").read_text())
+    b = json.loads((interrupted / "train_summary.json").read_text())
+    assert [h["step"] for h in a["history"]] == [h["step"] for h in b["history"]] == [4, 8, 12]
+    for ha, hb in zip(a["history"], b["history"]):
+        for key in ("val_loss", "train_loss"):
+            assert hb[key] == pytest.approx(ha[key], rel=1e-5, abs=1e-6), (ha["step"], key)
+    wa, wb = _final_weights(tmp_path / "straight" / "final"), _final_weights(interrupted / "final")
+    assert wa.keys() == wb.keys() and any("lora_B" in k for k in wa)
+    for key in wa:
+        assert torch.allclose(wa[key], wb[key], rtol=1e-5, atol=1e-6), key
+    for name in ("checkpoint-8",):  # the whole training module, frozen base included
+        ca = load_file(str(tmp_path / "straight" / name / "model.safetensors"))
+        cb = load_file(str(interrupted / name / "model.safetensors"))
+        assert all(torch.allclose(ca[k], cb[k], rtol=1e-5, atol=1e-6) for k in ca)
+
+
+@pytest.mark.slow  # two 2-process runs, ~2 min on a loaded 2-core machine
+def test_ddp_with_gathered_supcon_and_zero2_train_the_same_adapter(data_dir, tiny_decoder_dir, tmp_path):  # noqa: F811
+    pytest.importorskip("deepspeed", reason="deepspeed is not installed (it comes with the gpu extra)")
+    from test_deepspeed import _env, _launch, _zero_on_two_cpu_processes
+    from test_resume import _args
+
+    ddp = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "bookmatch"]
+        + _args("contrastive", data_dir, tiny_decoder_dir, tmp_path / "ddp")
+        + DECODER_FLAGS,
+        cwd=Path(__file__).resolve().parents[1],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    config = _zero_on_two_cpu_processes(tmp_path, 2)
+    zero = _launch(config, data_dir, tiny_decoder_dir, tmp_path / "zero", *DECODER_FLAGS)
+    assert zero.returncode == 0, zero.stderr[-3000:]
+    shards = sorted(p.name for p in (tmp_path / "zero" / "checkpoint-8").rglob("zero_pp_rank_*_optim_states.pt"))
+    assert len(shards) == 2
+
+    a = json.loads((tmp_path / "ddp" / "train_summary.json").read_text())
+    b = json.loads((tmp_path / "zero" / "train_summary.json").read_text())
+    for ha, hb in zip(a["history"], b["history"]):
+        for key in ("val_loss", "train_loss", "train_contrastive_global"):
+            assert hb[key] == pytest.approx(ha[key], rel=1e-3, abs=1e-4), (ha["step"], key)
+    wa, wb = _final_weights(tmp_path / "ddp" / "final"), _final_weights(tmp_path / "zero" / "final")
+    assert wa.keys() == wb.keys() and any("lora_B" in k and v.abs().max() > 0 for k, v in wa.items())
+    for key in wa:
+        assert torch.allclose(wa[key], wb[key], rtol=1e-3, atol=1e-4), key

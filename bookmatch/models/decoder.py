@@ -151,7 +151,12 @@ def build_decoder(
 ):
     """The base model in `settings.base_dtype`, frozen, with LoRA adapters: new ones from the settings, or those
     saved in `adapter` (then the settings are updated to the adapter's own r, alpha, dropout and targets)."""
-    from peft import PeftModel, get_peft_model
+    try:
+        from peft import PeftModel, get_peft_model
+    except ImportError as err:
+        raise ModelLoadError(
+            f"{path} is a decoder backbone, trained with LoRA adapters: install peft (pip install 'bookmatch[lora]')"
+        ) from err
     from transformers import AutoModel
 
     base = AutoModel.from_pretrained(path, local_files_only=local_files_only, dtype=getattr(torch, settings.base_dtype))
