@@ -82,14 +82,22 @@ def build_tiny_decoder(
     vocab_size: int = 2000,
     max_position_embeddings: int = 512,
     seed: int = 0,
+    family: str = "llama",
 ) -> Path:
-    """Save a random-initialised Llama-shaped causal LM + trained tokenizer to `out_dir` and return it.
+    """Save a random-initialised causal LM (`family`: "llama" or "qwen2") + trained tokenizer to `out_dir`.
 
     Like a real Llama tokenizer, its tokenizer puts <s> before a text and nothing after it, and has no pad token:
     the bi-encoder makes it append </s> (bookmatch.models.decoder.append_eos)."""
     import torch
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import (
+        AutoTokenizer,
+        LlamaConfig,
+        LlamaForCausalLM,
+        PreTrainedTokenizerFast,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+    )
 
     out_dir = Path(out_dir)
     backend = Tokenizer(models.WordPiece(unk_token="<unk>"))
@@ -105,7 +113,10 @@ def build_tiny_decoder(
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend, unk_token="<unk>", bos_token="<s>", eos_token="</s>", model_max_length=512
     )
-    config = LlamaConfig(
+    config_class, model_class = {"llama": (LlamaConfig, LlamaForCausalLM), "qwen2": (Qwen2Config, Qwen2ForCausalLM)}[
+        family
+    ]
+    config = config_class(
         vocab_size=len(tokenizer),
         hidden_size=hidden_size,
         num_hidden_layers=num_layers,
@@ -117,6 +128,12 @@ def build_tiny_decoder(
         eos_token_id=tokenizer.eos_token_id,
     )
     torch.manual_seed(seed)
-    LlamaForCausalLM(config).save_pretrained(out_dir)
+    model = model_class(config)
     tokenizer.save_pretrained(out_dir)
+    model.config.save_pretrained(out_dir)
+    # transformers picks the tokenizer class by model type (Qwen2Tokenizer for qwen2), which may add tokens of its own
+    loaded = len(AutoTokenizer.from_pretrained(out_dir))
+    if loaded > config.vocab_size:
+        model.resize_token_embeddings(loaded)
+    model.save_pretrained(out_dir)
     return out_dir
