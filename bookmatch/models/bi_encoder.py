@@ -7,6 +7,7 @@ offline without the backbone it was trained from.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import os
@@ -22,6 +23,15 @@ from torch import nn
 from bookmatch.config import check_settings, setting
 from bookmatch.errors import ModelLoadError, first_line
 from bookmatch.models.late_interaction import pad_tokens, symmetric_maxsim_matrix, symmetric_maxsim_pairs
+from bookmatch.models.decoder import (
+    ADAPTER_FOLDER,
+    adapter_source,
+    append_eos,
+    build_decoder,
+    merged,
+    resolve_backbone_kind,
+    save_adapter,
+)
 from bookmatch.models.pooling import pool
 from bookmatch.models.resolve import check_tokenizer, resolve_model_path
 from bookmatch.models.settings import ABSENT_FROM_OLD_FOLDERS, LONG_TEXT_MODES, BiEncoderSettings  # noqa: F401
@@ -56,6 +66,7 @@ class BiEncoderConfig(BiEncoderSettings):
     dropout: float = setting(0.1, "Dropout in the pair classifier.", ge=0, le=1)
     hidden_size: int = 0  # the encoder's width, filled on build
     max_windows: int = setting(64, "Windows read per text at most (long_texts = windows).", ge=1)
+    lora_merged: bool = False  # a decoder saved with its adapters folded into the weights (set by save_pretrained)
 
     def __post_init__(self) -> None:
         check_settings(self)
@@ -111,19 +122,40 @@ class BiEncoder(nn.Module):
 
     # construction and storage -----------------------------------------------------------------------------
     @classmethod
-    def from_backbone(cls, backbone: str, local_files_only: bool = True, **config_values) -> BiEncoder:
-        """A new bi-encoder on a pretrained encoder (heads randomly initialised from the torch seed)."""
-        from transformers import AutoModel, AutoTokenizer
+    def from_backbone(
+        cls, backbone: str, local_files_only: bool = True, adapter: str | os.PathLike | None = None, **config_values
+    ) -> BiEncoder:
+        """A new bi-encoder on a pretrained encoder (heads randomly initialised from the torch seed).
+
+        A decoder backbone (`backbone_kind`, or detected from its config) gets a frozen base and LoRA adapters;
+        `adapter` continues from a saved adapter instead (a decoder bi-encoder folder: its heads too)."""
+        from transformers import AutoConfig, AutoModel, AutoTokenizer
 
         path = resolve_model_path(backbone, local_files_only=local_files_only)
+        config = BiEncoderConfig(backbone=str(backbone), **config_values)
+        heads = None
         try:
-            # float32 whatever the checkpoint's config says: the optimizer needs fp32 weights; bf16 comes from autocast
-            encoder = AutoModel.from_pretrained(path, local_files_only=local_files_only, dtype=torch.float32)
+            hf_config = AutoConfig.from_pretrained(path, local_files_only=local_files_only)
+            config.backbone_kind = resolve_backbone_kind(config.backbone_kind, hf_config)
+            if config.backbone_kind == "decoder":
+                config.pooling = "last"
+                adapter_dir, heads = adapter_source(adapter) if adapter else (None, None)
+                encoder = build_decoder(path, config, local_files_only, adapter_dir)
+            else:
+                # float32 whatever the checkpoint's config says: the optimizer needs fp32 weights; bf16 from autocast
+                encoder = AutoModel.from_pretrained(path, local_files_only=local_files_only, dtype=torch.float32)
             tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local_files_only)
         except (OSError, ValueError) as err:
             raise ModelLoadError(f"cannot load backbone {backbone!r} from {path}: {first_line(err)}") from err
+        if adapter and config.backbone_kind != "decoder":
+            raise ModelLoadError(f"an adapter ({adapter}) needs a decoder backbone; {backbone!r} is an encoder")
         check_tokenizer(tokenizer, encoder.config, path)
-        return cls(BiEncoderConfig(backbone=str(backbone), **config_values), encoder, tokenizer)
+        if config.backbone_kind == "decoder":
+            append_eos(tokenizer, path)
+        model = cls(config, encoder, tokenizer)
+        if heads is not None:
+            model._load_heads(heads)
+        return model
 
     @classmethod
     def from_pretrained(cls, model_dir: str | os.PathLike, device: str | torch.device | None = None) -> BiEncoder:
@@ -140,40 +172,98 @@ class BiEncoder(nn.Module):
             values.pop("model_type", None)
             known = {f.name for f in dataclasses.fields(BiEncoderConfig)}
             config = BiEncoderConfig(**ABSENT_FROM_OLD_FOLDERS | {k: v for k, v in values.items() if k in known})
-            encoder = AutoModel.from_config(AutoConfig.from_pretrained(model_dir, local_files_only=True))
+            hf_config = AutoConfig.from_pretrained(model_dir, local_files_only=True)
+            config.backbone_kind = resolve_backbone_kind(config.backbone_kind, hf_config)
+            adapter_only = config.backbone_kind == "decoder" and not config.lora_merged
+            if adapter_only:  # the frozen base from its backbone, the adapter from this folder
+                base = resolve_model_path(config.backbone)
+                encoder = build_decoder(base, config, adapter=model_dir / ADAPTER_FOLDER, trainable=False)
+            elif config.backbone_kind == "decoder":
+                encoder = AutoModel.from_config(hf_config, dtype=getattr(torch, config.base_dtype))
+            else:
+                encoder = AutoModel.from_config(hf_config)
             tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
         except (OSError, ValueError, TypeError, json.JSONDecodeError) as err:
             raise ModelLoadError(
                 f"cannot read the bi-encoder in {model_dir}: {first_line(err)}; re-save it with save_pretrained"
             ) from err
         check_tokenizer(tokenizer, encoder.config, model_dir)
+        if config.backbone_kind == "decoder":
+            append_eos(tokenizer, model_dir)
         model = cls(config, encoder, tokenizer)
-        try:
-            model.load_state_dict(load_weights(model_dir), strict=True)
-        except RuntimeError as err:  # shapes or names do not match the config beside them
-            raise ModelLoadError(f"weights in {model_dir} do not match its {CONFIG_NAME}: {first_line(err)}") from err
+        if adapter_only:
+            model._load_heads(model_dir)
+        else:
+            try:
+                model.load_state_dict(load_weights(model_dir), strict=True)
+            except RuntimeError as err:  # shapes or names do not match the config beside them
+                raise ModelLoadError(
+                    f"weights in {model_dir} do not match its {CONFIG_NAME}: {first_line(err)}"
+                ) from err
         model.sync_lexical()
         model.eval()
         if device is not None:
             model.to(device)
         return model
 
-    def save_pretrained(self, model_dir: str | os.PathLike, state_dict: dict[str, torch.Tensor] | None = None) -> Path:
+    def save_pretrained(
+        self, model_dir: str | os.PathLike, state_dict: dict[str, torch.Tensor] | None = None, merge: bool = False
+    ) -> Path:
         """Write the whole model folder atomically (a kill mid-save leaves the previous folder intact).
 
         `state_dict` replaces this module's own weights (e.g. the gathered weights of a DeepSpeed ZeRO-3 run).
+        A decoder with LoRA adapters saves its heads and its adapter (`adapter/`), or with `merge` the whole
+        model with the adapters folded in (a folder that loads without PEFT or the base).
         """
         from safetensors.torch import save_file, save_model
 
         with atomic_directory(model_dir) as tmp:
-            if state_dict is None:
-                save_model(self, str(tmp / WEIGHTS_NAME))
+            saved = self
+            if self.is_lora and merge:
+                saved = copy.deepcopy(self)
+                if state_dict is not None:
+                    saved.load_state_dict(state_dict)
+                saved.encoder, state_dict = merged(saved.encoder), None
+                saved.config.lora_merged = True
+            if saved.is_lora:
+                self._save_lora(tmp, state_dict)
+            elif state_dict is None:
+                save_model(saved, str(tmp / WEIGHTS_NAME))
             else:
                 save_file({k: v.detach().contiguous().cpu() for k, v in state_dict.items()}, str(tmp / WEIGHTS_NAME))
-            atomic_write_json(tmp / CONFIG_NAME, {"model_type": MODEL_TYPE, **dataclasses.asdict(self.config)})
+            atomic_write_json(tmp / CONFIG_NAME, {"model_type": MODEL_TYPE, **dataclasses.asdict(saved.config)})
             self.encoder.config.save_pretrained(tmp)
             self.tokenizer.save_pretrained(tmp)
         return Path(model_dir)
+
+    @property
+    def is_lora(self) -> bool:
+        """A decoder whose encoder carries (unmerged) LoRA adapters."""
+        return self.config.backbone_kind == "decoder" and not self.config.lora_merged
+
+    def _save_lora(self, folder: Path, state_dict: dict[str, torch.Tensor] | None) -> None:
+        """The heads (every weight outside the encoder) in model.safetensors, the adapter in adapter/."""
+        from safetensors.torch import save_file
+
+        weights = self.state_dict() if state_dict is None else state_dict
+        heads = {k: v.detach().contiguous().cpu() for k, v in weights.items() if not k.startswith("encoder.")}
+        save_file(heads, str(folder / WEIGHTS_NAME))
+        encoder_weights = None
+        if state_dict is not None:
+            encoder_weights = {k[len("encoder.") :]: v for k, v in state_dict.items() if k.startswith("encoder.")}
+        save_adapter(self.encoder, folder / ADAPTER_FOLDER, encoder_weights)
+
+    def _load_heads(self, model_dir: Path) -> None:
+        """Every weight outside the encoder from `model_dir`'s model.safetensors (a LoRA decoder's folder)."""
+        try:
+            missing, unexpected = self.load_state_dict(load_weights(Path(model_dir)), strict=False)
+        except RuntimeError as err:  # shapes do not match the config
+            raise ModelLoadError(f"the heads in {model_dir} do not match this model: {first_line(err)}") from err
+        missing = [k for k in missing if not k.startswith("encoder.")]
+        if missing or unexpected:
+            raise ModelLoadError(
+                f"the heads in {model_dir} do not match this model (missing {missing[:3]}, unexpected {unexpected[:3]})"
+            )
 
     # tokenizing ----------------------------------------------------------------------------------------------
     @property
@@ -292,6 +382,8 @@ class BiEncoder(nn.Module):
         applied to every token, L2-normalised, zero at padding."""
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         pooled = pool(hidden, attention_mask, self.config.pooling)
+        if self.config.backbone_kind == "decoder":
+            pooled = pooled.float()  # a bf16 base's states; the heads are fp32 (autocast still runs them in bf16)
         projected = nn.functional.normalize(self.projection(pooled), dim=-1)
         tokens = None
         if self.late_interaction:

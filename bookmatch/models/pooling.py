@@ -11,6 +11,11 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, mode: str = "mean")
     """(batch, tokens, dim) -> (batch, dim); padding never contributes."""
     if mode == "cls":
         return hidden[:, 0]
+    if mode == "last":
+        # the last attended position of each row (a decoder's EOS): right or left padding alike
+        positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+        last = (attention_mask.long() * positions).argmax(dim=1)
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
     mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
     if mode == "mean":
         # clamp: an all-padding row (never produced by the tokenizer, but cheap to guard) gives zeros, not NaN

@@ -11,9 +11,11 @@ from dataclasses import dataclass
 from bookmatch.config import setting
 from bookmatch.text.style import SIDE_FEATURE_SETS
 
-POOLING_MODES = ("mean", "cls", "max")
+POOLING_MODES = ("mean", "cls", "max", "last")
 LONG_TEXT_MODES = ("windows", "truncate")
 SCORING_MODES = ("cosine", "maxsim")
+BACKBONE_KINDS = ("auto", "encoder", "decoder")
+BASE_DTYPES = ("bfloat16", "float32")
 
 
 @dataclass
@@ -23,7 +25,11 @@ class BiEncoderSettings:
     model's BiEncoderConfig carries them with what the build fills in."""
 
     projection_dim: int = setting(256, "Width of the contrastive projection head (SupCon space).", ge=1)
-    pooling: str = setting("mean", "Pooling of the encoder's token states.", choices=POOLING_MODES)
+    pooling: str = setting(
+        "mean",
+        "Pooling of the encoder's token states (a decoder backbone always pools its last token, the EOS).",
+        choices=POOLING_MODES,
+    )
     side_features: str = setting(
         "style_v1", "Per-text feature set beside the pooled vector.", choices=tuple(SIDE_FEATURE_SETS)
     )
@@ -57,6 +63,23 @@ class BiEncoderSettings:
         "Text similarity in the contrastive loss and the classifier: cosine = of the pooled projections; "
         "maxsim = late interaction, ColBERT's MaxSim over per-token projections.",
         choices=SCORING_MODES,
+    )
+    # A decoder (any Hugging Face causal LM) reads each text with an EOS token appended and is pooled at that
+    # token; its base weights stay frozen (in base_dtype) and LoRA adapters train in fp32 (bookmatch/models/decoder.py).
+    backbone_kind: str = setting(
+        "auto",
+        "Backbone kind: encoder (BERT-like, fine-tuned whole), decoder (a causal LM: frozen base + LoRA, "
+        "last-token pooling), or auto = decoder when the backbone's config is a causal LM.",
+        choices=BACKBONE_KINDS,
+    )
+    lora_r: int = setting(8, "LoRA rank of the decoder's adapters.", ge=1)
+    lora_alpha: float = setting(32.0, "LoRA alpha (the adapters' update is scaled by alpha / r).", gt=0)
+    lora_dropout: float = setting(0.1, "Dropout on the LoRA adapters' input.", ge=0, le=1)
+    lora_target_modules: str = setting(
+        "q_proj,v_proj", "Comma-separated names of the decoder's linear layers that get LoRA adapters."
+    )
+    base_dtype: str = setting(
+        "bfloat16", "Dtype of the decoder's frozen base weights (adapters and heads stay fp32).", choices=BASE_DTYPES
     )
 
 

@@ -118,3 +118,11 @@ class ContrastiveTrainConfig(BiEncoderSettings, TrainConfig):
         False, "GradCache: a large contrastive batch in mini-batches of mini_batch_size."
     )
     mini_batch_size: int = setting(8, "GradCache mini-batch size.", ge=1)
+    # Two-stage training of a decoder: a second run continues from the first run's adapter (and heads), typically
+    # at a lower learning rate.
+    adapter_path: str = setting(
+        "", "Decoder backbones: continue from this LoRA adapter (a decoder bi-encoder's final/ or a PEFT folder)."
+    )
+    merge_lora: bool = setting(
+        False, "Decoder backbones: final/ holds the weights with the adapters merged in (loads without PEFT)."
+    )

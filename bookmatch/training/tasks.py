@@ -261,11 +261,17 @@ class ContrastiveTask(Task):
             cfg.model,
             local_files_only=cfg.local_files_only,
             max_seq_length=cfg.max_seq_length,
+            adapter=cfg.adapter_path or None,
             **section_values(cfg, BiEncoderSettings),  # the model's settings, declared once in BiEncoderSettings
         )
         train = data.splits["train"]
         self.bi_encoder.fit_lexical(dict.fromkeys(list(train["text1"]) + list(train["text2"])))
-        if cfg.gradient_checkpointing:
+        if cfg.gradient_checkpointing and self.bi_encoder.is_lora:
+            # non-reentrant: the frozen embeddings' output needs no grad, which reentrant checkpointing requires
+            self.bi_encoder.encoder.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False}
+            )
+        elif cfg.gradient_checkpointing:
             self.bi_encoder.encoder.gradient_checkpointing_enable()
         self.book_work = data.book_work
         self.topics = (
@@ -332,7 +338,7 @@ class ContrastiveTask(Task):
 
     def save_final(self, module, path, state_dict=None):
         weights = None if state_dict is None else _strip_prefix(state_dict, "bi_encoder.")
-        module.bi_encoder.save_pretrained(path, state_dict=weights)
+        module.bi_encoder.save_pretrained(path, state_dict=weights, merge=self.config.merge_lora)
 
     def add_teacher_logits(self, train_split, tokenized, accelerator, out):
         if not self.config.teacher:
