@@ -22,7 +22,6 @@ from torch import nn
 
 from bookmatch.config import check_settings, setting
 from bookmatch.errors import ModelLoadError, first_line
-from bookmatch.models.late_interaction import pad_tokens, symmetric_maxsim_matrix, symmetric_maxsim_pairs
 from bookmatch.models.decoder import (
     ADAPTER_FOLDER,
     adapter_source,
@@ -32,6 +31,7 @@ from bookmatch.models.decoder import (
     resolve_backbone_kind,
     save_adapter,
 )
+from bookmatch.models.late_interaction import pad_tokens, symmetric_maxsim_matrix, symmetric_maxsim_pairs
 from bookmatch.models.pooling import pool
 from bookmatch.models.resolve import check_tokenizer, resolve_model_path
 from bookmatch.models.settings import ABSENT_FROM_OLD_FOLDERS, LONG_TEXT_MODES, BiEncoderSettings  # noqa: F401
