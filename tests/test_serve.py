@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -229,6 +230,11 @@ def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 300) -> Non
     raise AssertionError("server did not become healthy")
 
 
+def _in_flight(url: str) -> float:
+    text = httpx.get(f"{url}/metrics", timeout=30).text
+    return float(re.search(r"^bookmatch_requests_in_flight (\S+)$", text, re.M).group(1))
+
+
 def test_cli_server_finishes_requests_in_flight_on_sigterm(models, tmp_path: Path) -> None:
     port = free_port()
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
@@ -261,7 +267,11 @@ def test_cli_server_finishes_requests_in_flight_on_sigterm(models, tmp_path: Pat
         ]
         with ThreadPoolExecutor(1) as pool:
             pending = pool.submit(httpx.post, f"{url}/v1/score", json={"pairs": long_pairs}, timeout=300)
-            time.sleep(0.5)
+            # SIGTERM only once the server holds the request (the /metrics call itself is the other one in flight):
+            # a fixed sleep raced a loaded CI machine, where the post had not arrived yet
+            deadline = time.monotonic() + 120
+            while _in_flight(url) < 2 and not pending.done() and time.monotonic() < deadline:
+                time.sleep(0.05)
             assert not pending.done(), "the request finished before the shutdown could test anything"
             proc.send_signal(signal.SIGTERM)
             answer = pending.result()

@@ -149,7 +149,8 @@ def create_app(service: Service, load_in_background: bool = True) -> FastAPI:
     @app.middleware("http")
     async def observe(request: Request, call_next):
         start = time.perf_counter()
-        response = await call_next(request)
+        with metrics.in_flight.track_inprogress():
+            response = await call_next(request)
         route = request.scope.get("route")
         metrics.observe_request(getattr(route, "path", "unmatched"), response.status_code, time.perf_counter() - start)
         return response

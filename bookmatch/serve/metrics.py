@@ -30,6 +30,11 @@ class ServiceMetrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.in_flight = Gauge(
+            "bookmatch_requests_in_flight",
+            "Requests received and not yet answered (a draining server shows them finish).",
+            registry=self.registry,
+        )
         self.pairs_scored = Counter("bookmatch_pairs_scored", "Pairs scored (all modes).", registry=self.registry)
         self.batch_pairs = Histogram(
             "bookmatch_batch_pairs",
