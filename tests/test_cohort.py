@@ -218,9 +218,9 @@ def test_margins_against_equal_the_classifier_on_every_pair(tiny_encoder_dir, fe
         model.fit_lexical(texts)
     emb = model.encode_texts(texts)
     emb = TextEmbeddings(emb.pooled * 3, emb.projected, emb.style)  # margins far from 0, so a wrong term shows
-    a, b = TextEmbeddings(*(t[:4] for t in emb)), TextEmbeddings(*(t[4:] for t in emb))
+    a, b = emb.take(slice(0, 4)), emb.take(slice(4, None))
     fast = model.margins_against(a, b, max_rows=7)  # blocks that split the texts unevenly
-    rows = TextEmbeddings(*(t.repeat_interleave(5, dim=0) for t in a)), TextEmbeddings(*(t.repeat(4, 1) for t in b))
+    rows = a.take(torch.arange(4).repeat_interleave(5)), b.take(torch.arange(5).repeat(4))  # every (a, b) pair
     reference = torch.from_numpy(logit_margin(model.pair_logits(*rows))).float().reshape(4, 5)
     assert torch.allclose(fast, reference, atol=1e-4), (fast - reference).abs().max()
     assert reference.std() > 1e-3

@@ -193,7 +193,8 @@ def names_model(tiny_encoder_dir, tmp_path_factory) -> Path:
         list(SAMPLE_TEXTS) + [PLANTED_A, PLANTED_B, "Martha went home. Then Harriet and Lucas and Edmund met."]
     )
     first, last = model.classifier[0], model.classifier[3]
-    names_column = first.weight.shape[1] - 1  # the scalars come last: lexical cosine, then names cosine
+    # the scalars come last: lexical cosine, names cosine, then the pooled cosine (and MaxSim) when the model has them
+    names_column = first.weight.shape[1] - 1 - int(model.config.pooled_cosine) - int(model.late_interaction)
     with torch.no_grad():
         first.weight.zero_(), first.bias.zero_(), last.weight.zero_(), last.bias.zero_()
         first.weight[0, names_column] = 1.0

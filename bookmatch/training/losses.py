@@ -243,11 +243,13 @@ def independence_loss(
     return {"independence_loss": (cross_cov**2).sum()}
 
 
-class LossLog(Mapping):
+class LossLog:
     """Named loss values as floats, fetched from the device on the first read, in one transfer.
 
     A training loop keeps each step's LossLog and reads only the ones it logs, so the device is not waited on
-    at every step (`float(loss)` would block until the step's kernels finish)."""
+    at every step (`float(loss)` would block until the step's kernels finish). It reads like a mapping but is
+    not a `Mapping`: accelerate's mixed-precision output conversion rebuilds every Mapping a model returns from
+    its values, which would force the device read and hand floats back to this constructor."""
 
     def __init__(self, terms: Mapping[str, torch.Tensor]) -> None:
         self._names = list(terms)
@@ -270,6 +272,18 @@ class LossLog(Mapping):
 
     def __len__(self) -> int:
         return len(self._names)
+
+    def keys(self) -> list[str]:
+        return list(self._names)
+
+    def items(self) -> list[tuple[str, float]]:
+        return list(self._read().items())
+
+    def values(self) -> list[float]:
+        return list(self._read().values())
+
+    def get(self, name: str, default: float | None = None) -> float | None:
+        return self._read().get(name, default)
 
 
 def combine_losses(
