@@ -160,6 +160,22 @@ def test_ddp_resume_after_kill_matches_uninterrupted(data_dir, tiny_encoder_dir,
             assert torch.allclose(wa[key], wb[key], rtol=1e-5, atol=1e-6), (name, key)
 
 
+def test_ddp_without_the_cpu_flag_on_a_machine_without_gpu_runs_two_ranks(data_dir, tiny_encoder_dir, tmp_path):
+    """torchrun without --cpu where there is no GPU: accelerate would pick no process-group backend and run each
+    process as its own single-process job (both rank 0, each on the whole batch). The trainer forces the CPU."""
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: the launch would use it")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
+    args = [a for a in _args("contrastive", data_dir, tiny_encoder_dir, tmp_path / "out") if a != "--cpu"]
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "bookmatch", *args]
+    command += ["--max-steps", "3", "--save-steps", "2", "--eval-steps", "2"]
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    # one RNG state per rank: two ranks really trained together
+    states = sorted(p.name for p in (tmp_path / "out" / "checkpoint-2").glob("random_states_*.pkl"))
+    assert states == ["random_states_0.pkl", "random_states_1.pkl"]
+
+
 class _Stop(Exception):
     pass
 

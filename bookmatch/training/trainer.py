@@ -122,16 +122,20 @@ def _build_accelerator(config: TrainConfig, find_unused_parameters: bool = False
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     handlers = [DistributedDataParallelKwargs(find_unused_parameters=find_unused_parameters)]
-    if _deepspeed_launch_without_gpu():
-        # accelerate chooses no process-group backend for DeepSpeed on a machine without a GPU, and then counts
-        # one process per rank (every rank its own main process); naming gloo gives it the true ranks
+    cpu = config.cpu
+    # On a machine without a GPU, accelerate chooses no process-group backend for a multi-process launch unless
+    # told the run is on CPU, and then runs every rank as its own single-process job (each the main process,
+    # each training on the whole batch): name gloo for DeepSpeed, and force the CPU for DDP.
+    if _launched_without_gpu() and _deepspeed_launch():
         from accelerate.utils import InitProcessGroupKwargs
 
         handlers.append(InitProcessGroupKwargs(backend="gloo"))
+    elif _launched_without_gpu():
+        cpu = True
     return Accelerator(
         mixed_precision=config.mixed_precision,
         gradient_accumulation_steps=config.grad_accum,
-        cpu=config.cpu,
+        cpu=cpu,
         step_scheduler_with_optimizer=False,
         kwargs_handlers=handlers,
     )
@@ -181,13 +185,15 @@ def _deepspeed_fp32_weights(module: nn.Module) -> dict[str, torch.Tensor]:
     return weights
 
 
-def _deepspeed_launch_without_gpu() -> bool:
-    """A rank started by `accelerate launch --use_deepspeed` (its environment says so) on a machine with no GPU."""
-    launched = (
-        os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
-        and int(os.environ.get("LOCAL_RANK", -1)) != -1
-    )
-    return launched and not torch.cuda.is_available()
+def _launched_without_gpu() -> bool:
+    """A rank of a multi-process launch (torchrun, `accelerate launch`: its environment says so) on a machine
+    with no GPU."""
+    return int(os.environ.get("LOCAL_RANK", -1)) != -1 and not torch.cuda.is_available()
+
+
+def _deepspeed_launch() -> bool:
+    """A rank started by `accelerate launch --use_deepspeed` (its environment says so)."""
+    return os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
 
 
 def _optimizer(module: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
