@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import random
 import re
 from pathlib import Path
@@ -402,7 +403,7 @@ TINY = [
 ]
 
 
-def test_cli_cross_then_contrastive_with_teacher(synthetic_data, tiny_encoder_dir, tmp_path):
+def test_cli_cross_then_contrastive_with_teacher(synthetic_data, tiny_encoder_dir, tmp_path, caplog):
     from bookmatch.models.bi_encoder import BiEncoder
     from bookmatch.models.cross_encoder import CrossEncoder
 
@@ -453,6 +454,8 @@ def test_cli_cross_then_contrastive_with_teacher(synthetic_data, tiny_encoder_di
         "--max-steps",
         "9",
     ]
+    cache = synthetic_data / "cache"  # the logits are cached beside the dataset, shared by every run on it
+    cached_before = set(cache.glob("teacher_logits-*.npy"))
     result = _cli(args)
     assert result.exit_code == 0, result.output
     assert "authors_per_batch: 2" in (student_out / "config.yaml").read_text()
@@ -468,7 +471,7 @@ def test_cli_cross_then_contrastive_with_teacher(synthetic_data, tiny_encoder_di
         "train_independence_loss",
     ):
         assert np.isfinite(logged[term]), term
-    caches = list((student_out / "cache").glob("teacher_logits-*.npy"))
+    caches = list(set(cache.glob("teacher_logits-*.npy")) - cached_before)
     assert len(caches) == 1 and np.load(caches[0]).shape == (96, 2)
     # the cached logits are the teacher's own logits on the training pairs (row order of the train split)
     from datasets import load_from_disk
@@ -482,6 +485,13 @@ def test_cli_cross_then_contrastive_with_teacher(synthetic_data, tiny_encoder_di
     # --resume on a finished run returns at once
     result = _cli(args + ["--resume"])
     assert result.exit_code == 0 and result.output.strip().endswith("final")
+    # another run on the same data and teacher reuses the logits instead of scoring the pairs again
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="bookmatch"):
+        again = _cli([*args[: args.index("--out") + 1], str(tmp_path / "again"), *args[args.index("--out") + 2 :]])
+    assert again.exit_code == 0, again.output
+    assert any(r.getMessage() == f"teacher logits: reusing {caches[0]}" for r in caplog.records)
+    assert not any(r.getMessage().startswith("teacher logits: 96 pairs in") for r in caplog.records)
 
 
 def test_cli_bad_data_is_one_line_error(tmp_path, tiny_encoder_dir):

@@ -210,7 +210,9 @@ class Task:
         """Save the servable model; `state_dict` (keys of the training module) is given under DeepSpeed."""
         raise NotImplementedError
 
-    def add_teacher_logits(self, train_split, tokenized, accelerator, out: Path):
+    def add_teacher_logits(self, train_split, tokenized, accelerator, cache: Path):
+        """Add the teacher's logits (a distilling task), from the cache folder `cache` where an earlier run
+        left them."""
         return tokenized
 
     def batch_groups(self, train_split) -> tuple[list[int], int] | None:
@@ -340,10 +342,10 @@ class ContrastiveTask(Task):
         weights = None if state_dict is None else _strip_prefix(state_dict, "bi_encoder.")
         module.bi_encoder.save_pretrained(path, state_dict=weights, merge=self.config.merge_lora)
 
-    def add_teacher_logits(self, train_split, tokenized, accelerator, out):
+    def add_teacher_logits(self, train_split, tokenized, accelerator, cache):
         if not self.config.teacher:
             return tokenized
-        logits = teacher_logits(self.config, train_split, accelerator, out)
+        logits = teacher_logits(self.config, train_split, accelerator, cache)
         tokenized.add_column("teacher_logits", np.asarray(logits, dtype=np.float32))
         return tokenized
 

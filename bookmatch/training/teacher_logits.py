@@ -1,4 +1,5 @@
-"""The teacher's logits over the training pairs, for distillation: computed once, cached in OUT/cache/.
+"""The teacher's logits over the training pairs, for distillation: computed once per teacher and dataset, cached
+beside the dataset's features (`features.cache_folder`), so a later run on the same data reuses them.
 
 Pairs run in length-sorted batches (a budget of padded tokens per batch, so short pairs go in larger ones),
 under inference mode, with the next block of pairs tokenized on a background thread; on a GPU under bf16/fp16
@@ -35,22 +36,25 @@ logger = logging.getLogger(__name__)
 TOKENIZE_BLOCK = 8192  # pairs tokenized (and length-sorted) together
 
 
-def teacher_logits(config, train_split, accelerator, out: Path) -> np.ndarray:
-    """The teacher's (N, 2) logits over the training pairs, computed once and cached in OUT/cache/.
+def teacher_logits(config, train_split, accelerator, cache: Path) -> np.ndarray:
+    """The teacher's (N, 2) logits over the training pairs, computed once and cached in the folder `cache`.
 
-    The cache key covers the teacher's weights and the exact pair texts, so a changed teacher or data set
-    never reuses stale logits. Ranks score contiguous shares and gather the results.
+    The cache key covers the teacher (its weights' size and time, its settings files), the precision and the
+    exact pair texts, so a changed teacher or data set never reuses stale logits. Ranks score contiguous shares
+    and gather the results.
     """
     from accelerate.utils import gather_object
 
     teacher_dir = Path(config.teacher)
-    weights = teacher_dir / "model.safetensors"
-    stamp = f"{teacher_dir.resolve()}|{weights.stat().st_size if weights.exists() else 0}|{weights.stat().st_mtime_ns if weights.exists() else 0}"
-    key = hashlib.sha1(f"{stamp}|{texts_fingerprint(train_split)}".encode()).hexdigest()[:16]
-    cache = out / "cache" / f"teacher_logits-{key}.npy"
-    if cache.exists():
-        logger.info("teacher logits: reusing %s", cache)
-        return np.load(cache)
+    key = _cache_key(teacher_dir, accelerator.mixed_precision, texts_fingerprint(train_split))
+    path = Path(cache) / f"teacher_logits-{key}.npy"
+    if path.exists():
+        try:
+            logits = np.load(path)
+            logger.info("teacher logits: reusing %s", path)
+            return logits
+        except (OSError, ValueError, EOFError) as err:  # a damaged file is recomputed, never trusted
+            logger.warning("teacher logits: %s is unreadable (%s): scoring again", path, err)
     teacher = CrossEncoder.from_pretrained(teacher_dir, device=accelerator.device)
     start = time.perf_counter()
     rows = rank_slice(len(train_split), accelerator.process_index, accelerator.num_processes)
@@ -62,14 +66,34 @@ def teacher_logits(config, train_split, accelerator, out: Path) -> np.ndarray:
     mine = score_pairs(teacher, texts1, texts2, config.teacher_batch_size, accelerator.mixed_precision)
     logits = np.concatenate(gather_object([mine]), axis=0).astype(np.float32, copy=False)
     if accelerator.is_main_process:
-        from bookmatch.storage import atomic_write_bytes
-
-        buffer = io.BytesIO()
-        np.save(buffer, logits)
-        atomic_write_bytes(cache, buffer.getvalue())
+        _store(path, logits)
         logger.info(summary_line("teacher logits", len(train_split), time.perf_counter() - start, "pairs"))
     del teacher
     return logits
+
+
+def _cache_key(teacher_dir: Path, precision: str, texts: str) -> str:
+    """What the logits depend on: the teacher's weights (size and time: hashing GBs would cost more than the
+    cache saves), its settings files, the precision they are computed in, and the pair texts."""
+    digest = hashlib.sha1(f"{teacher_dir.resolve()}|{precision}|{texts}".encode())
+    weights = teacher_dir / "model.safetensors"
+    if weights.exists():
+        digest.update(f"|{weights.stat().st_size}|{weights.stat().st_mtime_ns}".encode())
+    for settings in sorted(teacher_dir.glob("*.json")):
+        digest.update(settings.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _store(path: Path, logits: np.ndarray) -> None:
+    """Write the logits atomically; a cache that cannot be written costs time, not the run."""
+    from bookmatch.storage import atomic_write_bytes
+
+    buffer = io.BytesIO()
+    np.save(buffer, logits)
+    try:
+        atomic_write_bytes(path, buffer.getvalue())
+    except OSError as err:
+        logger.warning("teacher logits: cannot write %s (%s); continuing without the cache", path, err)
 
 
 def score_pairs(

@@ -31,7 +31,7 @@ from bookmatch.storage import atomic_write_json
 from bookmatch.training import checkpoint as ckpt
 from bookmatch.training.config import ContrastiveTrainConfig, CrossTrainConfig, TrainConfig
 from bookmatch.training.data import load_pair_data, subsample
-from bookmatch.training.features import PairArrays
+from bookmatch.training.features import PairArrays, cache_folder
 from bookmatch.training.samplers import NoDuplicatesBatchSampler, shard_global_batch, text_key_ids
 from bookmatch.training.tasks import ContrastiveTask, CrossTask, Task, cached_contrastive_step
 
@@ -353,7 +353,8 @@ class TrainingRecipe:
                 write = accelerator.is_main_process
                 self.train_arrays = task.arrays(self.train_split, self.data.data_dir, self.out, train=True, write=write)
                 self.val_arrays = task.arrays(self.val_split, self.data.data_dir, self.out, write=write)
-            self.train_arrays = task.add_teacher_logits(self.train_split, self.train_arrays, accelerator, self.out)
+            cache = cache_folder(self.data.data_dir, self.out)
+            self.train_arrays = task.add_teacher_logits(self.train_split, self.train_arrays, accelerator, cache)
         pad_multiple = 8 if self.on_gpu else None
         self.train_arrays.pad_to_multiple_of = self.val_arrays.pad_to_multiple_of = pad_multiple
 
