@@ -3,8 +3,8 @@
 
 For each code tree (`--before` an older checkout, and this one) it runs the CLI in a fresh process on the same
 data, model and teacher, and reads its summary: start-up = wall - training seconds (imports, data, model,
-tokens/features, teacher logits, final evaluation and save); steps/s from the `train contrastive:` line. This
-checkout runs twice: a cold features cache, then a second run that finds it. A bare loop (the same module and
+tokens/features, teacher logits, final evaluation and save); steps/s from the `train contrastive:` line. Each tree
+runs twice: with the data's cache emptied, then a second run (another OUT) that finds what the first left there. A bare loop (the same module and
 batches; forward, backward, clip, AdamW step; no accelerate, scheduler, evaluation or logging) gives the overhead
 ratio: bare steps/s / trainer steps/s. Runs alternate between trees so machine load hits both alike.
 
@@ -77,11 +77,29 @@ def train_args(args, out: Path) -> list[str]:
     ]
 
 
+def imported_package(tree: Path, env: dict[str, str]) -> str:
+    """The folder `python -m bookmatch` imports from when started in `tree` with `env`."""
+    done = subprocess.run(
+        [sys.executable, "-c", "import bookmatch; print(bookmatch.__file__)"],
+        env=env,
+        cwd=tree,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return str(Path(done.stdout.strip()).parent)
+
+
 def run_cli(tree: Path, args, out: Path) -> dict:
     env = dict(os.environ, PYTHONPATH=str(tree), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    # started in the tree: `python -m` puts the working folder before PYTHONPATH, so a run started from another
+    # checkout's root would import that checkout's package instead
+    package = imported_package(tree, env)
+    if Path(package).parent.resolve() != tree.resolve():
+        raise SystemExit(f"error: a run of {tree} would import bookmatch from {package}")
     start = time.perf_counter()
     done = subprocess.run(
-        [sys.executable, "-m", "bookmatch", *train_args(args, out)], env=env, capture_output=True, text=True
+        [sys.executable, "-m", "bookmatch", *train_args(args, out)], env=env, cwd=tree, capture_output=True, text=True
     )
     wall = time.perf_counter() - start
     if done.returncode != 0:
@@ -94,6 +112,7 @@ def run_cli(tree: Path, args, out: Path) -> dict:
         "startup_s": round(wall - summary["train_seconds"], 2),
         "steps_per_s": round(steps / summary["train_seconds"], 3),
         "summary": summary["summary"],
+        "package": package,
     }
 
 
@@ -132,11 +151,16 @@ def main(argv=None) -> int:
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--json-out", type=Path, default=None)
     args = parser.parse_args(argv)
+    for name in ("data", "model", "teacher", "before"):  # the runs start in their own trees
+        if getattr(args, name) is not None:
+            setattr(args, name, getattr(args, name).resolve())
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="bench_loop_") as work:
         work = Path(work)
         if args.before:
+            clear_feature_cache(args.data)
             results["before"] = run_cli(args.before, args, work / "before")
+            results["before_cached"] = run_cli(args.before, args, work / "before_cached")
         clear_feature_cache(args.data)
         results["after_cold"] = run_cli(REPO, args, work / "after_cold")
         results["after_cached"] = run_cli(REPO, args, work / "after_cached")

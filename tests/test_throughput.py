@@ -152,6 +152,16 @@ def test_teacher_logits_stage_logs_its_summary_and_reuses_its_cache(models, tmp_
     )
     np.testing.assert_allclose(logits, expected, atol=2e-5)
     np.testing.assert_array_equal(again, logits)
+    # a cut cache file is scored again and replaced, never trusted nor fatal
+    (stored,) = tmp_path.glob("teacher_logits-*.npy")
+    whole = stored.read_bytes()
+    stored.write_bytes(whole[:100])
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="bookmatch.training.teacher_logits"):
+        rescored = teacher_logits(config, split, Accelerator(cpu=True), tmp_path)
+    assert any("unreadable" in r.getMessage() for r in caplog.records)
+    np.testing.assert_array_equal(rescored, logits)
+    assert stored.read_bytes() == whole
 
 
 _RANK_SCRIPT = r"""

@@ -494,6 +494,44 @@ def test_cli_cross_then_contrastive_with_teacher(synthetic_data, tiny_encoder_di
     assert not any(r.getMessage().startswith("teacher logits: 96 pairs in") for r in caplog.records)
 
 
+def test_cached_lexical_idf_equals_a_fresh_fit_and_a_damaged_file_is_refitted(tiny_encoder_dir, tmp_path):
+    from bookmatch.models.bi_encoder import BiEncoder
+    from bookmatch.training.features import fit_lexical_cached
+
+    texts = [f"Captain Ahab spoke of the whale {i}, and Ishmael listened by the harbour." for i in range(40)]
+    texts += ["Elizabeth Bennet walked to Netherfield through the muddy fields of Hertfordshire."] * 3
+
+    def model():
+        return BiEncoder.from_backbone(str(tiny_encoder_dir), lexical_buckets=64, name_top_k=4, projection_dim=8)
+
+    reference = model()
+    reference.fit_lexical(texts)
+    expected = [idf.clone() for _, idf in reference.lexical_fingerprints()]
+    assert len(expected) == 2 and all(not torch.all(idf == 1) for idf in expected)  # both vocabularies fitted
+
+    calls = []
+
+    def texts_once():
+        calls.append(1)
+        return texts
+
+    for _ in range(2):  # the first fits and stores, the second reads
+        fresh = model()
+        fit_lexical_cached(fresh, "fingerprint", texts_once, tmp_path)
+        assert all(torch.equal(a, b) for (_, a), b in zip(fresh.lexical_fingerprints(), expected))
+        # the fingerprinters use the loaded weights, not only the buffers
+        assert np.array_equal(fresh.lexical.idf, expected[0].numpy())
+    assert len(calls) == 1
+    (stored,) = tmp_path.glob("lexical_idf-*.npz")
+    stored.write_bytes(stored.read_bytes()[:100])
+    damaged = model()
+    fit_lexical_cached(damaged, "fingerprint", texts_once, tmp_path)
+    assert len(calls) == 2 and all(torch.equal(a, b) for (_, a), b in zip(damaged.lexical_fingerprints(), expected))
+    other = model()  # other texts: another key, a fresh fit
+    fit_lexical_cached(other, "another fingerprint", lambda: texts[:5], tmp_path)
+    assert not torch.equal(next(other.lexical_fingerprints())[1], expected[0])
+
+
 def test_cli_bad_data_is_one_line_error(tmp_path, tiny_encoder_dir):
     from click.testing import CliRunner
 
@@ -645,6 +683,12 @@ def test_feature_arrays_batch_like_the_plain_collator(synthetic_data, tiny_encod
     )
     again = cached_arrays(tmp_path, "k", lambda: built.append(1) or arrays)
     assert built == [1] and isinstance(again, PairArrays)  # the second call read the file
+    # a cut file (a kill mid-copy, a full disk) is rebuilt, never trusted nor fatal
+    (stored,) = tmp_path.glob("features-k.npz")
+    whole = stored.read_bytes()
+    stored.write_bytes(whole[: len(whole) // 2])
+    cached_arrays(tmp_path, "k", lambda: built.append(1) or arrays)
+    assert built == [1, 1] and stored.read_bytes() == whole
     for table in (arrays, again):
         for side, i in (("a", 0), ("b", 1)):
             table.add_column(f"work_{side}", np.asarray(works[i]))
@@ -722,6 +766,7 @@ def test_second_run_reuses_the_feature_cache(synthetic_data, tiny_encoder_dir, t
     with caplog.at_level(logging.INFO, logger="bookmatch.training.features"):
         second = run("two")
     assert sum("features: reusing" in r.getMessage() for r in caplog.records) == 2  # train and validation
+    assert sum("lexical IDF: reusing" in r.getMessage() for r in caplog.records) == 1
     assert first["history"] == second["history"]
     wa, wb = (load_file(str(tmp_path / n / "final" / "model.safetensors")) for n in ("one", "two"))
     assert all(torch.equal(wa[k], wb[k]) for k in wa)

@@ -351,7 +351,8 @@ class BiEncoder(nn.Module):
         """Columns of `TextEmbeddings.style`: the style features, then the signatures."""
         return self.n_style + sum(self.signature_widths())
 
-    def _fingerprints(self):
+    def lexical_fingerprints(self):
+        """(fingerprinter, its IDF buffer) for each lexical signature the model uses."""
         if self.lexical is not None:
             yield self.lexical, self.lexical_idf
         if self.names is not None:
@@ -360,13 +361,13 @@ class BiEncoder(nn.Module):
     def fit_lexical(self, texts) -> None:
         """Fit the signatures' IDF on training texts (before the splits are featurised)."""
         texts = list(texts)
-        for fingerprint, idf in self._fingerprints():
+        for fingerprint, idf in self.lexical_fingerprints():
             fingerprint.fit(texts)
             idf.copy_(torch.from_numpy(fingerprint.idf))
 
     def sync_lexical(self) -> None:
         """Point the fingerprinters at the IDF buffers (after loading weights)."""
-        for fingerprint, idf in self._fingerprints():
+        for fingerprint, idf in self.lexical_fingerprints():
             fingerprint.idf = idf.detach().float().cpu().numpy()
 
     # forward ---------------------------------------------------------------------------------------------------

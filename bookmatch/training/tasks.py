@@ -26,6 +26,7 @@ from bookmatch.training.features import (
     cache_folder,
     cached_arrays,
     cross_arrays,
+    fit_lexical_cached,
     tokenizer_fingerprint,
 )
 from bookmatch.training.losses import (
@@ -267,7 +268,13 @@ class ContrastiveTask(Task):
             **section_values(cfg, BiEncoderSettings),  # the model's settings, declared once in BiEncoderSettings
         )
         train = data.splits["train"]
-        self.bi_encoder.fit_lexical(dict.fromkeys(list(train["text1"]) + list(train["text2"])))
+        fit_lexical_cached(
+            self.bi_encoder,
+            texts_fingerprint(train),
+            lambda: dict.fromkeys(list(train["text1"]) + list(train["text2"])),
+            cache_folder(data.data_dir, cfg.out),
+            write=rank == 0,
+        )
         if cfg.gradient_checkpointing and self.bi_encoder.is_lora:
             # non-reentrant: the frozen embeddings' output needs no grad, which reentrant checkpointing requires
             self.bi_encoder.encoder.gradient_checkpointing_enable(
@@ -301,7 +308,7 @@ class ContrastiveTask(Task):
         cfg, model = self.config, self.bi_encoder
         window = cfg.training_window if train else "first"
         idf = hashlib.sha1(
-            b"".join(idf.detach().cpu().numpy().tobytes() for _, idf in model._fingerprints())
+            b"".join(idf.detach().cpu().numpy().tobytes() for _, idf in model.lexical_fingerprints())
         ).hexdigest()
         key = arrays_key(
             texts_fingerprint(split),
