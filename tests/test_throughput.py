@@ -53,6 +53,40 @@ def test_rank_slices_partition_in_order_and_prefetch_reraises():
     assert list(prefetch(iter(range(50)), depth=2)) == list(range(50))
 
 
+def test_ordered_map_keeps_input_order_bounds_its_lead_and_reraises():
+    import threading
+    import time
+
+    from bookmatch.models.batching import ordered_map
+
+    started, lock = [], threading.Lock()
+
+    def slow_square(x: int) -> int:
+        with lock:
+            started.append(x)
+        time.sleep(0.002 * (7 - x % 7))  # later items often finish first
+        return x * x
+
+    assert list(ordered_map(slow_square, range(30), workers=4, depth=5)) == [x * x for x in range(30)]
+    started.clear()
+    results = ordered_map(slow_square, iter(range(100)), workers=2, depth=3)
+    assert next(results) == 0
+    time.sleep(0.05)
+    assert len(started) <= 5  # the first, plus at most depth + 1 submitted ahead
+    results.close()
+
+    def fails_on_three(x: int) -> int:
+        if x == 3:
+            raise ValueError("three")
+        return x
+
+    seen = []
+    with pytest.raises(ValueError, match="three"):
+        for value in ordered_map(fails_on_three, range(10), workers=3, depth=4):
+            seen.append(value)
+    assert seen == [0, 1, 2]
+
+
 def _progress_lines(text: str, desc: str) -> list[str]:
     return [line for line in text.splitlines() if line.startswith(f"{desc}: ")]
 
@@ -70,6 +104,8 @@ def test_fast_centroids_equal_sentence_transformers_encode(tiny_encoder_dir, mon
     plain = embed_centroids_plain(books, str(tiny_encoder_dir), batch_size=4)
     assert fast.shape == plain.shape and not fast[2].any()
     np.testing.assert_allclose(fast, plain, atol=2e-5)
+    threaded = embed_centroids(books, str(tiny_encoder_dir), batch_size=4, block_texts=5, threads=3)
+    np.testing.assert_allclose(threaded, plain, atol=2e-5)  # blocks tokenized 3 at a time, summed in book order
     # a long mining run is followed in a log: a line per batch here, the last one at the full count
     assert len(lines) >= 2 and lines[-1].startswith(f"mining: embedding: {total}/{total} chunk (100%)")
 
@@ -127,6 +163,10 @@ def test_fast_teacher_logits_equal_predict_logits_in_input_order(models, monkeyp
     np.testing.assert_allclose(fast, plain, atol=2e-5)
     assert len(lines) >= 2 and lines[-1].startswith("teacher scoring: 23/23 pair (100%)")
     assert np.abs(plain[:, 1] - plain[:, 0]).std() > 0  # the pairs score differently, so order is tested
+    # blocks of 4 pairs tokenized on 3 threads at once: the same logits, in input order
+    monkeypatch.setattr("bookmatch.training.teacher_logits.MIN_TOKENIZE_BLOCK", 4)
+    threaded = score_pairs(teacher, texts1, texts2, batch_size=3, threads=3)
+    np.testing.assert_allclose(threaded, plain, atol=2e-5)
 
 
 def test_teacher_logits_stage_logs_its_summary_and_reuses_its_cache(models, tmp_path, caplog):

@@ -9,6 +9,10 @@ releases the GIL).
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
+import copy
+import os
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -17,6 +21,7 @@ from typing import TypeVar
 import numpy as np
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 
 def length_sorted_batches(lengths: Sequence[int], max_tokens: int, max_batch: int) -> list[np.ndarray]:
@@ -78,6 +83,44 @@ def prefetch(items: Iterable[T], depth: int = 2) -> Iterator[T]:
                 buffer.get_nowait()
             except queue.Empty:
                 worker.join(0.01)
+
+
+def ordered_map(function: Callable[[T], R], items: Iterable[T], workers: int, depth: int) -> Iterator[R]:
+    """`function(item)` for each item on `workers` threads, yielded in input order, with at most `depth` items
+    submitted ahead of the consumer. For work that releases the GIL (the Rust tokenizer): N threads tokenize N
+    blocks at once where one thread would starve the device. An exception re-raises here, in order."""
+    pending: collections.deque = collections.deque()
+    with concurrent.futures.ThreadPoolExecutor(max(1, workers), thread_name_prefix="bookmatch-map") as pool:
+        try:
+            for item in items:
+                pending.append(pool.submit(function, item))
+                if len(pending) > max(1, depth):
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for future in pending:  # a consumer that stops early does not wait for the rest
+                future.cancel()
+
+
+def tokenize_threads() -> int:
+    """Threads for tokenizing: this process's share of the machine's cores (`LOCAL_WORLD_SIZE` processes per
+    machine under a launcher), at most 8."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(8, cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))))
+
+
+def thread_local_copy(original: T) -> Callable[[], T]:
+    """A function that returns the calling thread's own deep copy of `original`, made on its first call there.
+    Fast tokenizers keep mutable truncation and padding settings, so threads must not share one."""
+    local = threading.local()
+
+    def mine() -> T:
+        if not hasattr(local, "copy"):
+            local.copy = copy.deepcopy(original)
+        return local.copy
+
+    return mine
 
 
 def rank_slice(count: int, rank: int, world_size: int) -> range:

@@ -91,12 +91,14 @@ class CrossEncoder:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def tokenize_pairs(self, texts1: Sequence[str], texts2: Sequence[str]) -> dict[str, list[list[int]]]:
-        """Unpadded token ids of each pair; 'longest_first' trims the longer passage first."""
+    def tokenize_pairs(
+        self, texts1: Sequence[str], texts2: Sequence[str], tokenizer=None
+    ) -> dict[str, list[list[int]]]:
+        """Unpadded token ids of each pair; 'longest_first' trims the longer passage first. `tokenizer`: a copy of
+        this model's tokenizer, for a thread of its own (a fast tokenizer's settings are not safe to share)."""
+        tokenizer = tokenizer or self.tokenizer
         return dict(
-            self.tokenizer(
-                list(texts1), list(texts2), truncation="longest_first", max_length=self.config.max_seq_length
-            )
+            tokenizer(list(texts1), list(texts2), truncation="longest_first", max_length=self.config.max_seq_length)
         )
 
     @torch.no_grad()

@@ -95,9 +95,10 @@ def embed_centroids(
     model_name: str,
     batch_size: int = 64,
     device: str | None = None,
-    block_texts: int = 16384,
+    block_texts: int = 2048,
     precision: str = "no",
     total_texts: int | None = None,
+    threads: int | None = None,
 ) -> np.ndarray:
     """One L2-normalised mean embedding per book (rows of zeros for books without chunks).
 
@@ -108,7 +109,8 @@ def embed_centroids(
     share of the books and every rank returns all centroids.
 
     The encoder runs through transformers directly (`SentenceEncoder`): texts of a whole block, across books,
-    in length-sorted batches of about `batch_size` x max length tokens, tokenized on a background thread.
+    in length-sorted batches of about `batch_size` x max length tokens. Books are read on a background thread and
+    blocks tokenized on `threads` more (default `batching.tokenize_threads()`), several blocks ahead of the model.
     A sentence-transformers folder with modules other than Transformer, Pooling (mean, cls or max) and
     Normalize runs through sentence-transformers' own `encode` instead (`embed_centroids_plain`).
     `total_texts` (all ranks' texts, when the caller knows it) gives rank 0's progress lines a percentage.
@@ -126,7 +128,7 @@ def embed_centroids(
     counter = progress_bar(
         total_texts and -(-total_texts // world_size), "mining: embedding", "chunk", disable=rank != 0
     )
-    for owners, tokens in _prefetched_blocks(chunk_lists, books, block_texts, encoder):
+    for owners, tokens in _tokenized_blocks(chunk_lists, books, block_texts, encoder, threads):
         if owners.size:
             embeddings = encoder.embed_tokens(tokens, batch_size, counter)
             # a block's texts are in book order: sum each book's run of rows
@@ -138,9 +140,17 @@ def embed_centroids(
     return centroids / np.maximum(norms, 1e-12)
 
 
-def _prefetched_blocks(chunk_lists, books: range, block_texts: int, encoder: SentenceEncoder):
-    """(owner book of each text, token ids) per block of books, read and tokenized one block ahead."""
-    from bookmatch.models.batching import prefetch
+def _tokenized_blocks(chunk_lists, books: range, block_texts: int, encoder: SentenceEncoder, threads: int | None):
+    """(owner book of each text, token ids) per block of books, in book order: read on one thread, tokenized on
+    `threads` (each with its own tokenizer), up to `threads` blocks ahead."""
+    from bookmatch.models.batching import ordered_map, prefetch, thread_local_copy, tokenize_threads
+
+    threads = threads or tokenize_threads()
+    tokenizer = thread_local_copy(encoder.tokenizer)
+
+    def tokenize(block: tuple[np.ndarray, list[str]]) -> tuple[np.ndarray, list[list[int]]]:
+        owners, texts = block
+        return owners, encoder.tokenize(texts, tokenizer=tokenizer())
 
     def blocks():
         book = books.start
@@ -153,9 +163,9 @@ def _prefetched_blocks(chunk_lists, books: range, block_texts: int, encoder: Sen
                 texts += chunks
                 owners += [book] * len(chunks)
                 book += 1
-            yield np.asarray(owners, dtype=np.int64), encoder.tokenize(texts)
+            yield np.asarray(owners, dtype=np.int64), texts
 
-    return prefetch(blocks(), depth=1)
+    return ordered_map(tokenize, prefetch(blocks(), depth=1), threads, depth=threads)
 
 
 class SentenceEncoder:
@@ -199,11 +209,13 @@ class SentenceEncoder:
         max_length = _sentence_transformers_max_length(path, tokenizer, model.config)
         return cls(model, tokenizer, pooling, max_length, precision)
 
-    def tokenize(self, texts: list[str]) -> list[list[int]]:
-        """Token ids as sentence-transformers makes them (special tokens, truncated to the max length)."""
+    def tokenize(self, texts: list[str], tokenizer=None) -> list[list[int]]:
+        """Token ids as sentence-transformers makes them (special tokens, truncated to the max length).
+        `tokenizer`: a copy of this encoder's, for a thread of its own."""
         if not texts:
             return []
-        return self.tokenizer(texts, truncation=True, max_length=self.max_length, verbose=False)["input_ids"]
+        tokenizer = tokenizer or self.tokenizer
+        return tokenizer(texts, truncation=True, max_length=self.max_length, verbose=False)["input_ids"]
 
     def embed_tokens(self, tokens: list[list[int]], batch_size: int = 64, counter=None) -> np.ndarray:
         """(N, dim) float32 L2-normalised embeddings of tokenized texts, in their order (`counter`: progress)."""
