@@ -532,6 +532,23 @@ def test_cached_lexical_idf_equals_a_fresh_fit_and_a_damaged_file_is_refitted(ti
     assert not torch.equal(next(other.lexical_fingerprints())[1], expected[0])
 
 
+def test_a_task_fingerprints_each_split_once(synthetic_data, monkeypatch):
+    from datasets import load_from_disk
+
+    import bookmatch.training.tasks as tasks
+    from bookmatch.training.config import ContrastiveTrainConfig
+    from bookmatch.training.data import texts_fingerprint
+
+    splits = load_from_disk(str(synthetic_data))
+    calls = []
+    monkeypatch.setattr(tasks, "texts_fingerprint", lambda split: calls.append(split) or texts_fingerprint(split))
+    task = tasks.ContrastiveTask(ContrastiveTrainConfig())
+    for split in (splits["train"], splits["validation"], splits["train"], splits["validation"]):
+        assert task.fingerprint(split) == texts_fingerprint(split)
+    assert calls == [splits["train"], splits["validation"]]
+    assert task.fingerprint(splits["train"]) != task.fingerprint(splits["validation"])
+
+
 def test_cli_bad_data_is_one_line_error(tmp_path, tiny_encoder_dir):
     from click.testing import CliRunner
 

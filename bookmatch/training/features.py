@@ -24,6 +24,7 @@ import zipfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -31,6 +32,8 @@ import torch
 from bookmatch.storage import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 # Bump when the arrays' meaning changes, so older cache files are never read as current ones.
 FEATURES_VERSION = 1
@@ -283,6 +286,34 @@ def cache_folder(data_dir: Path, out_dir: Path) -> Path:
     return Path(out_dir) / CACHE_FOLDER
 
 
+def cached_file(
+    path: Path,
+    load: Callable[[Path], T],
+    build: Callable[[], T],
+    dump: Callable[[T], bytes],
+    what: str,
+    write: bool = True,
+    log: logging.Logger = logger,
+) -> T:
+    """`load(path)` where an earlier run left the file, else `build()`, then `dump` of it written to `path`
+    (atomically; only where `write`, i.e. one rank). A damaged file is rebuilt, never trusted; a file that cannot
+    be written costs time, not the run. `what` names the cache in the lines written to `log`."""
+    if path.exists():
+        try:
+            value = load(path)
+            log.info("%s: reusing %s", what, path)
+            return value
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
+            log.warning("%s: %s is unreadable (%s): rebuilding it", what, path, err)
+    value = build()
+    if write:
+        try:
+            atomic_write_bytes(path, dump(value))
+        except OSError as err:
+            log.warning("%s: cannot write %s (%s); continuing without the cache", what, path, err)
+    return value
+
+
 def fit_lexical_cached(
     model, texts_fingerprint: str, texts: Callable[[], Iterable[str]], cache: Path, write: bool = True
 ) -> None:
@@ -294,41 +325,29 @@ def fit_lexical_cached(
         return
     settings = [(fingerprint.words.__name__, fingerprint.num_buckets) for fingerprint, _ in fingerprints]
     path = Path(cache) / f"lexical_idf-{arrays_key(texts_fingerprint, task='lexical_idf', settings=settings)}.npz"
-    if path.exists():
-        try:
-            with np.load(path) as stored:
-                idfs = [stored[f"idf{i}"] for i in range(len(fingerprints))]
-            for (_, buffer), idf in zip(fingerprints, idfs):
-                buffer.copy_(torch.from_numpy(idf))
-            model.sync_lexical()
-            logger.info("lexical IDF: reusing %s", path)
-            return
-        except (OSError, ValueError, KeyError, EOFError, RuntimeError, zipfile.BadZipFile) as err:  # never trusted
-            logger.warning("lexical IDF: %s is unreadable (%s): fitting again", path, err)
-    model.fit_lexical(texts())
-    if write:
+
+    def load(path: Path) -> list[np.ndarray]:
+        with np.load(path) as stored:
+            idfs = [stored[f"idf{i}"] for i in range(len(fingerprints))]
+        if [idf.shape for idf in idfs] != [tuple(buffer.shape) for _, buffer in fingerprints]:
+            raise ValueError("IDF shapes differ from the model's")
+        return idfs
+
+    def fit() -> list[np.ndarray]:
+        model.fit_lexical(texts())
+        return [buffer.detach().cpu().numpy() for _, buffer in fingerprints]
+
+    def dump(idfs: list[np.ndarray]) -> bytes:
         buffer = io.BytesIO()
-        np.savez(buffer, **{f"idf{i}": idf.detach().cpu().numpy() for i, (_, idf) in enumerate(fingerprints)})
-        try:
-            atomic_write_bytes(path, buffer.getvalue())
-        except OSError as err:  # a cache that cannot be written costs time, not the run
-            logger.warning("lexical IDF: cannot write %s (%s); continuing without the cache", path, err)
+        np.savez(buffer, **{f"idf{i}": idf for i, idf in enumerate(idfs)})
+        return buffer.getvalue()
+
+    idfs = cached_file(path, load, fit, dump, "lexical IDF", write)
+    for (_, buffer), idf in zip(fingerprints, idfs):
+        buffer.copy_(torch.from_numpy(idf))
+    model.sync_lexical()
 
 
 def cached_arrays(cache: Path, key: str, build: Callable[[], PairArrays], write: bool = True) -> PairArrays:
     """The arrays stored under `key`, or `build()` then stored (atomically; only where `write`, i.e. one rank)."""
-    path = cache / f"features-{key}.npz"
-    if path.exists():
-        try:
-            arrays = PairArrays.from_npz(path)
-            logger.info("features: reusing %s", path)
-            return arrays
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:  # rebuilt, never trusted
-            logger.warning("features: %s is unreadable (%s): rebuilding it", path, err)
-    arrays = build()
-    if write:
-        try:
-            atomic_write_bytes(path, arrays.to_npz())
-        except OSError as err:  # a cache that cannot be written costs time, not the run
-            logger.warning("features: cannot write %s (%s); continuing without the cache", path, err)
-    return arrays
+    return cached_file(cache / f"features-{key}.npz", PairArrays.from_npz, build, PairArrays.to_npz, "features", write)

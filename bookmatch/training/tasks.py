@@ -198,6 +198,15 @@ class Task:
 
     def __init__(self, config: TrainConfig) -> None:
         self.config = config
+        self._fingerprints: dict[int, tuple[Any, str]] = {}  # id(split) -> (split, fingerprint): kept alive
+
+    def fingerprint(self, split) -> str:
+        """`data.texts_fingerprint` of a split, once per split: it reads every text (~50,000 pairs/s), and the
+        lexical IDFs, the arrays and the teacher's logits are all keyed by it."""
+        entry = self._fingerprints.get(id(split))
+        if entry is None:
+            entry = self._fingerprints[id(split)] = (split, texts_fingerprint(split))
+        return entry[1]
 
     def build(self, data, rank: int, world_size: int) -> nn.Module:
         raise NotImplementedError
@@ -235,7 +244,7 @@ class CrossTask(Task):
 
     def arrays(self, split, data_dir, out, train=False, write=True):
         key = arrays_key(
-            texts_fingerprint(split),
+            self.fingerprint(split),
             task="cross",
             tokenizer=tokenizer_fingerprint(self.cross.tokenizer),
             max_seq_length=self.cross.config.max_seq_length,
@@ -270,7 +279,7 @@ class ContrastiveTask(Task):
         train = data.splits["train"]
         fit_lexical_cached(
             self.bi_encoder,
-            texts_fingerprint(train),
+            self.fingerprint(train),
             lambda: dict.fromkeys(list(train["text1"]) + list(train["text2"])),
             cache_folder(data.data_dir, cfg.out),
             write=rank == 0,
@@ -311,7 +320,7 @@ class ContrastiveTask(Task):
             b"".join(idf.detach().cpu().numpy().tobytes() for _, idf in model.lexical_fingerprints())
         ).hexdigest()
         key = arrays_key(
-            texts_fingerprint(split),
+            self.fingerprint(split),
             task="bi_encoder",
             tokenizer=tokenizer_fingerprint(model.tokenizer),
             max_seq_length=model.config.max_seq_length,
@@ -352,7 +361,7 @@ class ContrastiveTask(Task):
     def add_teacher_logits(self, train_split, tokenized, accelerator, cache):
         if not self.config.teacher:
             return tokenized
-        logits = teacher_logits(self.config, train_split, accelerator, cache)
+        logits = teacher_logits(self.config, train_split, accelerator, cache, self.fingerprint(train_split))
         tokenized.add_column("teacher_logits", np.asarray(logits, dtype=np.float32))
         return tokenized
 

@@ -32,6 +32,7 @@ from bookmatch.models.batching import (
 from bookmatch.models.cross_encoder import CrossEncoder
 from bookmatch.progress import progress_bar, summary_line
 from bookmatch.training.data import texts_fingerprint
+from bookmatch.training.features import cached_file
 
 logger = logging.getLogger(__name__)
 
@@ -39,8 +40,9 @@ TOKENIZE_BLOCK = 8192  # at most this many pairs tokenized (and length-sorted) t
 MIN_TOKENIZE_BLOCK = 256
 
 
-def teacher_logits(config, train_split, accelerator, cache: Path) -> np.ndarray:
-    """The teacher's (N, 2) logits over the training pairs, computed once and cached in the folder `cache`.
+def teacher_logits(config, train_split, accelerator, cache: Path, fingerprint: str | None = None) -> np.ndarray:
+    """The teacher's (N, 2) logits over the training pairs, computed once and cached in the folder `cache`;
+    `fingerprint`: the split's `texts_fingerprint`, where the caller has it.
 
     The cache key covers the teacher (its weights' size and time, its settings files), the precision and the
     exact pair texts, so a changed teacher or data set never reuses stale logits. Ranks score contiguous shares
@@ -49,30 +51,25 @@ def teacher_logits(config, train_split, accelerator, cache: Path) -> np.ndarray:
     from accelerate.utils import gather_object
 
     teacher_dir = Path(config.teacher)
-    key = _cache_key(teacher_dir, accelerator.mixed_precision, texts_fingerprint(train_split))
+    key = _cache_key(teacher_dir, accelerator.mixed_precision, fingerprint or texts_fingerprint(train_split))
+
+    def score() -> np.ndarray:
+        teacher = CrossEncoder.from_pretrained(teacher_dir, device=accelerator.device)
+        start = time.perf_counter()
+        rows = rank_slice(len(train_split), accelerator.process_index, accelerator.num_processes)
+        # one read of each column (a per-row read of an Arrow dataset costs a conversion each)
+        texts1, texts2 = (
+            list(train_split["text1"])[rows.start : rows.stop],
+            list(train_split["text2"])[rows.start : rows.stop],
+        )
+        mine = score_pairs(teacher, texts1, texts2, config.teacher_batch_size, accelerator.mixed_precision)
+        logits = np.concatenate(gather_object([mine]), axis=0).astype(np.float32, copy=False)
+        if accelerator.is_main_process:
+            logger.info(summary_line("teacher logits", len(train_split), time.perf_counter() - start, "pairs"))
+        return logits
+
     path = Path(cache) / f"teacher_logits-{key}.npy"
-    if path.exists():
-        try:
-            logits = np.load(path)
-            logger.info("teacher logits: reusing %s", path)
-            return logits
-        except (OSError, ValueError, EOFError) as err:  # a damaged file is recomputed, never trusted
-            logger.warning("teacher logits: %s is unreadable (%s): scoring again", path, err)
-    teacher = CrossEncoder.from_pretrained(teacher_dir, device=accelerator.device)
-    start = time.perf_counter()
-    rows = rank_slice(len(train_split), accelerator.process_index, accelerator.num_processes)
-    # one read of each column (a per-row read of an Arrow dataset costs a conversion each)
-    texts1, texts2 = (
-        list(train_split["text1"])[rows.start : rows.stop],
-        list(train_split["text2"])[rows.start : rows.stop],
-    )
-    mine = score_pairs(teacher, texts1, texts2, config.teacher_batch_size, accelerator.mixed_precision)
-    logits = np.concatenate(gather_object([mine]), axis=0).astype(np.float32, copy=False)
-    if accelerator.is_main_process:
-        _store(path, logits)
-        logger.info(summary_line("teacher logits", len(train_split), time.perf_counter() - start, "pairs"))
-    del teacher
-    return logits
+    return cached_file(path, np.load, score, _npy_bytes, "teacher logits", accelerator.is_main_process, logger)
 
 
 def _cache_key(teacher_dir: Path, precision: str, texts: str) -> str:
@@ -87,16 +84,10 @@ def _cache_key(teacher_dir: Path, precision: str, texts: str) -> str:
     return digest.hexdigest()[:16]
 
 
-def _store(path: Path, logits: np.ndarray) -> None:
-    """Write the logits atomically; a cache that cannot be written costs time, not the run."""
-    from bookmatch.storage import atomic_write_bytes
-
+def _npy_bytes(logits: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     np.save(buffer, logits)
-    try:
-        atomic_write_bytes(path, buffer.getvalue())
-    except OSError as err:
-        logger.warning("teacher logits: cannot write %s (%s); continuing without the cache", path, err)
+    return buffer.getvalue()
 
 
 def score_pairs(
