@@ -4,9 +4,9 @@
 For each code tree (`--before` an older checkout, and this one) it runs the CLI in a fresh process on the same
 data, model and teacher, and reads its summary: start-up = wall - training seconds (imports, data, model,
 tokens/features, teacher logits, final evaluation and save); steps/s from the `train contrastive:` line. Each tree
-runs twice: with the data's cache emptied, then a second run (another OUT) that finds what the first left there. A bare loop (the same module and
-batches; forward, backward, clip, AdamW step; no accelerate, scheduler, evaluation or logging) gives the overhead
-ratio: bare steps/s / trainer steps/s. Runs alternate between trees so machine load hits both alike.
+runs twice: with the data's cache emptied, then a second run (another OUT) that finds what the first left there.
+A bare loop (the same module and batches; forward, backward, clip, AdamW step; no accelerate, scheduler,
+evaluation or logging) gives the overhead ratio: bare steps/s / trainer steps/s. Runs alternate between trees so machine load hits both alike.
 
   python scripts/bench_train_loop.py --data DATA --model TINY_ENCODER --teacher TEACHER/final --before /tmp/old
 """

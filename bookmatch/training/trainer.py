@@ -126,12 +126,13 @@ def _build_accelerator(config: TrainConfig, find_unused_parameters: bool = False
     # On a machine without a GPU, accelerate chooses no process-group backend for a multi-process launch unless
     # told the run is on CPU, and then runs every rank as its own single-process job (each the main process,
     # each training on the whole batch): name gloo for DeepSpeed, and force the CPU for DDP.
-    if _launched_without_gpu() and _deepspeed_launch():
-        from accelerate.utils import InitProcessGroupKwargs
+    if _launched_without_gpu():
+        if _deepspeed_launch():
+            from accelerate.utils import InitProcessGroupKwargs
 
-        handlers.append(InitProcessGroupKwargs(backend="gloo"))
-    elif _launched_without_gpu():
-        cpu = True
+            handlers.append(InitProcessGroupKwargs(backend="gloo"))
+        else:
+            cpu = True
     return Accelerator(
         mixed_precision=config.mixed_precision,
         gradient_accumulation_steps=config.grad_accum,
