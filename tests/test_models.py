@@ -324,3 +324,25 @@ def test_model_folders_without_tokenizer_files_are_refused(bi_encoder, tiny_enco
         with pytest.raises(ModelLoadError, match="tokenizer") as caught:
             load(folder)
         assert "\n" not in str(caught.value)
+
+
+def test_attention_dropout_replaces_the_backbones_own_for_training(tiny_encoder_dir):
+    """0 drops the attention-probability dropout (the fused CPU kernel's path); None keeps the backbone's 0.1;
+    the dropout on hidden states stays either way."""
+
+    def attention_dropouts(model) -> set[float]:
+        return {m.dropout.p for name, m in model.named_modules() if name.endswith("attention.self")}
+
+    kept = BiEncoder.from_backbone(str(tiny_encoder_dir))
+    dropped = BiEncoder.from_backbone(str(tiny_encoder_dir), attention_dropout=0.0)
+    assert attention_dropouts(kept.encoder) == {0.1} and attention_dropouts(dropped.encoder) == {0.0}
+    assert dropped.encoder.config.hidden_dropout_prob == kept.encoder.config.hidden_dropout_prob == 0.1
+    cross = CrossEncoder.from_backbone(str(tiny_encoder_dir), attention_dropout=0.25)
+    assert attention_dropouts(cross.model) == {0.25}
+
+
+def test_contrastive_training_drops_attention_dropout_and_cross_keeps_the_backbones():
+    from bookmatch.training.config import ContrastiveTrainConfig, CrossTrainConfig
+
+    assert ContrastiveTrainConfig().attention_dropout == 0.0
+    assert CrossTrainConfig().attention_dropout is None

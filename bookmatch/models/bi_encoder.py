@@ -33,7 +33,7 @@ from bookmatch.models.decoder import (
 )
 from bookmatch.models.late_interaction import pad_tokens, symmetric_maxsim_matrix, symmetric_maxsim_pairs
 from bookmatch.models.pooling import pool
-from bookmatch.models.resolve import check_tokenizer, resolve_model_path
+from bookmatch.models.resolve import attention_dropout_override, check_tokenizer, resolve_model_path
 from bookmatch.models.settings import ABSENT_FROM_OLD_FOLDERS, LONG_TEXT_MODES, BiEncoderSettings  # noqa: F401
 from bookmatch.storage import atomic_directory, atomic_write_json
 from bookmatch.text.lexical import LexicalFingerprint, signature_cosine
@@ -123,12 +123,18 @@ class BiEncoder(nn.Module):
     # construction and storage -----------------------------------------------------------------------------
     @classmethod
     def from_backbone(
-        cls, backbone: str, local_files_only: bool = True, adapter: str | os.PathLike | None = None, **config_values
+        cls,
+        backbone: str,
+        local_files_only: bool = True,
+        adapter: str | os.PathLike | None = None,
+        attention_dropout: float | None = None,
+        **config_values,
     ) -> BiEncoder:
         """A new bi-encoder on a pretrained encoder (heads randomly initialised from the torch seed).
 
         A decoder backbone (`backbone_kind`, or detected from its config) gets a frozen base and LoRA adapters;
-        `adapter` continues from a saved adapter instead (a decoder bi-encoder folder: its heads too)."""
+        `adapter` continues from a saved adapter instead (a decoder bi-encoder folder: its heads too).
+        `attention_dropout` replaces an encoder's dropout on attention probabilities (None: keep its own)."""
         from transformers import AutoConfig, AutoModel, AutoTokenizer
 
         path = resolve_model_path(backbone, local_files_only=local_files_only)
@@ -143,7 +149,12 @@ class BiEncoder(nn.Module):
                 encoder = build_decoder(path, config, local_files_only, adapter_dir)
             else:
                 # float32 whatever the checkpoint's config says: the optimizer needs fp32 weights; bf16 from autocast
-                encoder = AutoModel.from_pretrained(path, local_files_only=local_files_only, dtype=torch.float32)
+                encoder = AutoModel.from_pretrained(
+                    path,
+                    local_files_only=local_files_only,
+                    dtype=torch.float32,
+                    **attention_dropout_override(hf_config, attention_dropout),
+                )
             tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local_files_only)
         except (OSError, ValueError) as err:
             raise ModelLoadError(f"cannot load backbone {backbone!r} from {path}: {first_line(err)}") from err

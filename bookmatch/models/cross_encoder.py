@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from bookmatch.errors import ModelLoadError, first_line
-from bookmatch.models.resolve import check_tokenizer, resolve_model_path
+from bookmatch.models.resolve import attention_dropout_override, check_tokenizer, resolve_model_path
 from bookmatch.storage import atomic_directory, atomic_write_json
 
 CONFIG_NAME = "bookmatch_config.json"
@@ -35,14 +35,26 @@ class CrossEncoder:
         self.tokenizer = tokenizer
 
     @classmethod
-    def from_backbone(cls, backbone: str, max_seq_length: int = 512, local_files_only: bool = True) -> CrossEncoder:
-        """A new cross-encoder on a pretrained encoder (the classification head is newly initialised)."""
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    def from_backbone(
+        cls,
+        backbone: str,
+        max_seq_length: int = 512,
+        local_files_only: bool = True,
+        attention_dropout: float | None = None,
+    ) -> CrossEncoder:
+        """A new cross-encoder on a pretrained encoder (the classification head is newly initialised);
+        `attention_dropout` replaces the encoder's dropout on attention probabilities (None: keep its own)."""
+        from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
         path = resolve_model_path(backbone, local_files_only=local_files_only)
         try:
+            hf_config = AutoConfig.from_pretrained(path, local_files_only=local_files_only)
             model = AutoModelForSequenceClassification.from_pretrained(
-                path, num_labels=2, local_files_only=local_files_only, dtype=torch.float32
+                path,
+                num_labels=2,
+                local_files_only=local_files_only,
+                dtype=torch.float32,
+                **attention_dropout_override(hf_config, attention_dropout),
             )
             tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local_files_only)
         except (OSError, ValueError) as err:

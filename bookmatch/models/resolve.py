@@ -67,6 +67,19 @@ def resolve_model_path(name: str | os.PathLike, local_files_only: bool = True) -
     return text
 
 
+# What architectures call the dropout on attention probabilities (BERT family, Llama/Qwen/ModernBERT, GPT-2).
+ATTENTION_DROPOUT_NAMES = ("attention_probs_dropout_prob", "attention_dropout", "attn_pdrop")
+
+
+def attention_dropout_override(model_config, value: float | None) -> dict[str, float]:
+    """`from_pretrained` keyword arguments that set the backbone's attention dropout to `value` (None: keep its
+    own), under the name its config uses; an architecture without one keeps what it has."""
+    if value is None:
+        return {}
+    name = next((n for n in ATTENTION_DROPOUT_NAMES if hasattr(model_config, n)), None)
+    return {name: float(value)} if name else {}
+
+
 def check_tokenizer(tokenizer, model_config, where) -> None:
     """Refuse a tokenizer far smaller than the model's vocabulary: with its files missing, transformers
     builds an empty one that maps every word to [UNK] and scores without complaint."""

@@ -236,7 +236,10 @@ class CrossTask(Task):
     def build(self, data, rank, world_size):
         cfg = self.config
         self.cross = CrossEncoder.from_backbone(
-            cfg.model, max_seq_length=cfg.max_seq_length, local_files_only=cfg.local_files_only
+            cfg.model,
+            max_seq_length=cfg.max_seq_length,
+            local_files_only=cfg.local_files_only,
+            attention_dropout=cfg.attention_dropout,
         )
         if cfg.gradient_checkpointing:
             self.cross.model.gradient_checkpointing_enable()
@@ -274,6 +277,7 @@ class ContrastiveTask(Task):
             local_files_only=cfg.local_files_only,
             max_seq_length=cfg.max_seq_length,
             adapter=cfg.adapter_path or None,
+            attention_dropout=cfg.attention_dropout,
             **section_values(cfg, BiEncoderSettings),  # the model's settings, declared once in BiEncoderSettings
         )
         train = data.splits["train"]
