@@ -11,6 +11,7 @@ from bookmatch.evaluation.metrics import (
     expected_calibration_error,
     f05u,
     metrics_by_kind,
+    rank_auc,
     reliability_bins,
     to_pan_scores,
 )
@@ -80,3 +81,14 @@ def test_by_kind_one_class_auc_uses_all_positives():
     assert by_kind["random"]["auc"] == pytest.approx(4 / 6)
     assert by_kind["positive"]["auc_against"] == "all negatives"
     assert by_kind["hard"]["n"] == 2 and by_kind["hard"]["accuracy"] == pytest.approx(1.0)
+
+
+def test_rank_auc_equals_sklearn_with_and_without_ties():
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(3)
+    for scores in (rng.normal(size=200), rng.integers(0, 4, 200).astype(float), np.zeros(200)):
+        labels = rng.integers(0, 2, 200)
+        assert rank_auc(labels, scores) == pytest.approx(roc_auc_score(labels, scores), rel=1e-12)
+    assert rank_auc([1, 1, 0], [0.2, 0.9, 0.1]) == 1.0
+    assert np.isnan(rank_auc([1, 1], [0.2, 0.3]))

@@ -233,18 +233,22 @@ def test_warmup_is_capped_for_short_runs():
 
 
 def test_pair_metrics_against_reference():
-    from sklearn.metrics import log_loss, roc_auc_score
+    from sklearn.metrics import f1_score, log_loss, roc_auc_score
 
     from bookmatch.training.trainer import pair_metrics
 
     rng = np.random.default_rng(0)
-    logits = rng.normal(size=(50, 2))
-    labels = rng.integers(0, 2, 50)
-    m = pair_metrics(logits, labels)
-    prob = torch.softmax(torch.tensor(logits), -1).numpy()
-    assert m["loss"] == pytest.approx(log_loss(labels, prob), rel=1e-9)
-    assert m["auc"] == pytest.approx(roc_auc_score(labels, prob[:, 1]))
-    assert m["accuracy"] == pytest.approx(np.mean(prob.argmax(1) == labels))
+    for logits in (rng.normal(size=(50, 2)), rng.integers(-2, 3, size=(50, 2)).astype(float)):  # the second: ties
+        labels = rng.integers(0, 2, 50)
+        m = pair_metrics(logits, labels)
+        prob = torch.softmax(torch.tensor(logits), -1).numpy()
+        assert m["loss"] == pytest.approx(log_loss(labels, prob), rel=1e-9)
+        assert m["auc"] == pytest.approx(roc_auc_score(labels, logits[:, 1] - logits[:, 0]), rel=1e-12)
+        assert m["auc"] == pytest.approx(roc_auc_score(labels, prob[:, 1]), abs=0.02)
+        assert m["accuracy"] == pytest.approx(np.mean((logits[:, 1] > logits[:, 0]) == labels))
+        assert m["f1"] == pytest.approx(f1_score(labels, logits[:, 1] > logits[:, 0], zero_division=0))
+    one_class = pair_metrics(rng.normal(size=(5, 2)), np.zeros(5, dtype=np.int64))
+    assert np.isnan(one_class["auc"]) and one_class["f1"] == 0.0
 
 
 def test_tokenized_split_matches_model_and_workers(synthetic_data, tiny_encoder_dir):

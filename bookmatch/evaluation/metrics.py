@@ -90,6 +90,20 @@ def reliability_bins(labels: Sequence[int], probabilities: Sequence[float], n_bi
     return rows
 
 
+def rank_auc(labels: Sequence[int], scores: Sequence[float]) -> float:
+    """ROC AUC by the Mann-Whitney rank sum, tied scores at their mean rank (a tie counts half, as in
+    `sklearn.metrics.roc_auc_score`); NaN without both classes. For the training loop's evaluations, where
+    importing scikit-learn (~1 s) would be a fifth of a small run's start-up."""
+    y = np.asarray(labels) == 1
+    positives, negatives = int(y.sum()), int((~y).sum())
+    if positives == 0 or negatives == 0:
+        return float("nan")
+    _, position, counts = np.unique(np.asarray(scores, dtype=np.float64), return_inverse=True, return_counts=True)
+    mean_rank = np.cumsum(counts) - (counts - 1) / 2
+    rank_sum = float(mean_rank[position.reshape(-1)][y].sum())
+    return (rank_sum - positives * (positives + 1) / 2) / (positives * negatives)
+
+
 def _auc(labels: np.ndarray, scores: np.ndarray) -> float | None:
     from sklearn.metrics import roc_auc_score
 

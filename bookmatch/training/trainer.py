@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from bookmatch.config import save_config
+from bookmatch.evaluation.metrics import rank_auc
 from bookmatch.precision import resolve_mixed_precision
 from bookmatch.progress import summary_line
 from bookmatch.storage import atomic_write_json
@@ -47,19 +48,19 @@ SUMMARY_NAME = "train_summary.json"
 
 def pair_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     """Loss (cross-entropy), accuracy, F1 and ROC AUC of 2-class logits (AUC is NaN with one class only)."""
-    from sklearn.metrics import f1_score, roc_auc_score
-
     logits = logits.astype(np.float64)
     log_norm = np.logaddexp(logits[:, 0], logits[:, 1])
     loss = float(np.mean(log_norm - logits[np.arange(len(labels)), labels]))
-    prob = np.exp(logits[:, 1] - log_norm)
-    predicted = (logits[:, 1] > logits[:, 0]).astype(int)
-    auc = float(roc_auc_score(labels, prob)) if len(set(labels.tolist())) == 2 else float("nan")
+    margin = logits[:, 1] - logits[:, 0]  # ranks pairs as the probability does, with exact ties kept
+    predicted = margin > 0
+    actual = labels == 1
+    true_positives = int(np.sum(predicted & actual))
+    predicted_or_actual = int(predicted.sum() + actual.sum())
     return {
         "loss": loss,
-        "accuracy": float(np.mean(predicted == labels)),
-        "f1": float(f1_score(labels, predicted, zero_division=0)),
-        "auc": auc,
+        "accuracy": float(np.mean(predicted == actual)),
+        "f1": 2 * true_positives / predicted_or_actual if predicted_or_actual else 0.0,
+        "auc": rank_auc(labels, margin),
     }
 
 
