@@ -87,6 +87,36 @@ def test_ordered_map_keeps_input_order_bounds_its_lead_and_reraises():
     assert seen == [0, 1, 2]
 
 
+def test_grouped_map_keeps_order_runs_a_group_at_once_and_nothing_while_the_consumer_works():
+    import threading
+    import time
+
+    from bookmatch.models.batching import grouped_map
+
+    started, running, most, lock = [], [0], [0], threading.Lock()
+
+    def slow_square(x: int) -> int:
+        with lock:
+            started.append(x)
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.002 * (7 - x % 7))
+        with lock:
+            running[0] -= 1
+        return x * x
+
+    assert list(grouped_map(slow_square, range(30), workers=3)) == [x * x for x in range(30)]
+    assert most[0] == 3  # a group's items run side by side
+    started.clear()
+    results = grouped_map(slow_square, iter(range(100)), workers=3)
+    assert next(results) == 0
+    time.sleep(0.05)
+    assert sorted(started) == [0, 1, 2]  # the consumer holds a result: the next group waits
+    results.close()
+    with pytest.raises(ValueError, match="three"):
+        list(grouped_map(lambda x: x if x != 3 else int("three"), range(10), workers=2))
+
+
 def _progress_lines(text: str, desc: str) -> list[str]:
     return [line for line in text.splitlines() if line.startswith(f"{desc}: ")]
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from bookmatch.errors import ModelLoadError, first_line
+from bookmatch.models.pair_tokens import tokenize_pairs
 from bookmatch.models.resolve import attention_dropout_override, check_tokenizer, resolve_model_path
 from bookmatch.storage import atomic_directory, atomic_write_json
 
@@ -106,12 +107,10 @@ class CrossEncoder:
     def tokenize_pairs(
         self, texts1: Sequence[str], texts2: Sequence[str], tokenizer=None
     ) -> dict[str, list[list[int]]]:
-        """Unpadded token ids of each pair; 'longest_first' trims the longer passage first. `tokenizer`: a copy of
-        this model's tokenizer, for a thread of its own (a fast tokenizer's settings are not safe to share)."""
-        tokenizer = tokenizer or self.tokenizer
-        return dict(
-            tokenizer(list(texts1), list(texts2), truncation="longest_first", max_length=self.config.max_seq_length)
-        )
+        """Unpadded token ids of each pair, as the tokenizer's own pair encoding gives them ('longest_first' trims
+        the longer passage first), each distinct text tokenized once (`pair_tokens`). `tokenizer`: a copy of this
+        model's tokenizer, for a thread of its own (a fast tokenizer's settings are not safe to share)."""
+        return tokenize_pairs(tokenizer or self.tokenizer, texts1, texts2, self.config.max_seq_length)
 
     @torch.no_grad()
     def predict_logits(self, pairs: Sequence[tuple[str, str]], batch_size: int = 32) -> torch.Tensor:

@@ -142,8 +142,9 @@ def embed_centroids(
 
 def _tokenized_blocks(chunk_lists, books: range, block_texts: int, encoder: SentenceEncoder, threads: int | None):
     """(owner book of each text, token ids) per block of books, in book order: read on one thread, tokenized on
-    `threads` (each with its own tokenizer), up to `threads` blocks ahead."""
-    from bookmatch.models.batching import ordered_map, prefetch, thread_local_copy, tokenize_threads
+    `threads` (each with its own tokenizer), up to `threads` blocks ahead of a GPU; on a CPU, whose forward pass
+    takes every core, tokenizing and the forward take turns."""
+    from bookmatch.models.batching import grouped_map, ordered_map, prefetch, thread_local_copy, tokenize_threads
 
     threads = threads or tokenize_threads()
     tokenizer = thread_local_copy(encoder.tokenizer)
@@ -165,7 +166,9 @@ def _tokenized_blocks(chunk_lists, books: range, block_texts: int, encoder: Sent
                 book += 1
             yield np.asarray(owners, dtype=np.int64), texts
 
-    return ordered_map(tokenize, prefetch(blocks(), depth=1), threads, depth=threads)
+    if encoder.device.type == "cuda":
+        return ordered_map(tokenize, prefetch(blocks(), depth=1), threads, depth=threads)
+    return grouped_map(tokenize, blocks(), threads)
 
 
 class SentenceEncoder:

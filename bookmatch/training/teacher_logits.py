@@ -20,6 +20,7 @@ import numpy as np
 
 from bookmatch.models.batching import (
     distributed_rank,
+    grouped_map,
     length_sorted_batches,
     model_attention_mask,
     ordered_map,
@@ -133,7 +134,11 @@ def score_pairs(
 
     out = np.zeros((len(texts1), 2), dtype=np.float32)
     counter = progress_bar(len(texts1), "teacher scoring", "pair", disable=distributed_rank()[0] != 0)
-    blocks = ordered_map(tokenize, range(0, len(texts1), block_size), threads, depth=threads + 1)
+    starts = range(0, len(texts1), block_size)
+    # a GPU leaves the cores to the tokenizer threads; on a CPU they take turns with the forward pass
+    blocks = (
+        ordered_map(tokenize, starts, threads, depth=threads + 1) if cuda else grouped_map(tokenize, starts, threads)
+    )
     for first, tokens in blocks:
         keys = [k for k in ("input_ids", "token_type_ids") if k in tokens]
 
