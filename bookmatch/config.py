@@ -143,6 +143,8 @@ def check_value(name: str, value: Any, hint: Any, meta: Mapping[str, Any], conve
     """`value` checked against a field's type, nullability, choices and bounds (converted first when `convert`,
     for values read from text); a ConfigError naming the setting and the allowed values otherwise."""
     scalar, nullable = _scalar_type(hint)
+    if convert and nullable and isinstance(value, str) and value.strip().lower() in ("null", "~"):
+        value = None  # as YAML reads it: a CLI flag's or `--set`'s way to ask for a nullable setting's null
     if value is None:
         if nullable:
             return None

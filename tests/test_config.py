@@ -157,6 +157,27 @@ def test_cli_values_are_checked_like_yaml_values(tmp_path):
     assert result.exit_code == 4 and f'config {config_file}: lr must be a number >= 0, got {{"a": 1}}' in result.stderr
 
 
+def test_a_nullable_setting_takes_null_from_the_cli():
+    import click
+
+    from bookmatch.cli.options import config_options
+
+    @click.command()
+    @config_options(ContrastiveTrainConfig)
+    def command(**values):
+        click.echo(repr(build_config(ContrastiveTrainConfig, overrides=values).attention_dropout))
+
+    def run(*args: str) -> str:
+        return CliRunner().invoke(command, list(args), catch_exceptions=False).output.strip()
+
+    assert run() == "0.0"  # the bi-encoder's default
+    assert run("--attention-dropout", "null") == "None"  # the backbone's own
+    assert run("--attention-dropout", "0.25") == "0.25"
+    with pytest.raises(ConfigError, match=r"attention_dropout must be a number >= 0 and <= 1 or null, got \"abc\""):
+        run("--attention-dropout", "abc")
+    assert build_config(ContrastiveTrainConfig, settings={"attention_dropout": "~"}).attention_dropout is None
+
+
 _yaml_scalars = st.one_of(
     st.none(),
     st.booleans(),

@@ -35,7 +35,7 @@ def _option_for(f: dataclasses.Field, hint: Any) -> Callable:
     masked; the config builder converts and checks the value, so every source gets the same one-line error."""
     from bookmatch.config import _scalar_type, setting_help
 
-    scalar, _ = _scalar_type(hint)
+    scalar, nullable = _scalar_type(hint)
     flag = "--" + f.name.replace("_", "-")
     default = f.default if f.default is not dataclasses.MISSING else None
     shown = (
@@ -47,7 +47,10 @@ def _option_for(f: dataclasses.Field, hint: Any) -> Callable:
     if scalar is bool:
         return click.option(f"{flag}/--no-{flag[2:]}", f.name, default=None, help=help_text)
     choices = f.metadata.get("choices")
+    # a nullable number arrives as text, so that `null` can be given; the config builder converts and checks it
     kind = click.Choice(choices) if choices else _CLICK_TYPES.get(scalar, click.STRING)
+    if nullable and not choices:
+        kind = click.STRING
     return click.option(flag, f.name, type=kind, default=None, help=help_text)
 
 
