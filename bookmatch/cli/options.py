@@ -49,9 +49,10 @@ def _option_for(f: dataclasses.Field, hint: Any) -> Callable:
     choices = f.metadata.get("choices")
     # a nullable number arrives as text, so that `null` can be given; the config builder converts and checks it
     kind = click.Choice(choices) if choices else _CLICK_TYPES.get(scalar, click.STRING)
-    if nullable and not choices:
-        kind = click.STRING
-    return click.option(flag, f.name, type=kind, default=None, help=help_text)
+    metavar = None
+    if nullable and not choices and scalar in (int, float):
+        kind, metavar = click.STRING, f"{kind.name.upper()}|null"
+    return click.option(flag, f.name, type=kind, default=None, help=help_text, metavar=metavar)
 
 
 def config_options(config_cls: type, skip: Iterable[str] = ()) -> Callable:
