@@ -199,6 +199,41 @@ def test_fast_teacher_logits_equal_predict_logits_in_input_order(models, monkeyp
     np.testing.assert_allclose(threaded, plain, atol=2e-5)
 
 
+def test_teacher_scoring_reads_the_cross_stages_tokens_for_its_rows(models, tmp_path, monkeypatch, caplog):
+    """The token ids the cross-encoder's training stage cached for a split are those tokenize_pairs gives, for
+    any rank's rows; a missing, short or damaged file means tokenizing as before."""
+    from bookmatch.models.cross_encoder import CrossEncoder
+    from bookmatch.training.features import arrays_path, cached_arrays, cross_arrays, cross_arrays_key
+    from bookmatch.training.teacher_logits import cross_stage_tokens, score_pairs
+
+    teacher = CrossEncoder.from_pretrained(models["cross"])
+    rng = np.random.default_rng(4)
+    texts1 = [" ".join(rng.choice(SAMPLE_TEXTS, size=int(rng.integers(1, 6)))) for _ in range(11)]
+    texts2 = [" ".join(rng.choice(SAMPLE_TEXTS, size=int(rng.integers(1, 6)))) for _ in range(11)]
+    assert cross_stage_tokens(tmp_path, "texts", teacher, range(11)) is None
+    cached_arrays(tmp_path, cross_arrays_key("texts", teacher), lambda: cross_arrays(texts1, texts2, teacher))
+    with caplog.at_level(logging.INFO, logger="bookmatch.training.teacher_logits"):
+        block = cross_stage_tokens(tmp_path, "texts", teacher, range(3, 9))  # one rank's share
+    assert any("reusing the cross-encoder's tokens" in r.getMessage() for r in caplog.records)
+    plain = teacher.tokenize_pairs(texts1, texts2)
+    for part, rows in ((slice(0, 4), range(3, 7)), (slice(4, 8), range(7, 9))):
+        got = block(part)
+        assert got["input_ids"] == [plain["input_ids"][r] for r in rows]
+        assert got.get("token_type_ids") == (
+            [plain["token_type_ids"][r] for r in rows] if "token_type_ids" in plain else None
+        )
+    assert cross_stage_tokens(tmp_path, "texts", teacher, range(0, 12)) is None  # the file holds fewer pairs
+    expected = score_pairs(teacher, texts1, texts2, batch_size=3)
+    monkeypatch.setattr(CrossEncoder, "tokenize_pairs", lambda *a, **k: pytest.fail("tokenized again"))
+    reused = score_pairs(
+        teacher, texts1, texts2, batch_size=3, tokens=cross_stage_tokens(tmp_path, "texts", teacher, range(11))
+    )
+    np.testing.assert_allclose(reused, expected, atol=1e-6)
+    path = arrays_path(tmp_path, cross_arrays_key("texts", teacher))
+    path.write_bytes(path.read_bytes()[:100])
+    assert cross_stage_tokens(tmp_path, "texts", teacher, range(11)) is None
+
+
 def test_teacher_logits_stage_logs_its_summary_and_reuses_its_cache(models, tmp_path, caplog):
     from accelerate import Accelerator
     from datasets import Dataset

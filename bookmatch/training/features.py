@@ -273,6 +273,21 @@ def arrays_key(texts_fingerprint: str, **settings) -> str:
     return hashlib.sha1(described.encode("utf-8")).hexdigest()[:20]
 
 
+def cross_arrays_key(texts_fingerprint: str, cross_encoder) -> str:
+    """The cache key of a split's cross-encoder arrays: the training stage writes them, and the teacher-logits
+    stage of the next run reads them (the same pairs, tokenizer and length) instead of tokenizing again."""
+    return arrays_key(
+        texts_fingerprint,
+        task="cross",
+        tokenizer=tokenizer_fingerprint(cross_encoder.tokenizer),
+        max_seq_length=cross_encoder.config.max_seq_length,
+    )
+
+
+def arrays_path(cache: Path, key: str) -> Path:
+    return Path(cache) / f"features-{key}.npz"
+
+
 def cache_folder(data_dir: Path, out_dir: Path) -> Path:
     """`<data>/cache`, beside the dataset its files describe (shared by every run on it); `<out>/cache` when the
     data folder cannot be written (e.g. a read-only bucket mount)."""
@@ -350,4 +365,4 @@ def fit_lexical_cached(
 
 def cached_arrays(cache: Path, key: str, build: Callable[[], PairArrays], write: bool = True) -> PairArrays:
     """The arrays stored under `key`, or `build()` then stored (atomically; only where `write`, i.e. one rank)."""
-    return cached_file(cache / f"features-{key}.npz", PairArrays.from_npz, build, PairArrays.to_npz, "features", write)
+    return cached_file(arrays_path(cache, key), PairArrays.from_npz, build, PairArrays.to_npz, "features", write)

@@ -26,6 +26,7 @@ from bookmatch.training.features import (
     cache_folder,
     cached_arrays,
     cross_arrays,
+    cross_arrays_key,
     fit_lexical_cached,
     tokenizer_fingerprint,
 )
@@ -246,12 +247,7 @@ class CrossTask(Task):
         return CrossModule(self.cross)
 
     def arrays(self, split, data_dir, out, train=False, write=True):
-        key = arrays_key(
-            self.fingerprint(split),
-            task="cross",
-            tokenizer=tokenizer_fingerprint(self.cross.tokenizer),
-            max_seq_length=self.cross.config.max_seq_length,
-        )
+        key = cross_arrays_key(self.fingerprint(split), self.cross)
         texts_a, texts_b = list(split["text1"]), list(split["text2"])
         arrays = cached_arrays(
             cache_folder(data_dir, out),

@@ -13,7 +13,8 @@ import hashlib
 import io
 import logging
 import time
-from collections.abc import Sequence
+import zipfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +34,7 @@ from bookmatch.models.batching import (
 from bookmatch.models.cross_encoder import CrossEncoder
 from bookmatch.progress import progress_bar, summary_line
 from bookmatch.training.data import texts_fingerprint
-from bookmatch.training.features import cached_file
+from bookmatch.training.features import PairArrays, arrays_path, cached_file, cross_arrays_key
 
 logger = logging.getLogger(__name__)
 
@@ -52,18 +53,22 @@ def teacher_logits(config, train_split, accelerator, cache: Path, fingerprint: s
     from accelerate.utils import gather_object
 
     teacher_dir = Path(config.teacher)
-    key = _cache_key(teacher_dir, accelerator.mixed_precision, fingerprint or texts_fingerprint(train_split))
+    texts = fingerprint or texts_fingerprint(train_split)
+    key = _cache_key(teacher_dir, accelerator.mixed_precision, texts)
 
     def score() -> np.ndarray:
         teacher = CrossEncoder.from_pretrained(teacher_dir, device=accelerator.device)
         start = time.perf_counter()
         rows = rank_slice(len(train_split), accelerator.process_index, accelerator.num_processes)
+        tokens = cross_stage_tokens(cache, texts, teacher, rows)
         # one read of each column (a per-row read of an Arrow dataset costs a conversion each)
         texts1, texts2 = (
             list(train_split["text1"])[rows.start : rows.stop],
             list(train_split["text2"])[rows.start : rows.stop],
         )
-        mine = score_pairs(teacher, texts1, texts2, config.teacher_batch_size, accelerator.mixed_precision)
+        mine = score_pairs(
+            teacher, texts1, texts2, config.teacher_batch_size, accelerator.mixed_precision, tokens=tokens
+        )
         logits = np.concatenate(gather_object([mine]), axis=0).astype(np.float32, copy=False)
         if accelerator.is_main_process:
             logger.info(summary_line("teacher logits", len(train_split), time.perf_counter() - start, "pairs"))
@@ -71,6 +76,34 @@ def teacher_logits(config, train_split, accelerator, cache: Path, fingerprint: s
 
     path = Path(cache) / f"teacher_logits-{key}.npy"
     return cached_file(path, np.load, score, _npy_bytes, "teacher logits", accelerator.is_main_process, logger)
+
+
+def cross_stage_tokens(
+    cache: Path, fingerprint: str, teacher: CrossEncoder, rows: range
+) -> Callable[[slice], dict] | None:
+    """Where the cross-encoder's training stage cached this split's pair tokens (the same pairs, tokenizer and
+    length: the teacher trained on this split), a function giving the token ids of a slice of pairs `rows`;
+    else None. Tokenizing is most of a CPU's share of scoring, and what starves a GPU."""
+    path = arrays_path(cache, cross_arrays_key(fingerprint, teacher))
+    if not path.exists():
+        return None
+    try:
+        sequences = PairArrays.from_npz(path).sequences[""]
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
+        logger.warning("teacher logits: the cross-encoder's tokens in %s are damaged (%s); tokenizing", path, err)
+        return None
+    if len(sequences.lengths) < rows.stop:
+        return None
+    logger.info("teacher logits: reusing the cross-encoder's tokens %s", path)
+    matrices = {"input_ids": sequences.ids}
+    if sequences.token_types is not None:
+        matrices["token_type_ids"] = sequences.token_types
+
+    def block(part: slice) -> dict:
+        chosen = range(rows.start + part.start, min(rows.start + part.stop, rows.stop))
+        return {name: [m[row, : sequences.lengths[row]].tolist() for row in chosen] for name, m in matrices.items()}
+
+    return block
 
 
 def _cache_key(teacher_dir: Path, precision: str, texts: str) -> str:
@@ -98,12 +131,15 @@ def score_pairs(
     batch_size: int = 64,
     precision: str = "no",
     threads: int | None = None,
+    tokens: Callable[[slice], dict] | None = None,
 ) -> np.ndarray:
     """(N, 2) float32 logits of aligned pairs, in input order (`CrossEncoder.predict_logits`, batched for speed).
+    `tokens`: where the pairs' token ids were computed already (`cross_stage_tokens`), the ids of a slice of them.
 
     `batch_size` pairs of the longest length set the budget of padded tokens per batch. Blocks of pairs are
     tokenized on `threads` threads (default: `batching.tokenize_threads()`; each with its own copy of the
-    tokenizer) while the model runs: one thread tokenizes ~850 pairs/s of 512 tokens, which leaves a GPU waiting."""
+    tokenizer), ahead of a GPU (one thread tokenizes ~850 pairs/s of 512 tokens, which leaves it waiting) and
+    taking turns with a CPU's forward pass, which uses every core."""
     import torch
 
     from bookmatch.precision import autocast
@@ -124,6 +160,8 @@ def score_pairs(
 
     def tokenize(first: int) -> tuple[int, dict]:
         part = slice(first, first + block_size)
+        if tokens is not None:
+            return first, tokens(part)
         return first, teacher.tokenize_pairs(texts1[part], texts2[part], tokenizer=tokenizer())
 
     def forward(inputs: dict) -> np.ndarray:
@@ -139,21 +177,21 @@ def score_pairs(
     blocks = (
         ordered_map(tokenize, starts, threads, depth=threads + 1) if cuda else grouped_map(tokenize, starts, threads)
     )
-    for first, tokens in blocks:
-        keys = [k for k in ("input_ids", "token_type_ids") if k in tokens]
+    for first, ids in blocks:
+        keys = [k for k in ("input_ids", "token_type_ids") if k in ids]
 
-        def make_inputs(index: np.ndarray, tokens=tokens, keys=keys) -> dict:
+        def make_inputs(index: np.ndarray, ids=ids, keys=keys) -> dict:
             inputs = {}
             for name in keys:
                 values, mask = pad_ids(
-                    [tokens[name][i] for i in index], pad_id if name == "input_ids" else 0, multiple_of=8 if cuda else 1
+                    [ids[name][i] for i in index], pad_id if name == "input_ids" else 0, multiple_of=8 if cuda else 1
                 )
                 inputs[name] = torch.from_numpy(values)
                 inputs.setdefault("attention_mask", torch.from_numpy(mask))
             return {k: v.pin_memory() for k, v in inputs.items()} if cuda else inputs
 
-        batches = length_sorted_batches([len(ids) for ids in tokens["input_ids"]], max_tokens, batch_size * 4)
-        block = out[first : first + len(tokens["input_ids"])]
+        batches = length_sorted_batches([len(row) for row in ids["input_ids"]], max_tokens, batch_size * 4)
+        block = out[first : first + len(ids["input_ids"])]
         run_batches(batches, make_inputs, forward, block, counter=counter)
     counter.close()
     return out
