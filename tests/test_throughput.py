@@ -197,6 +197,13 @@ def test_fast_teacher_logits_equal_predict_logits_in_input_order(models, monkeyp
     monkeypatch.setattr("bookmatch.training.teacher_logits.MIN_TOKENIZE_BLOCK", 4)
     threaded = score_pairs(teacher, texts1, texts2, batch_size=3, threads=3)
     np.testing.assert_allclose(threaded, plain, atol=2e-5)
+    # under bf16 the weights are cast whole, on a CPU as on a GPU: the same logits to bf16's precision
+    import torch
+
+    half = CrossEncoder.from_pretrained(models["cross"])
+    in_bf16 = score_pairs(half, texts1, texts2, batch_size=3, precision="bf16")
+    assert next(half.model.parameters()).dtype == torch.bfloat16
+    np.testing.assert_allclose(in_bf16, plain, atol=0.02 * np.abs(plain).max())
 
 
 def test_teacher_scoring_reads_the_cross_stages_tokens_for_its_rows(models, tmp_path, monkeypatch, caplog):
