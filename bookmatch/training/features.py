@@ -38,6 +38,8 @@ T = TypeVar("T")
 # Bump when the arrays' meaning changes, so older cache files are never read as current ones.
 FEATURES_VERSION = 1
 CACHE_FOLDER = "cache"
+# What reading a cut, emptied or overwritten cache file raises: such a file is rebuilt, never trusted.
+UNREADABLE = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile)
 
 
 @dataclass
@@ -318,7 +320,7 @@ def cached_file(
             value = load(path)
             log.info("%s: reusing %s", what, path)
             return value
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
+        except UNREADABLE as err:
             log.warning("%s: %s is unreadable (%s): rebuilding it", what, path, err)
     value = build()
     if write:

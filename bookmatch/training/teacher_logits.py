@@ -14,7 +14,6 @@ import hashlib
 import io
 import logging
 import time
-import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -35,7 +34,7 @@ from bookmatch.models.batching import (
 from bookmatch.models.cross_encoder import CrossEncoder
 from bookmatch.progress import progress_bar, summary_line
 from bookmatch.training.data import texts_fingerprint
-from bookmatch.training.features import PairArrays, arrays_path, cached_file, cross_arrays_key
+from bookmatch.training.features import UNREADABLE, PairArrays, arrays_path, cached_file, cross_arrays_key
 
 logger = logging.getLogger(__name__)
 
@@ -54,14 +53,14 @@ def teacher_logits(config, train_split, accelerator, cache: Path, fingerprint: s
     from accelerate.utils import gather_object
 
     teacher_dir = Path(config.teacher)
-    texts = fingerprint or texts_fingerprint(train_split)
-    key = _cache_key(teacher_dir, accelerator.mixed_precision, texts)
+    fingerprint = fingerprint or texts_fingerprint(train_split)
+    key = _cache_key(teacher_dir, accelerator.mixed_precision, fingerprint)
 
     def score() -> np.ndarray:
         teacher = CrossEncoder.from_pretrained(teacher_dir, device=accelerator.device)
         start = time.perf_counter()
         rows = rank_slice(len(train_split), accelerator.process_index, accelerator.num_processes)
-        tokens = cross_stage_tokens(cache, texts, teacher, rows)
+        tokens = cross_stage_tokens(cache, fingerprint, teacher, rows)
         # one read of each column (a per-row read of an Arrow dataset costs a conversion each)
         texts1, texts2 = (
             list(train_split["text1"])[rows.start : rows.stop],
@@ -90,7 +89,7 @@ def cross_stage_tokens(
         return None
     try:
         sequences = PairArrays.from_npz(path).sequences[""]
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
+    except UNREADABLE as err:
         logger.warning("teacher logits: the cross-encoder's tokens in %s are damaged (%s); tokenizing", path, err)
         return None
     if len(sequences.lengths) < rows.stop:
